@@ -1,0 +1,32 @@
+# `make test` and `make demo` work on a fresh machine: they create/refresh .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= demo-output
+PIP := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
+
+.PHONY: venv test demo bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[test]'
+	$(PIP) --no-deps nnunet==1.7.1
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(VENV)/bin/nnunet-vasculature demo -o $(DEMO_OUT)
+
+bench: $(STAMP)
+	$(PY) benchmarks/metric.py
+	$(PY) benchmarks/convert.py
+	$(PY) benchmarks/predict_memory.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info

@@ -1,0 +1,48 @@
+"""``nnunet-vasculature`` console script: one sub-command per stage."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nnunet_vasculature.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nnunet_vasculature.dataset_conversion import sennet, synthesize
+    from nnunet_vasculature import demo, env
+    from nnunet_vasculature.inference import predict, pseudo_label, stitch
+    from nnunet_vasculature.pretrained import import_pretrained
+
+    parser = argparse.ArgumentParser(prog="nnunet-vasculature", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    synthesize.add_parser(sub)
+    sennet.add_parser(sub)
+    import_pretrained.add_parser(sub)
+    predict.add_parser(sub)
+    stitch.add_parser(sub)
+    pseudo_label.add_parser(sub)
+    env.add_parser(sub)
+    demo.add_parser(sub)
+    return parser
+
+
+def run_cli(parser: argparse.ArgumentParser, argv=None) -> int:
+    """Parse, run, and turn UserError into one line on stderr with a non-zero exit."""
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_cli(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

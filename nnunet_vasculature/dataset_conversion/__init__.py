@@ -1,0 +1,1 @@
+"""Dataset conversion: synthetic Kaggle-layout data and SenNet → nnU-Net raw."""

@@ -1,0 +1,312 @@
+"""SenNet + HOA (Kaggle ``blood-vessel-segmentation``) → nnU-Net v2 raw dataset.
+
+Whole kidneys are cut along z into sub-volume cases (``<kidney>_z<first slice>``) so that nnU-Net's
+float32 fingerprinting/preprocessing of one case stays within a few GB; slices are streamed, at most
+two chunks are held in memory. The cut is recorded in ``sennet_cases.json`` so predictions can be
+stitched back per kidney. Images are written as uncompressed 3D TIFF read by nnU-Net's ``Tiff3DIO``
+(spacing in a ``<case>.json`` next to each file, in µm).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from tqdm import tqdm
+
+from nnunet_vasculature.errors import UserError, atomic_dir
+from nnunet_vasculature.slices import list_slices, read_label_slice, read_slice, slice_shape
+
+# µm per voxel, from the competition's data description (see README, "Spacing")
+KNOWN_SPACING_UM = {
+    "kidney_1_dense": 50.0,
+    "kidney_1_voi": 5.2,
+    "kidney_2": 50.0,
+    "kidney_3_sparse": 50.16,
+    "kidney_3_dense": 50.16,
+    "kidney_5": 50.28,
+    "kidney_6": 63.08,
+}
+DEFAULT_TRAIN = ("kidney_1_dense", "kidney_2", "kidney_3_sparse", "kidney_3_dense")
+CASES_FILE = "sennet_cases.json"
+VOXELS_PER_CASE = 160_000_000   # ~3 GB in nnU-Net's preprocessing at ~20 bytes/voxel
+
+
+@dataclass
+class KidneySource:
+    name: str
+    split: str
+    spacing_um: float
+    images: list[Path]            # one file per slice, sorted
+    labels: list[Path] | None     # same length as images, or None (test)
+    shape: tuple[int, int] = (0, 0)
+    keep: list[bool] = field(default_factory=list)   # slices to convert
+
+
+def physical_kidney(name: str) -> str:
+    """``kidney_3_dense`` and ``kidney_3_sparse`` are one kidney: folds must not split them."""
+    m = re.match(r"(kidney_\d+)", name)
+    return m.group(1) if m else name
+
+
+def discover(kaggle_dir: Path) -> dict[str, tuple[str, Path]]:
+    """Volumes present in a Kaggle download: name -> (split, folder)."""
+    found = {}
+    for split in ("train", "test"):
+        d = kaggle_dir / split
+        if d.is_dir():
+            for k in sorted(p for p in d.iterdir() if p.is_dir()):
+                found[k.name] = (split, k)
+    if not found:
+        raise UserError(f"{kaggle_dir}: no train/ or test/ kidney folders (is this the Kaggle download?)")
+    return found
+
+
+def _check_shapes(files: list[Path]) -> tuple[int, int]:
+    shape = slice_shape(files[0])
+    for f in files[1:]:
+        s = slice_shape(f)
+        if s != shape:
+            raise UserError(f"{f}: slice is {s[0]}x{s[1]}, other slices are {shape[0]}x{shape[1]}")
+    return shape
+
+
+def load_sources(kaggle_dir: Path, kidneys: list[str] | None, spacing: dict[str, float]) -> list[KidneySource]:
+    """Find and validate the selected kidneys (file lists, sizes, image/label pairing)."""
+    found = discover(kaggle_dir)
+    if kidneys is None:
+        kidneys = [k for k in DEFAULT_TRAIN if k in found] + [k for k, (s, _) in found.items() if s == "test"]
+    sources = []
+    for name in kidneys:
+        if name not in found:
+            raise UserError(f"{kaggle_dir}: unknown kidney '{name}' (found: {', '.join(found)})")
+        split, folder = found[name]
+        sp = spacing.get(name, KNOWN_SPACING_UM.get(name))
+        if sp is None:
+            raise UserError(f"{folder}: no known voxel size for '{name}'; pass --spacing {name}=UM")
+        labels = None
+        if (folder / "images").is_dir():
+            images = list_slices(folder / "images")
+        elif name.endswith("_dense") and (folder.parent / name.replace("_dense", "_sparse") / "images").is_dir():
+            # kidney_3_dense ships labels only; its images are kidney_3_sparse's, same file names
+            img_dir = folder.parent / name.replace("_dense", "_sparse") / "images"
+            by_name = {p.name: p for p in list_slices(img_dir)}
+            lab = list_slices(folder / "labels")
+            missing = [p.name for p in lab if p.name not in by_name]
+            if missing:
+                raise UserError(f"{folder / 'labels' / missing[0]}: no image of that name in {img_dir}")
+            images = [by_name[p.name] for p in lab]
+            labels = lab
+        else:
+            raise UserError(f"{folder}: no images/ folder")
+        if split == "train" and labels is None:
+            if not (folder / "labels").is_dir():
+                raise UserError(f"{folder}: training kidney without labels/ folder")
+            labels = list_slices(folder / "labels")
+            if len(labels) != len(images):
+                raise UserError(f"{folder}: {len(images)} images but {len(labels)} labels")
+            for a, b in zip(images, labels):
+                if a.name != b.name:
+                    raise UserError(f"{b}: label has no image of the same name ({a.name} expected)")
+        src = KidneySource(name, split, float(sp), images, labels)
+        src.shape = _check_shapes(images + (labels or []))
+        src.keep = [True] * len(images)
+        sources.append(src)
+    by_name = {s.name: s for s in sources}
+    # dense labels take precedence: drop the overlapping slices from the sparse volume
+    for s in sources:
+        if s.name.endswith("_sparse") and s.name.replace("_sparse", "_dense") in by_name:
+            dense_names = {p.name for p in by_name[s.name.replace("_sparse", "_dense")].images}
+            s.keep = [p.name not in dense_names for p in s.images]
+    return sources
+
+
+def plan_chunks(keep: list[bool], max_slices: int) -> list[tuple[int, int]]:
+    """Cut each unbroken run of kept slices into near-equal chunks of at most ``max_slices``."""
+    runs, start = [], None
+    for i, k in enumerate(keep + [False]):
+        if k and start is None:
+            start = i
+        elif not k and start is not None:
+            runs.append((start, i))
+            start = None
+    chunks = []
+    for a, b in runs:
+        n = -(-(b - a) // max_slices)
+        edges = np.linspace(a, b, n + 1).round().astype(int)
+        chunks.extend(zip(edges[:-1].tolist(), edges[1:].tolist()))
+    return chunks
+
+
+def _read_stack(files: list[Path], shape, pool: ThreadPoolExecutor, label: bool) -> np.ndarray:
+    reader = (lambda f: read_label_slice(f, shape)) if label else (lambda f: read_slice(f, shape))
+    return np.stack(list(pool.map(reader, files)))
+
+
+def convert_sennet(kaggle_dir: Path, dataset_id: int, name: str = "SenNet", raw_root: Path | None = None,
+                   kidneys: list[str] | None = None, chunk_slices: int | None = None,
+                   spacing: dict[str, float] | None = None, overwrite: bool = False) -> Path:
+    """Convert a Kaggle download into ``<raw_root>/DatasetXXX_<name>``; returns that folder."""
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+
+    kaggle_dir = Path(kaggle_dir)
+    raw_root = Path(raw_root or os.environ.get("nnUNet_raw") or "")
+    if not str(raw_root):
+        raise UserError("no output root: set nnUNet_raw or pass -o")
+    ds_name = f"Dataset{dataset_id:03d}_{name}"
+    clash = [p for p in raw_root.glob(f"Dataset{dataset_id:03d}_*") if p.name != ds_name and p.is_dir()]
+    if clash:
+        raise UserError(f"{clash[0]}: dataset ID {dataset_id} is already used by another name")
+    sources = load_sources(kaggle_dir, kidneys, spacing or {})
+    meta: dict = {"source": str(kaggle_dir.resolve()), "kidneys": {}}
+    n_train = 0
+    with atomic_dir(raw_root / ds_name, overwrite) as tmp, ThreadPoolExecutor(4) as pool, \
+            ThreadPoolExecutor(1) as writer:
+        for sub in ("imagesTr", "labelsTr", "imagesTs"):
+            (tmp / sub).mkdir()
+        pending = []
+        for src in sources:
+            per_case = chunk_slices or max(16, VOXELS_PER_CASE // (src.shape[0] * src.shape[1]))
+            chunks = plan_chunks(src.keep, per_case)
+            sp = [src.spacing_um] * 3
+            cases = []
+            img_dir = tmp / ("imagesTr" if src.split == "train" else "imagesTs")
+            with tqdm(total=sum(b - a for a, b in chunks), desc=f"convert {src.name}", unit="slice") as bar:
+                for a, b in chunks:
+                    case = f"{src.name}_z{int(src.images[a].stem):04d}"
+                    img = _read_stack(src.images[a:b], src.shape, pool, label=False)
+                    lab = _read_stack(src.labels[a:b], src.shape, pool, label=True) if src.labels else None
+                    # write in the background while the next chunk is read; keep at most one pending
+                    for f in pending:
+                        f.result()
+                    pending = [writer.submit(_write_case, img_dir, tmp / "labelsTr", case, img, lab, sp)]
+                    cases.append({"case": case, "z0": a, "z1": b,
+                                  "slice_ids": [p.stem for p in src.images[a:b]]})
+                    n_train += src.split == "train"
+                    bar.update(b - a)
+            meta["kidneys"][src.name] = {
+                "split": src.split, "spacing_um": src.spacing_um, "physical_kidney": physical_kidney(src.name),
+                "shape": [len(src.images), *src.shape], "cases": cases}
+        for f in pending:
+            f.result()
+        generate_dataset_json(
+            str(tmp), channel_names={0: "HiP-CT"}, labels={"background": 0, "vessel": 1},
+            num_training_cases=n_train, file_ending=".tif", overwrite_image_reader_writer="Tiff3DIO",
+            dataset_name=ds_name, description="SenNet + HOA HiP-CT kidney vessels (spacing in µm)",
+            reference="https://www.kaggle.com/competitions/blood-vessel-segmentation",
+            license="see the competition rules", converted_by="nnunet-vasculature")
+        (tmp / CASES_FILE).write_text(json.dumps(meta, indent=1))
+        (tmp / "splits_final.json").write_text(json.dumps(make_splits(meta), indent=1))
+    final = raw_root / ds_name
+    print(f"wrote {final} ({n_train} training cases)")
+    install_splits(final)
+    return final
+
+
+def _write_case(img_dir: Path, lab_dir: Path, case: str, img: np.ndarray, lab: np.ndarray | None,
+                spacing: list[float]) -> None:
+    tifffile.imwrite(img_dir / f"{case}_0000.tif", img)
+    (img_dir / f"{case}.json").write_text(json.dumps({"spacing": spacing}))
+    if lab is not None:
+        tifffile.imwrite(lab_dir / f"{case}.tif", lab)
+        (lab_dir / f"{case}.json").write_text(json.dumps({"spacing": spacing}))
+
+
+def make_splits(meta: dict) -> list[dict]:
+    """Leave-one-kidney-out folds over physical kidneys (kidney_3_dense goes with kidney_3_sparse)."""
+    groups: dict[str, list[str]] = {}
+    for name, k in meta["kidneys"].items():
+        if k["split"] == "train":
+            groups.setdefault(k["physical_kidney"], []).extend(c["case"] for c in k["cases"])
+    if len(groups) < 2:
+        return []
+    folds = []
+    for held_out in sorted(groups):
+        val = sorted(groups[held_out])
+        train = sorted(c for g, cs in groups.items() if g != held_out for c in cs)
+        folds.append({"train": train, "val": val})
+    return folds
+
+
+def install_splits(raw_dataset: Path) -> Path | None:
+    """Copy the dataset's ``splits_final.json`` to where nnU-Net reads it (nnUNet_preprocessed)."""
+    src = raw_dataset / "splits_final.json"
+    splits = json.loads(src.read_text())
+    if not splits:
+        print("only one training kidney: no leave-one-kidney-out splits (train with fold 'all')")
+        return None
+    pre = os.environ.get("nnUNet_preprocessed")
+    if not pre:
+        print(f"nnUNet_preprocessed is not set: copy {src} to $nnUNet_preprocessed/{raw_dataset.name}/ "
+              f"(or run 'nnunet-vasculature splits -d ID' once it is set)")
+        return None
+    dst = Path(pre) / raw_dataset.name / "splits_final.json"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text(json.dumps(splits, indent=1))
+    print(f"wrote {dst} ({len(splits)} leave-one-kidney-out folds)")
+    return dst
+
+
+def find_raw_dataset(dataset_id: int, raw_root: Path | None = None) -> Path:
+    root = Path(raw_root or os.environ.get("nnUNet_raw") or "")
+    if not str(root):
+        raise UserError("nnUNet_raw is not set")
+    hits = sorted(root.glob(f"Dataset{int(dataset_id):03d}_*"))
+    hits = [h for h in hits if h.is_dir()]
+    if not hits:
+        raise UserError(f"{root}: no Dataset{int(dataset_id):03d}_* folder")
+    return hits[0]
+
+
+def _parse_spacing(items: list[str]) -> dict[str, float]:
+    out = {}
+    for it in items or []:
+        k, _, v = it.partition("=")
+        try:
+            out[k] = float(v)
+        except ValueError:
+            raise UserError(f"--spacing {it}: expected KIDNEY=UM, e.g. kidney_6=63.08") from None
+    return out
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("convert", help="convert a dataset to nnU-Net raw format")
+    p.add_argument("source", choices=["sennet"], help="dataset kind")
+    p.add_argument("kaggle_dir", nargs="?", type=Path, help="Kaggle download folder (or use -i)")
+    p.add_argument("-i", dest="input", type=Path, help="Kaggle download folder")
+    p.add_argument("-d", dest="dataset_id", type=int, required=True, help="nnU-Net dataset ID, e.g. 501")
+    p.add_argument("-n", dest="name", default="SenNet", help="dataset name (default SenNet)")
+    p.add_argument("-o", dest="raw_root", type=Path, help="nnU-Net raw root (default $nnUNet_raw)")
+    p.add_argument("--kidneys", nargs="+", help=f"volumes to convert (default: {' '.join(DEFAULT_TRAIN)} "
+                                                 "and every test kidney)")
+    p.add_argument("--chunk-slices", type=int, default=None,
+                   help=f"max slices per case (default: about {VOXELS_PER_CASE // 1_000_000} M voxels per case)")
+    p.add_argument("--spacing", nargs="+", metavar="KIDNEY=UM", help="override the voxel size of a kidney")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
+
+    def run(a):
+        src = a.input or a.kaggle_dir
+        if src is None:
+            raise UserError("give the Kaggle folder: convert sennet KAGGLE_DIR -d ID")
+        if a.chunk_slices is not None and a.chunk_slices < 1:
+            raise UserError("--chunk-slices must be at least 1")
+        convert_sennet(src, a.dataset_id, a.name, a.raw_root, a.kidneys, a.chunk_slices,
+                       _parse_spacing(a.spacing), a.overwrite)
+
+    p.set_defaults(func=run)
+    s = sub.add_parser("splits", help="install the leave-one-kidney-out splits_final.json in nnUNet_preprocessed")
+    s.add_argument("-d", dest="dataset_id", type=int, required=True)
+    s.set_defaults(func=lambda a: install_splits(find_raw_dataset(a.dataset_id)))
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    add_parser(ap.add_subparsers(required=True))
+    args = ap.parse_args()
+    args.func(args)

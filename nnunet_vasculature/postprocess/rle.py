@@ -1,0 +1,54 @@
+"""Kaggle run-length encoding: row-major (C order), 1-based starts, ``"start length"`` pairs.
+
+An empty mask is written ``"1 0"`` (the competition's convention).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+EMPTY_RLE = "1 0"
+
+
+def rle_encode(mask2d: np.ndarray) -> str:
+    """Encode a 2D mask (anything > 0 is foreground) as a Kaggle RLE string."""
+    flat = np.ascontiguousarray(mask2d).reshape(-1) > 0
+    if not flat.any():
+        return EMPTY_RLE
+    # run boundaries are where the padded sequence changes value
+    padded = np.concatenate(([False], flat, [False])).view(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    starts, ends = edges[0::2], edges[1::2]
+    pairs = np.empty(2 * len(starts), dtype=np.int64)
+    pairs[0::2] = starts + 1
+    pairs[1::2] = ends - starts
+    return " ".join(map(str, pairs.tolist()))
+
+
+def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
+    """Decode a Kaggle RLE string into a uint8 mask of ``shape`` (values 0/1).
+
+    Raises ValueError for malformed strings and runs outside the image.
+    """
+    size = int(np.prod(shape))
+    out = np.zeros(size, dtype=np.uint8)
+    text = str(rle).strip() if rle is not None else ""
+    if text in ("", EMPTY_RLE, "nan"):
+        return out.reshape(shape)
+    try:
+        nums = np.array(text.split(), dtype=np.int64)
+    except ValueError:
+        raise ValueError("RLE contains non-integer tokens") from None
+    if len(nums) % 2:
+        raise ValueError("RLE has an odd number of values")
+    starts, lengths = nums[0::2] - 1, nums[1::2]
+    if (starts < 0).any() or (lengths < 0).any():
+        raise ValueError("RLE has a start below 1 or a negative length")
+    ends = starts + lengths
+    if len(ends) and ends.max() > size:
+        raise ValueError(f"RLE run ends at pixel {int(ends.max())}, beyond the {size} pixels of a {shape} slice")
+    # difference array: +1 at each start, -1 at each end; overlapping runs still give 1
+    diff = np.zeros(size + 1, dtype=np.int32)
+    np.add.at(diff, starts, 1)
+    np.add.at(diff, ends, -1)
+    out[:] = np.cumsum(diff[:-1]) > 0
+    return out.reshape(shape)

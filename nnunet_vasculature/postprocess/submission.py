@@ -1,0 +1,152 @@
+"""Kaggle submissions: write (``submit``), check (``validate``) and score (``score``) CSV files."""
+from __future__ import annotations
+
+import csv
+import re
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from nnunet_vasculature.errors import UserError, atomic_file
+from nnunet_vasculature.postprocess.rle import rle_decode, rle_encode
+from nnunet_vasculature.postprocess.surface_dice import SurfaceDiceAccumulator
+from nnunet_vasculature.postprocess.tune import load_postprocessing, masks, slice_ids
+from nnunet_vasculature.postprocess.volumes import open_probabilities, zarr_kidneys
+
+_ID_RE = re.compile(r"^(.*)_(\d+)$")
+
+
+def split_id(i: str) -> tuple[str, int]:
+    """``kidney_5_0012`` -> (``kidney_5``, 12)."""
+    m = _ID_RE.match(i)
+    if not m:
+        raise ValueError(f"id '{i}' is not <kidney>_<slice number>")
+    return m.group(1), int(m.group(2))
+
+
+def read_csv(path: Path, required: tuple[str, ...]) -> list[dict]:
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            cols = reader.fieldnames or []
+            missing = [c for c in required if c not in cols]
+            if missing:
+                raise UserError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(cols) or 'none'})")
+            return list(reader)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def expand_probabilities(paths: list) -> list[str]:
+    """A zarr group from ``predict`` holds one array per kidney: expand it."""
+    out = []
+    for p in paths:
+        out.extend(zarr_kidneys(Path(p)) if Path(p).suffix == ".zarr" else [str(p)])
+    return out
+
+
+def submit(prob_paths: list, pp_path, out_csv: Path, sample: Path | None = None) -> Path:
+    """One row per slice, ``id,rle``; in the sample's order when a sample submission is given."""
+    pp = load_postprocessing(pp_path)
+    rows: "OrderedDict[str, str]" = OrderedDict()
+    for path in expand_probabilities(prob_paths):
+        prob, attrs = open_probabilities(path)
+        ids = slice_ids(path, prob, attrs)
+        with tqdm(total=prob.shape[0], desc=f"submit {Path(path).name}", unit="slice") as bar:
+            for z0, m in masks(prob, pp):
+                for i, plane in enumerate(m):
+                    rows[ids[z0 + i]] = rle_encode(plane)
+                bar.update(len(m))
+    if sample is not None:
+        order = [r["id"] for r in read_csv(sample, ("id",))]
+        missing = [i for i in order if i not in rows]
+        if missing:
+            raise UserError(f"{sample}: id {missing[0]} has no prediction ({len(missing)} ids missing)")
+        extra = [i for i in rows if i not in set(order)]
+        if extra:
+            raise UserError(f"{sample}: predicted id {extra[0]} is not in the sample submission "
+                            f"({len(extra)} such ids)")
+    else:
+        order = list(rows)
+    with atomic_file(Path(out_csv)) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(("id", "rle"))
+            w.writerows((i, rows[i]) for i in order)
+    print(f"wrote {out_csv} ({len(order)} rows)")
+    return Path(out_csv)
+
+
+def validate(sub_csv: Path, sample: Path, shapes: dict[str, tuple[int, int]] | None = None) -> int:
+    """Raise UserError on missing/duplicate/unknown ids, malformed RLE, runs out of bounds."""
+    rows = read_csv(sub_csv, ("id", "rle"))
+    expected = [r["id"] for r in read_csv(sample, ("id",))]
+    seen: dict[str, str] = {}
+    for n, r in enumerate(rows, start=2):
+        i = r["id"]
+        if i in seen:
+            raise UserError(f"{sub_csv}:{n}: duplicate id {i}")
+        seen[i] = r["rle"]
+        try:
+            kidney, _ = split_id(i)
+            shape = (shapes or {}).get(kidney, None)
+            _check_rle(r["rle"], shape)
+        except ValueError as e:
+            raise UserError(f"{sub_csv}:{n}: id {i}: {e}") from None
+    missing = [i for i in expected if i not in seen]
+    if missing:
+        raise UserError(f"{sub_csv}: id {missing[0]} of the sample submission is missing ({len(missing)} missing)")
+    unknown = [i for i in seen if i not in set(expected)]
+    if unknown:
+        raise UserError(f"{sub_csv}: id {unknown[0]} is not in the sample submission ({len(unknown)} unknown)")
+    print(f"{sub_csv}: {len(rows)} rows, valid")
+    return len(rows)
+
+
+def _check_rle(rle: str, shape: tuple[int, int] | None) -> None:
+    if shape is not None:
+        rle_decode(rle, shape)
+        return
+    text = (rle or "").strip()
+    if text in ("", "1 0"):
+        return
+    try:
+        nums = np.array(text.split(), dtype=np.int64)
+    except ValueError:
+        raise ValueError("RLE contains non-integer tokens") from None
+    if len(nums) % 2:
+        raise ValueError("RLE has an odd number of values")
+    if (nums[0::2] < 1).any() or (nums[1::2] < 0).any():
+        raise ValueError("RLE has a start below 1 or a negative length")
+
+
+def score_csv(solution: Path, submission: Path) -> dict[str, float]:
+    """Per-kidney surface Dice like the official metric: rows grouped by kidney, slices stacked in
+    slice order, spacing 1. A kidney whose labels and prediction are both empty scores NaN (0/0) and
+    is left out of the mean."""
+    sol = read_csv(solution, ("id", "rle", "width", "height"))
+    sub = {r["id"]: r["rle"] for r in read_csv(submission, ("id", "rle"))}
+    kidneys: dict[str, list] = {}
+    for r in sol:
+        if r["id"] not in sub:
+            raise UserError(f"{submission}: id {r['id']} of the solution is missing")
+        try:
+            k, z = split_id(r["id"])
+        except ValueError as e:
+            raise UserError(f"{solution}: {e}") from None
+        kidneys.setdefault(k, []).append((z, r))
+    scores = {}
+    for k, items in kidneys.items():
+        items.sort(key=lambda t: t[0])
+        shape = (int(items[0][1]["height"]), int(items[0][1]["width"]))
+        acc = SurfaceDiceAccumulator(shape)
+        for _, r in items:
+            try:
+                pred = rle_decode(sub[r["id"]], shape)
+            except ValueError as e:
+                raise UserError(f"{submission}: id {r['id']}: {e}") from None
+            acc.add(pred[None], rle_decode(r["rle"], shape)[None])
+        scores[k] = acc.score()
+    return scores

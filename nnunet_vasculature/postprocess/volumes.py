@@ -1,0 +1,179 @@
+"""Volumes read a few slices at a time: numpy/zarr arrays, zarr stores, folders of slice files,
+3D files and nnU-Net ``.npz`` probabilities. Everything is indexed ``vol[z0:z1] -> (B, H, W)``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.slices import list_slices, read_slice, slice_shape
+
+
+class SliceStack:
+    """A folder's per-slice 2D files as a lazily read 3D volume."""
+
+    def __init__(self, files: list[Path]):
+        self.files = [Path(f) for f in files]
+        if not self.files:
+            raise UserError("empty list of slice files")
+        self.plane = slice_shape(self.files[0])
+        self.shape = (len(self.files), *self.plane)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, sl) -> np.ndarray:
+        if not isinstance(sl, slice):
+            raise TypeError("SliceStack supports z-slices only")
+        return np.stack([read_slice(f, self.plane) for f in self.files[sl]])
+
+    @property
+    def slice_names(self) -> list[str]:
+        return [f.stem for f in self.files]
+
+
+def as_volume(x, what: str = "volume"):
+    """Accept an array-like with ``.shape`` and z-slicing, or a list of slice files."""
+    if isinstance(x, (list, tuple)):
+        return SliceStack(x)
+    if isinstance(x, (str, Path)):
+        raise TypeError(f"{what}: open paths with open_probabilities/open_labels first")
+    if not hasattr(x, "shape"):
+        raise TypeError(f"{what}: unsupported type {type(x).__name__}")
+    return x
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.suffix == ".zarr" or (path / "zarr.json").exists() or \
+        any(p.suffix == ".zarr" for p in path.parents)
+
+
+def open_zarr_array(path: Path):
+    """Open a zarr array; a group holding exactly one array is accepted for it."""
+    import zarr
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as e:
+        raise UserError(f"{path}: not a readable zarr store ({type(e).__name__}: {e})") from None
+    if isinstance(node, zarr.Group):
+        arrays = list(node.array_keys())
+        if len(arrays) != 1:
+            raise UserError(f"{path}: zarr group holds {len(arrays)} arrays ({', '.join(arrays)}); "
+                            f"name one, e.g. {path}/{arrays[0] if arrays else 'kidney_5'}")
+        node = node[arrays[0]]
+    return node
+
+
+def zarr_kidneys(path: Path) -> list[str]:
+    """Paths of every probability array in a zarr store (a group gives one per kidney)."""
+    import zarr
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as e:
+        raise UserError(f"{path}: not a readable zarr store ({type(e).__name__}: {e})") from None
+    if isinstance(node, zarr.Group):
+        return [f"{path}/{k}" for k in sorted(node.array_keys())]
+    return [str(path)]
+
+
+def quantize(prob: np.ndarray, where: str) -> np.ndarray:
+    """Float probabilities in [0, 1] -> uint8 0..255 (round(p * 255)); NaN/out of range refused."""
+    prob = np.asarray(prob)
+    if prob.dtype == np.uint8:
+        return prob
+    if np.isnan(prob).any():
+        raise UserError(f"{where}: probabilities contain NaN")
+    if prob.min(initial=0) < 0 or prob.max(initial=0) > 1:
+        raise UserError(f"{where}: probabilities outside [0, 1] (min {prob.min():.3g}, max {prob.max():.3g})")
+    return np.rint(prob * 255).astype(np.uint8)
+
+
+class CheckedU8:
+    """Wrap a volume so that every block read is uint8 (floats in [0, 1] are quantised)."""
+
+    def __init__(self, vol, where: str):
+        self.vol, self.where, self.shape = vol, where, tuple(vol.shape)
+
+    def __getitem__(self, sl):
+        return quantize(np.asarray(self.vol[sl]), self.where)
+
+
+def open_probabilities(path) -> tuple[object, dict]:
+    """Foreground probabilities as a uint8 volume plus metadata (slice ids, kidney name)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: not found")
+    if path.suffix == ".npz":
+        with np.load(path) as f:
+            if "probabilities" not in f:
+                raise UserError(f"{path}: no 'probabilities' array (nnU-Net --save_probabilities output?)")
+            p = f["probabilities"]
+        if p.ndim != 4 or p.shape[0] < 2:
+            raise UserError(f"{path}: expected probabilities (classes, z, y, x), got {p.shape}")
+        return quantize(p[1], str(path)), {"kidney": path.stem}
+    if _is_zarr(path):
+        arr = open_zarr_array(path)
+        attrs = dict(arr.attrs)
+        if arr.ndim != 3:
+            raise UserError(f"{path}: expected a 3D array, got shape {arr.shape}")
+        return CheckedU8(arr, str(path)), attrs
+    if path.is_dir():
+        stack = SliceStack(list_slices(path))
+        return CheckedU8(stack, str(path)), {"kidney": path.name, "slice_names": stack.slice_names}
+    raise UserError(f"{path}: not a zarr store, slice folder or .npz")
+
+
+class _Binary:
+    def __init__(self, vol):
+        self.vol, self.shape = vol, tuple(vol.shape)
+
+    def __getitem__(self, sl):
+        return np.asarray(self.vol[sl]) > 0
+
+
+def open_labels(path) -> object:
+    """Labels as a boolean volume: a folder of slices (or a Kaggle kidney folder), or a 3D file."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: not found")
+    if path.is_dir():
+        folder = path / "labels" if (path / "labels").is_dir() else path
+        stack = SliceStack(list_slices(folder))
+        return _LabelStack(stack)
+    if path.suffix in (".tif", ".tiff"):
+        return _Binary(tifffile.memmap(path) if _is_memmappable(path) else tifffile.imread(path))
+    if path.name.endswith((".nii.gz", ".nii", ".mha", ".nrrd")):
+        import SimpleITK as sitk
+        return _Binary(sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
+    if _is_zarr(path):
+        return _Binary(open_zarr_array(path))
+    raise UserError(f"{path}: unsupported label format")
+
+
+def _is_memmappable(path: Path) -> bool:
+    try:
+        tifffile.memmap(path, mode="r")
+        return True
+    except Exception:
+        return False
+
+
+class _LabelStack:
+    """Label slices, checked to be 0/1/255 and binarised."""
+
+    def __init__(self, stack: SliceStack):
+        self.stack, self.shape = stack, stack.shape
+
+    def __getitem__(self, sl):
+        from nnunet_vasculature.slices import read_label_slice
+        return np.stack([read_label_slice(f, self.stack.plane) for f in self.stack.files[sl]]).astype(bool)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: cannot read JSON ({e})") from None

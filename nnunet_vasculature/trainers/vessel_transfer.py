@@ -1,0 +1,142 @@
+"""Fine-tuning trainers for nnU-Net v2 that start from an imported v1 model (Task008_HepaticVessel).
+
+Found by the stock ``nnUNetv2_train ... -tr VesselTransferTrainer`` once ``nnUNet_extTrainer`` points
+at this package's ``trainers/ext`` folder (``eval "$(nnunet-vasculature env)"``).
+
+Weights are looked up, in order, in ``$nnUNet_vasculature_pretrained`` and next to the plans:
+``$nnUNet_preprocessed/DatasetXXX/<plans>__<configuration>__pretrained.pth`` (written by
+``nnunet-vasculature import-pretrained``). ``-pretrained_weights FILE`` still works as in stock nnU-Net.
+"""
+from __future__ import annotations
+
+import os
+from os.path import isfile, join
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from torch.optim.lr_scheduler import _LRScheduler
+
+PRETRAINED_ENV = "nnUNet_vasculature_pretrained"
+
+
+def pretrained_path(preprocessed_dataset_folder: str, plans_name: str, configuration: str) -> str:
+    return join(preprocessed_dataset_folder, f"{plans_name}__{configuration}__pretrained.pth")
+
+
+class WarmupPolyLRScheduler(_LRScheduler):
+    """Linear warm-up over the first ``warmup`` epochs, then nnU-Net's polynomial decay."""
+
+    def __init__(self, optimizer, initial_lr: float, max_steps: int, warmup: int, exponent: float = 0.9):
+        self.initial_lr, self.max_steps, self.warmup, self.exponent = initial_lr, max_steps, warmup, exponent
+        self.ctr = 0
+        super().__init__(optimizer, -1)
+
+    def step(self, current_step=None):
+        if current_step is None or current_step == -1:
+            current_step = self.ctr
+            self.ctr += 1
+        if current_step < self.warmup:
+            lr = self.initial_lr * (current_step + 1) / (self.warmup + 1)
+        else:
+            done = (current_step - self.warmup) / max(1, self.max_steps - self.warmup)
+            lr = self.initial_lr * (1 - min(done, 1.0)) ** self.exponent
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self._last_lr = [lr] * len(self.optimizer.param_groups)
+
+    def get_last_lr(self):
+        return self._last_lr
+
+
+class VesselTransferTrainer(nnUNetTrainer):
+    """Short fine-tune from imported weights: 15 epochs, LR 1e-3 with 2 warm-up epochs; the 2-class head
+    starts from the source model's background and vessel channels."""
+
+    head_init = "source"          # "source": copy bg/vessel logits of the source head; "random"
+    use_pretrained = True
+    freeze_encoder_epochs = 0
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 15
+        self.initial_lr = 1e-3
+        self.warmup_epochs = 2
+        self.pretrained_loaded_from = None
+
+    def initialize(self):
+        was = self.was_initialized
+        super().initialize()
+        if not was and self.use_pretrained:
+            self.load_transfer_weights()
+
+    def find_pretrained(self) -> str | None:
+        env = os.environ.get(PRETRAINED_ENV)
+        if env:
+            return env
+        path = pretrained_path(self.preprocessed_dataset_folder_base, self.plans_manager.plans_name,
+                               self.configuration_name)
+        return path if isfile(path) else None
+
+    def load_transfer_weights(self) -> None:
+        path = self.find_pretrained()
+        if path is None:
+            raise RuntimeError(f"{self.__class__.__name__}: no imported weights found; run "
+                               f"'nnunet-vasculature import-pretrained' or set {PRETRAINED_ENV}")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        source = ckpt["network_weights"]
+        net = self.network.module if self.is_ddp else self.network
+        net = getattr(net, "_orig_mod", net)
+        own = net.state_dict()
+        new = {}
+        for key, value in own.items():
+            if ".seg_layers." in key:
+                new[key] = self._init_head(key, value, source.get(key), ckpt.get("head_channels", [0, 1]))
+                continue
+            if key not in source or source[key].shape != value.shape:
+                raise RuntimeError(f"{path}: '{key}' missing or of another shape: the imported weights do "
+                                   f"not match plans '{self.plans_manager.plans_name}'")
+            new[key] = source[key]
+        net.load_state_dict(new)
+        self.pretrained_loaded_from = path
+        self.print_to_log_file(f"loaded transfer weights from {path} (head: {self.head_init})")
+
+    def _init_head(self, key: str, value: torch.Tensor, src: torch.Tensor | None, channels: list[int]):
+        if self.head_init != "source" or src is None or len(channels) != value.shape[0]:
+            return value
+        return src[channels].clone()
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
+                                    momentum=0.99, nesterov=True)
+        return optimizer, WarmupPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, self.warmup_epochs)
+
+    def on_train_epoch_start(self):
+        if self.freeze_encoder_epochs:
+            net = self.network.module if self.is_ddp else self.network
+            frozen = self.current_epoch < self.freeze_encoder_epochs
+            for p in getattr(net, "_orig_mod", net).encoder.parameters():
+                p.requires_grad_(not frozen)
+        super().on_train_epoch_start()
+
+
+class VesselTransferTrainer_randomHead(VesselTransferTrainer):
+    """Same, with a randomly initialised 2-class head."""
+    head_init = "random"
+
+
+class VesselTransferTrainer_frozenEncoder(VesselTransferTrainer):
+    """Encoder frozen for the first 5 epochs: decoder and head adapt first (warm start)."""
+    freeze_encoder_epochs = 5
+
+
+class VesselTransferTrainer_50epochs(VesselTransferTrainer):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 50
+
+
+class VesselScratchTrainer(VesselTransferTrainer):
+    """The same schedule and architecture from random weights: the baseline for the transfer."""
+    use_pretrained = False
