@@ -1,0 +1,141 @@
+"""Input volumes for prediction, read a few slices at a time: a Kaggle kidney folder of TIFF slices,
+an nnU-Net raw image (3D TIFF + spacing JSON, NIfTI/MHA), or the z-chunks of one kidney written by
+``convert sennet`` (read as one volume, so the kidney is predicted without seams)."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from nnunet_vasculature.dataset_conversion.sennet import CASES_FILE, KNOWN_SPACING_UM
+from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.slices import list_slices
+from nnunet_vasculature.postprocess.volumes import SliceStack
+
+
+@dataclass
+class VolumeSource:
+    """A (z, y, x) volume with spacing in the units of the dataset (µm for SenNet)."""
+    name: str
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    slice_ids: list[str]
+    parts: list = field(default_factory=list)     # [(z0, z1, reader)] covering the volume in order
+
+    def read(self, z0: int, z1: int) -> np.ndarray:
+        out = []
+        for a, b, reader in self.parts:
+            lo, hi = max(a, z0), min(b, z1)
+            if lo < hi:
+                out.append(np.asarray(reader(lo - a, hi - a), dtype=np.float32))
+        return np.concatenate(out) if out else np.zeros((0, *self.shape[1:]), np.float32)
+
+
+def _tiff3d_reader(path: Path):
+    """z-range reader of a 3D TIFF: memory-mapped when uncompressed, page by page otherwise."""
+    try:
+        mm = tifffile.memmap(path, mode="r")
+        return mm.shape, lambda a, b: mm[a:b]
+    except Exception:
+        pass
+    try:
+        tf = tifffile.TiffFile(path)
+        pages = tf.pages
+        shape = (len(pages), *pages[0].shape)
+    except Exception as e:
+        raise UserError(f"{path}: not a readable TIFF ({type(e).__name__}: {e})") from None
+    return shape, lambda a, b: np.stack([pages[i].asarray() for i in range(a, b)])
+
+
+def kaggle_kidney(folder: Path, spacing: float | None = None) -> VolumeSource:
+    folder = Path(folder)
+    images = folder / "images" if (folder / "images").is_dir() else folder
+    stack = SliceStack(list_slices(images))
+    name = folder.name if images != folder else folder.name
+    sp = spacing or KNOWN_SPACING_UM.get(name)
+    if sp is None:
+        raise UserError(f"{folder}: unknown voxel size for '{name}'; pass --spacing UM")
+    ids = [f"{name}_{n}" for n in stack.slice_names]
+    return VolumeSource(name, stack.shape, (sp, sp, sp), ids, [(0, stack.shape[0], lambda a, b: stack[a:b])])
+
+
+def raw_image(path: Path, spacing: float | None = None) -> VolumeSource:
+    """One nnU-Net raw image (``case_0000.tif`` + ``case.json``, or NIfTI/MHA)."""
+    path = Path(path)
+    name = re.sub(r"_0000$", "", path.name.split(".")[0])
+    if path.suffix.lower() in (".tif", ".tiff"):
+        shape, reader = _tiff3d_reader(path)
+        if len(shape) != 3:
+            raise UserError(f"{path}: expected a 3D TIFF, got shape {shape}")
+        aux = path.with_name(f"{name}.json")
+        sp = tuple(json.loads(aux.read_text())["spacing"]) if aux.is_file() else None
+        if sp is None:
+            if spacing is None:
+                raise UserError(f"{path}: no {aux.name} with the spacing; pass --spacing")
+            sp = (spacing,) * 3
+    else:
+        import SimpleITK as sitk
+        try:
+            img = sitk.ReadImage(str(path))
+        except RuntimeError as e:
+            raise UserError(f"{path}: cannot read image ({str(e).splitlines()[0]})") from None
+        arr = sitk.GetArrayFromImage(img)
+        shape, reader, sp = arr.shape, (lambda a, b: arr[a:b]), tuple(img.GetSpacing()[::-1])
+    ids = [f"{name}_{i:04d}" for i in range(shape[0])]
+    return VolumeSource(name, tuple(shape), tuple(float(s) for s in sp), ids, [(0, shape[0], reader)])
+
+
+def chunked_kidneys(images_dir: Path) -> list[VolumeSource]:
+    """Kidneys of a converted dataset's imagesTr/imagesTs, each read across its z-chunks."""
+    meta_file = images_dir.parent / CASES_FILE
+    if not meta_file.is_file():
+        return [raw_image(p) for p in sorted(images_dir.glob("*_0000.*"))]
+    meta = json.loads(meta_file.read_text())
+    out = []
+    for kidney, k in meta["kidneys"].items():
+        files = [images_dir / f"{c['case']}_0000.tif" for c in k["cases"]]
+        if not all(f.is_file() for f in files):
+            continue
+        parts, ids, z = [], [], 0
+        plane = None
+        for c, f in zip(k["cases"], files):
+            shape, reader = _tiff3d_reader(f)
+            if plane is not None and shape[1:] != plane:
+                raise UserError(f"{f}: slice size {shape[1:]} differs from the kidney's other chunks {plane}")
+            plane = shape[1:]
+            parts.append((z, z + shape[0], reader))
+            ids.extend(f"{kidney}_{s}" for s in c["slice_ids"])
+            z += shape[0]
+        if _has_gaps(k["cases"]):
+            print(f"note: {kidney} has slices left out of its cases (e.g. kept by another volume); "
+                  f"predicting its {z} converted slices as one volume")
+        sp = float(k["spacing_um"])
+        out.append(VolumeSource(kidney, (z, *plane), (sp, sp, sp), ids, parts))
+    if not out:
+        raise UserError(f"{images_dir}: no images of the kidneys listed in {meta_file}")
+    return out
+
+
+def _has_gaps(cases: list[dict]) -> bool:
+    return any(a["z1"] != b["z0"] for a, b in zip(cases, cases[1:]))
+
+
+def open_inputs(path: Path, spacing: float | None = None) -> list[VolumeSource]:
+    """Every volume to predict in ``path``."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: not found")
+    if path.is_file():
+        return [raw_image(path, spacing)]
+    if (path / "images").is_dir() or any(re.match(r"^\d+\.tiff?$", p.name) for p in path.iterdir()):
+        return [kaggle_kidney(path, spacing)]
+    if any(p.name.endswith(("_0000.tif", "_0000.nii.gz", "_0000.mha")) for p in path.iterdir()):
+        return chunked_kidneys(path)
+    kids = [d for d in sorted(path.iterdir()) if (d / "images").is_dir()]
+    if kids:   # a Kaggle test/ folder
+        return [kaggle_kidney(d, spacing) for d in kids]
+    raise UserError(f"{path}: no kidney slices, nnU-Net images or kidney folders inside")
