@@ -12,7 +12,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) torch==2.13.0
+	$(PIP) torch==2.14.1 torchvision==0.29.1
 	$(PIP) -e '.[test]'
 	$(PIP) --no-deps nnunet==1.7.1
 	touch $(STAMP)

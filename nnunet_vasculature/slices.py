@@ -68,11 +68,23 @@ def slice_shape(path: Path) -> tuple[int, int]:
     return tuple(shape)
 
 
-def read_label_slice(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """Read a label slice and binarise it to {0, 1}; values other than 0, 1, 255 are refused."""
+IGNORE_VALUE = 128   # "unsure" in pseudo-label folders; nnU-Net's ignore label after conversion
+
+
+def read_label_slice(path: Path, shape: tuple[int, int], allow_ignore: bool = False) -> np.ndarray:
+    """Read a label slice as {0, 1} (and 2 for the ignore value 128 when ``allow_ignore``).
+
+    Values other than 0, 1, 255 (and 128) are refused.
+    """
     lab = read_slice(path, shape)
     bad = (lab != 0) & (lab != 1) & (lab != 255)
+    if allow_ignore:
+        bad &= lab != IGNORE_VALUE
     if bad.any():
         vals = np.unique(lab[bad])[:5].tolist()
-        raise UserError(f"{path}: label values {vals} found, expected only 0, 1 or 255")
-    return (lab > 0).astype(np.uint8)
+        raise UserError(f"{path}: label values {vals} found, expected only 0, 1 or 255"
+                        + (f" (or {IGNORE_VALUE})" if allow_ignore else ""))
+    out = (lab > 0).astype(np.uint8)
+    if allow_ignore:
+        out[lab == IGNORE_VALUE] = 2
+    return out

@@ -47,6 +47,7 @@ class KidneySource:
     labels: list[Path] | None     # same length as images, or None (test)
     shape: tuple[int, int] = (0, 0)
     keep: list[bool] = field(default_factory=list)   # slices to convert
+    pseudo: bool = False          # labels from a pseudo-label folder (may hold the ignore value)
 
 
 def physical_kidney(name: str) -> str:
@@ -77,9 +78,17 @@ def _check_shapes(files: list[Path]) -> tuple[int, int]:
     return shape
 
 
-def load_sources(kaggle_dir: Path, kidneys: list[str] | None, spacing: dict[str, float]) -> list[KidneySource]:
-    """Find and validate the selected kidneys (file lists, sizes, image/label pairing)."""
+def load_sources(kaggle_dir: Path, kidneys: list[str] | None, spacing: dict[str, float],
+                 label_dirs: dict[str, Path] | None = None) -> list[KidneySource]:
+    """Find and validate the selected kidneys (file lists, sizes, image/label pairing).
+
+    ``label_dirs`` replaces a kidney's labels (e.g. by a ``pseudo-label`` folder).
+    """
     found = discover(kaggle_dir)
+    label_dirs = label_dirs or {}
+    unknown = [k for k in label_dirs if k not in found]
+    if unknown:
+        raise UserError(f"--labels {unknown[0]}=...: unknown kidney (found: {', '.join(found)})")
     if kidneys is None:
         kidneys = [k for k in DEFAULT_TRAIN if k in found] + [k for k, (s, _) in found.items() if s == "test"]
     sources = []
@@ -105,16 +114,17 @@ def load_sources(kaggle_dir: Path, kidneys: list[str] | None, spacing: dict[str,
             labels = lab
         else:
             raise UserError(f"{folder}: no images/ folder")
-        if split == "train" and labels is None:
-            if not (folder / "labels").is_dir():
-                raise UserError(f"{folder}: training kidney without labels/ folder")
-            labels = list_slices(folder / "labels")
+        if split == "train" and (labels is None or name in label_dirs):
+            lab_dir = Path(label_dirs.get(name, folder / "labels"))
+            if not lab_dir.is_dir():
+                raise UserError(f"{lab_dir}: training kidney without labels folder")
+            labels = list_slices(lab_dir)
             if len(labels) != len(images):
                 raise UserError(f"{folder}: {len(images)} images but {len(labels)} labels")
             for a, b in zip(images, labels):
                 if a.name != b.name:
                     raise UserError(f"{b}: label has no image of the same name ({a.name} expected)")
-        src = KidneySource(name, split, float(sp), images, labels)
+        src = KidneySource(name, split, float(sp), images, labels, pseudo=name in label_dirs)
         src.shape = _check_shapes(images + (labels or []))
         src.keep = [True] * len(images)
         sources.append(src)
@@ -144,14 +154,15 @@ def plan_chunks(keep: list[bool], max_slices: int) -> list[tuple[int, int]]:
     return chunks
 
 
-def _read_stack(files: list[Path], shape, pool: ThreadPoolExecutor, label: bool) -> np.ndarray:
-    reader = (lambda f: read_label_slice(f, shape)) if label else (lambda f: read_slice(f, shape))
+def _read_stack(files: list[Path], shape, pool: ThreadPoolExecutor, label: bool, ignore: bool = False) -> np.ndarray:
+    reader = (lambda f: read_label_slice(f, shape, ignore)) if label else (lambda f: read_slice(f, shape))
     return np.stack(list(pool.map(reader, files)))
 
 
 def convert_sennet(kaggle_dir: Path, dataset_id: int, name: str = "SenNet", raw_root: Path | None = None,
                    kidneys: list[str] | None = None, chunk_slices: int | None = None,
-                   spacing: dict[str, float] | None = None, overwrite: bool = False) -> Path:
+                   spacing: dict[str, float] | None = None, overwrite: bool = False,
+                   label_dirs: dict[str, Path] | None = None) -> Path:
     """Convert a Kaggle download into ``<raw_root>/DatasetXXX_<name>``; returns that folder."""
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
@@ -163,9 +174,10 @@ def convert_sennet(kaggle_dir: Path, dataset_id: int, name: str = "SenNet", raw_
     clash = [p for p in raw_root.glob(f"Dataset{dataset_id:03d}_*") if p.name != ds_name and p.is_dir()]
     if clash:
         raise UserError(f"{clash[0]}: dataset ID {dataset_id} is already used by another name")
-    sources = load_sources(kaggle_dir, kidneys, spacing or {})
+    sources = load_sources(kaggle_dir, kidneys, spacing or {}, label_dirs)
     meta: dict = {"source": str(kaggle_dir.resolve()), "kidneys": {}}
     n_train = 0
+    has_ignore = False
     with atomic_dir(raw_root / ds_name, overwrite) as tmp, ThreadPoolExecutor(4) as pool, \
             ThreadPoolExecutor(1) as writer:
         for sub in ("imagesTr", "labelsTr", "imagesTs"):
@@ -181,7 +193,8 @@ def convert_sennet(kaggle_dir: Path, dataset_id: int, name: str = "SenNet", raw_
                 for a, b in chunks:
                     case = f"{src.name}_z{int(src.images[a].stem):04d}"
                     img = _read_stack(src.images[a:b], src.shape, pool, label=False)
-                    lab = _read_stack(src.labels[a:b], src.shape, pool, label=True) if src.labels else None
+                    lab = _read_stack(src.labels[a:b], src.shape, pool, True, src.pseudo) if src.labels else None
+                    has_ignore |= lab is not None and src.pseudo and bool((lab == 2).any())
                     # write in the background while the next chunk is read; keep at most one pending
                     for f in pending:
                         f.result()
@@ -196,7 +209,8 @@ def convert_sennet(kaggle_dir: Path, dataset_id: int, name: str = "SenNet", raw_
         for f in pending:
             f.result()
         generate_dataset_json(
-            str(tmp), channel_names={0: "HiP-CT"}, labels={"background": 0, "vessel": 1},
+            str(tmp), channel_names={0: "HiP-CT"},
+            labels={"background": 0, "vessel": 1, **({"ignore": 2} if has_ignore else {})},
             num_training_cases=n_train, file_ending=".tif", overwrite_image_reader_writer="Tiff3DIO",
             dataset_name=ds_name, description="SenNet + HOA HiP-CT kidney vessels (spacing in µm)",
             reference="https://www.kaggle.com/competitions/blood-vessel-segmentation",
@@ -288,6 +302,8 @@ def add_parser(sub) -> None:
     p.add_argument("--chunk-slices", type=int, default=None,
                    help=f"max slices per case (default: about {VOXELS_PER_CASE // 1_000_000} M voxels per case)")
     p.add_argument("--spacing", nargs="+", metavar="KIDNEY=UM", help="override the voxel size of a kidney")
+    p.add_argument("--labels", nargs="+", metavar="KIDNEY=DIR", dest="label_dirs",
+                   help="take a kidney's labels from DIR (e.g. a pseudo-label folder; 128 = ignore)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
 
     def run(a):
@@ -296,8 +312,14 @@ def add_parser(sub) -> None:
             raise UserError("give the Kaggle folder: convert sennet KAGGLE_DIR -d ID")
         if a.chunk_slices is not None and a.chunk_slices < 1:
             raise UserError("--chunk-slices must be at least 1")
+        label_dirs = {}
+        for it in a.label_dirs or []:
+            k, _, d = it.partition("=")
+            if not d:
+                raise UserError(f"--labels {it}: expected KIDNEY=DIR")
+            label_dirs[k] = Path(d)
         convert_sennet(src, a.dataset_id, a.name, a.raw_root, a.kidneys, a.chunk_slices,
-                       _parse_spacing(a.spacing), a.overwrite)
+                       _parse_spacing(a.spacing), a.overwrite, label_dirs)
 
     p.set_defaults(func=run)
     s = sub.add_parser("splits", help="install the leave-one-kidney-out splits_final.json in nnUNet_preprocessed")

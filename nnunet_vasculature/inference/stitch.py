@@ -1,2 +1,71 @@
+"""``nnunet-vasculature stitch``: stock ``nnUNetv2_predict --save_probabilities`` outputs of the z-chunk
+cases of ``convert sennet`` -> one uint8 probability array per kidney, in the same zarr layout as
+``predict`` (so ``postprocess`` treats both alike). One chunk is in memory at a time.
+
+Note: chunks predicted separately have seams (each chunk's border lacks context); ``predict`` on the
+imagesTs folder reads a kidney's chunks as one volume and has none.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from nnunet_vasculature.dataset_conversion.sennet import CASES_FILE, find_raw_dataset
+from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.postprocess.volumes import quantize
+
+
+def stitch(pred_dir: Path, raw_dataset: Path, out: Path, overwrite: bool = False) -> Path:
+    import zarr
+    meta_file = Path(raw_dataset) / CASES_FILE
+    if not meta_file.is_file():
+        raise UserError(f"{raw_dataset}: no {CASES_FILE} (was it made by 'convert sennet'?)")
+    meta = json.loads(meta_file.read_text())
+    group = zarr.open_group(str(out), mode="a")
+    done = 0
+    for kidney, k in meta["kidneys"].items():
+        files = [Path(pred_dir) / f"{c['case']}.npz" for c in k["cases"]]
+        present = [f.is_file() for f in files]
+        if not any(present):
+            continue
+        if not all(present):
+            missing = files[present.index(False)]
+            raise UserError(f"{missing}: missing, but other chunks of {kidney} are in {pred_dir}")
+        if kidney in group and not overwrite:
+            raise UserError(f"{out}: '{kidney}' exists (pass --overwrite)")
+        depth = sum(c["z1"] - c["z0"] for c in k["cases"])
+        ids = [f"{kidney}_{s}" for c in k["cases"] for s in c["slice_ids"]]
+        arr = None
+        z = 0
+        for c, f in tqdm(list(zip(k["cases"], files)), desc=f"stitch {kidney}", unit="chunk"):
+            with np.load(f) as npz:
+                if "probabilities" not in npz:
+                    raise UserError(f"{f}: no 'probabilities' (run nnUNetv2_predict with --save_probabilities)")
+                p = npz["probabilities"]
+            if p.ndim != 4 or p.shape[1] != c["z1"] - c["z0"]:
+                raise UserError(f"{f}: probabilities of shape {p.shape}, expected (C, {c['z1'] - c['z0']}, y, x)")
+            if arr is None:
+                arr = group.create_array(kidney, shape=(depth, *p.shape[2:]), chunks=(1, *p.shape[2:]),
+                                         dtype="uint8", overwrite=True)
+                arr.attrs.update({"kidney": kidney, "spacing": [k["spacing_um"]] * 3, "slice_ids": ids,
+                                  "complete": False, "source": str(pred_dir)})
+            arr[z:z + p.shape[1]] = quantize(p[1], str(f))
+            z += p.shape[1]
+        arr.attrs["complete"] = True
+        done += 1
+    if not done:
+        raise UserError(f"{pred_dir}: no .npz of any case listed in {meta_file}")
+    print(f"wrote {done} kidney(s) to {out}")
+    return Path(out)
+
+
 def add_parser(sub) -> None:
-    pass
+    p = sub.add_parser("stitch", help="stock nnU-Net .npz outputs of z-chunk cases -> one zarr array per kidney")
+    p.add_argument("-i", dest="input", type=Path, required=True, help="folder of nnUNetv2_predict .npz outputs")
+    p.add_argument("-d", dest="dataset_id", required=True, help="dataset ID (its sennet_cases.json gives the cut)")
+    p.add_argument("-o", dest="output", type=Path, required=True, help="output zarr")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=lambda a: stitch(a.input, find_raw_dataset(a.dataset_id), a.output, a.overwrite))

@@ -117,6 +117,9 @@ def open_probabilities(path) -> tuple[object, dict]:
     if _is_zarr(path):
         arr = open_zarr_array(path)
         attrs = dict(arr.attrs)
+        if attrs.get("complete") is False:
+            raise UserError(f"{path}: prediction is incomplete ({attrs.get('planes_done', 0)} of "
+                            f"{arr.shape[0]} planes); run predict again to resume it")
         if arr.ndim != 3:
             raise UserError(f"{path}: expected a 3D array, got shape {arr.shape}")
         return CheckedU8(arr, str(path)), attrs

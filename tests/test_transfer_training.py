@@ -1,0 +1,80 @@
+"""End to end on CPU: tiny v1 checkpoint -> import-pretrained -> stock preprocess -> stock nnUNetv2_train
+with VesselTransferTrainer found through nnUNet_extTrainer."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from nnunet_vasculature.env import ext_trainer_value
+from v1_helpers import make_v1_zip
+
+TEST_TRAINER = '''
+from nnunet_vasculature.trainers.vessel_transfer import VesselTransferTrainer
+
+
+class VesselTransferTrainer_ci(VesselTransferTrainer):
+    def __init__(self, plans, configuration, fold, dataset_json, device=None):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 1
+        self.num_iterations_per_epoch = 2
+        self.num_val_iterations_per_epoch = 1
+'''
+
+
+def _run(cmd, env):
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout + r.stderr
+
+
+def test_import_preprocess_train(tmp_path, nnunet_dirs, kaggle_small):
+    env = dict(os.environ, nnUNet_n_proc_DA="1", nnUNet_def_n_proc="1", OMP_NUM_THREADS="2")
+    bindir = Path(sys.executable).parent
+    cli = [str(bindir / "nnunet-vasculature")]
+    _run(cli + ["convert", "sennet", str(kaggle_small), "-d", "501", "--kidneys", "kidney_1_dense", "kidney_2",
+                "kidney_5"], env)
+    zpath, _ = make_v1_zip(tmp_path / "Task008_HepaticVessel.zip", pool=([1, 2, 2], [2, 2, 2]),
+                           conv=([1, 3, 3], [3, 3, 3], [3, 3, 3]), patch=(16, 32, 32), base=4)
+    out = _run(cli + ["import-pretrained", "-i", str(zpath), "-d", "501"], env)
+    assert "nnUNetv2_train 501 3d_fullres 0 -tr VesselTransferTrainer -p nnUNetPlans_Task008" in out
+    pre = nnunet_dirs["preprocessed"] / "Dataset501_SenNet"
+    plans = json.loads((pre / "nnUNetPlans_Task008.json").read_text())
+    default = json.loads((pre / "nnUNetPlans.json").read_text())
+    cfg, dcfg = plans["configurations"]["3d_fullres"], default["configurations"]["3d_fullres"]
+    # source architecture and patch, target spacing and normalisation
+    assert cfg["patch_size"] == [16, 32, 32]
+    assert cfg["architecture"]["network_class_name"].endswith("V1CompatibleUNet")
+    assert cfg["architecture"]["arch_kwargs"]["kernel_sizes"][0] == [1, 3, 3]
+    assert cfg["spacing"] == dcfg["spacing"] == [50.0, 50.0, 50.0]
+    assert cfg["normalization_schemes"] == dcfg["normalization_schemes"]
+    imported = torch.load(pre / "nnUNetPlans_Task008__3d_fullres__pretrained.pth", weights_only=True)["network_weights"]
+
+    _run([str(bindir / "nnUNetv2_preprocess"), "-d", "501", "-plans_name", "nnUNetPlans_Task008",
+          "-c", "3d_fullres", "-np", "1"], env)
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    (ext / "ci_trainers.py").write_text(TEST_TRAINER)
+    env["nnUNet_extTrainer"] = os.pathsep.join([ext_trainer_value(), str(ext)])
+    log = _run([str(bindir / "nnUNetv2_train"), "501", "3d_fullres", "0", "-tr", "VesselTransferTrainer_ci",
+                "-p", "nnUNetPlans_Task008", "-device", "cpu"], env)
+    fold = nnunet_dirs["results"] / "Dataset501_SenNet" / "VesselTransferTrainer_ci__nnUNetPlans_Task008__3d_fullres" / "fold_0"
+    ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert ckpt["current_epoch"] == 1
+    trained = ckpt["network_weights"]
+    # the encoder started from the imported weights: after 2 warm-up steps at a small LR it is still
+    # very close to them, and far from what a fresh initialisation would give
+    key = "encoder.stages.0.0.convs.0.conv.weight"
+    drift = (trained[key] - imported[key]).abs().max().item()
+    assert drift < 0.05 * imported[key].abs().max().item()
+    torch.manual_seed(0)
+    fresh = torch.empty_like(imported[key])
+    torch.nn.init.kaiming_normal_(fresh, a=1e-2)
+    assert (fresh - imported[key]).abs().max().item() > 10 * drift
+    # the 2-class head started from the source's background and vessel channels
+    seg = [k for k in trained if ".seg_layers." in k and k.endswith("weight")][-1]
+    assert trained[seg].shape[0] == 2
+    assert torch.allclose(trained[seg], imported[seg][[0, 1]], atol=0.05)
+    assert "loaded transfer weights" in (fold / next(p.name for p in fold.iterdir() if p.name.startswith("training_log"))).read_text()
