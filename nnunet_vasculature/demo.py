@@ -1,2 +1,175 @@
+"""``nnunet-vasculature demo`` / ``make demo``: the whole chain on CPU from data the project makes.
+
+synthesize -> convert -> stand-in Task008 model (v1 zip layout) -> import-pretrained -> preprocess ->
+fine-tune (and the same budget from scratch) -> predict held-out and test kidneys -> tune -> submit ->
+validate -> score against the hidden test labels. One line per step; tools' own output goes to logs/.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from nnunet_vasculature.errors import UserError
+
+DATASET_ID = 501
+HELD_OUT = "kidney_1_dense"       # fold 0 of the leave-one-kidney-out splits
+
+
+class _Steps:
+    def __init__(self, total: int, logs: Path):
+        self.n, self.total, self.logs, self.t0 = 0, total, logs, time.time()
+
+    def run(self, title: str, fn, *args, **kwargs):
+        self.n += 1
+        t = time.time()
+        print(f"[{self.n}/{self.total}] {title} ...", flush=True)
+        result = fn(*args, **kwargs)
+        print(f"[{self.n}/{self.total}] {title}: done in {time.time() - t:.0f} s", flush=True)
+        return result
+
+    def shell(self, name: str, cmd: list[str], env: dict) -> None:
+        log = self.logs / f"{name}.log"
+        with open(log, "w") as f:
+            r = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+        if r.returncode != 0:
+            tail = log.read_text().strip().splitlines()[-1:] or ["?"]
+            raise UserError(f"{' '.join(cmd[:2])} failed (see {log}): {tail[0][:300]}")
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def run_demo(out: Path, pretrained: Path | None = None, quick: bool = False, seed: int = 0) -> dict:
+    from nnunet_vasculature.dataset_conversion.sennet import convert_sennet
+    from nnunet_vasculature.dataset_conversion.synthesize import synthesize
+    from nnunet_vasculature.env import ext_trainer_value
+    from nnunet_vasculature.inference.predict import predict
+    from nnunet_vasculature.postprocess.submission import score_csv, submit, validate
+    from nnunet_vasculature.postprocess.surface_dice import surface_dice_sweep
+    from nnunet_vasculature.postprocess.tune import LEVEL_HALF, determine, plot_curve, write_json
+    from nnunet_vasculature.postprocess.volumes import open_labels, open_probabilities
+    from nnunet_vasculature.pretrained.import_pretrained import import_pretrained
+    from nnunet_vasculature.pretrained.standin import train_standin
+    from nnunet_vasculature.trainers.vessel_transfer import DEMO_ENV
+
+    out = Path(out).resolve()
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    dirs = {k: out / k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    for d in dirs.values():
+        d.mkdir(exist_ok=True)
+    env = dict(os.environ, **{k: str(v) for k, v in dirs.items()}, nnUNet_extTrainer=ext_trainer_value(),
+               nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "2"),
+               **{DEMO_ENV: "2x4" if quick else "6x30"})
+    os.environ.update({k: v for k, v in env.items() if k.startswith("nnUNet")})
+    steps = _Steps(10, logs)
+    kaggle = out / "kaggle"
+    if not (kaggle / "train_rles.csv").exists():
+        steps.run("synthesize small kidneys (Kaggle layout)", synthesize, kaggle, seed)
+    else:
+        steps.run("synthesize small kidneys (kept from an earlier run)", lambda: None)
+    steps.run("convert sennet -> nnU-Net raw", convert_sennet, kaggle, DATASET_ID, "SenNetDemo",
+              dirs["nnUNet_raw"], overwrite=True)
+    source = pretrained
+    if source is None:
+        source = steps.run("train the stand-in Task008 source model (v1 zip)", train_standin,
+                           out / "Task008_HepaticVessel_standin.zip", 20 if quick else 240, seed)
+    else:
+        steps.run(f"use the real source model {source}", lambda: None)
+    steps.run("import-pretrained (fingerprint + plan + convert weights)", import_pretrained, source, DATASET_ID)
+    steps.run("nnUNetv2_preprocess (imported plans)", steps.shell, "preprocess",
+              [_bin("nnUNetv2_preprocess"), "-d", str(DATASET_ID), "-plans_name", "nnUNetPlans_Task008", "-c",
+               "3d_fullres", "-np", "2"], env)
+    models = {}
+    for tag, trainer in (("fine-tuned", "VesselTransferTrainer_demo"), ("from scratch", "VesselScratchTrainer_demo")):
+        steps.run(f"nnUNetv2_train fold 0 {trainer} ({env[DEMO_ENV]} epochs x iterations, CPU)", steps.shell,
+                  f"train_{trainer}", [_bin("nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-tr", trainer,
+                                       "-p", "nnUNetPlans_Task008", "-device", "cpu"], env)
+        models[tag] = dirs["nnUNet_results"] / "Dataset501_SenNetDemo" / f"{trainer}__nnUNetPlans_Task008__3d_fullres"
+    held = kaggle / "train" / HELD_OUT
+    probs = {tag: out / f"probs_heldout_{tag.replace(' ', '_')}.zarr" for tag in models}
+
+    def predict_all():
+        for tag, folder in models.items():
+            predict(held, probs[tag], folder, ["0"], device="cpu", overwrite=True)
+        predict(kaggle / "test", out / "probs_test.zarr", models["fine-tuned"], ["0"], device="cpu", overwrite=True)
+    steps.run(f"predict {HELD_OUT} (held out) and the test kidneys", predict_all)
+    pp_file = out / "postprocessing.json"
+
+    def tune():
+        res = determine([f"{probs['fine-tuned']}/{HELD_OUT}"], [held / "labels"])
+        write_json(res, pp_file)
+        plot_curve(res, out / "threshold_curve.png")
+        return res
+    res = steps.run(f"tune threshold on {HELD_OUT}", tune)
+
+    def submit_and_score():
+        submit([out / "probs_test.zarr"], pp_file, out / "submission.csv", kaggle / "sample_submission.csv")
+        validate(out / "submission.csv", kaggle / "sample_submission.csv")
+        half = logs / "postprocessing_at_0.5.json"
+        write_json({"threshold_u8": LEVEL_HALF, "min_component_voxels": 0}, half)
+        submit([out / "probs_test.zarr"], half, logs / "submission_at_0.5.csv", kaggle / "sample_submission.csv")
+        return score_csv(kaggle / "solution.csv", out / "submission.csv"), \
+            score_csv(kaggle / "solution.csv", logs / "submission_at_0.5.csv")
+    test_tuned, test_half = steps.run("submit, validate and score the test kidneys", submit_and_score)
+    scratch = surface_dice_sweep(open_probabilities(f"{probs['from scratch']}/{HELD_OUT}")[0],
+                                 open_labels(held / "labels"))
+    _overlay(held, f"{probs['fine-tuned']}/{HELD_OUT}", res["threshold_u8"], out / "overlay.png")
+    summary = {
+        "held_out_kidney": HELD_OUT,
+        "fine_tuned": {"surface_dice_at_0.5": res["mean_surface_dice_at_0.5"],
+                       "surface_dice_at_tuned_threshold": res["mean_curve"][res["threshold_u8"]],
+                       "tuned_threshold": res["threshold"],
+                       "min_component_voxels": res["min_component_voxels"],
+                       "surface_dice_tuned_postprocessing": res["mean_surface_dice"]},
+        "from_scratch_same_budget": {"surface_dice_at_0.5": float(scratch[LEVEL_HALF]),
+                                     "surface_dice_at_best_threshold": float(scratch.max()),
+                                     "best_threshold": float(np.argmax(scratch) / 255)},
+        "test_kidneys_tuned_threshold": test_tuned, "test_kidneys_at_0.5": test_half,
+        "schedule_epochs_x_iterations": env[DEMO_ENV], "source_model": str(source),
+        "minutes": round((time.time() - steps.t0) / 60, 1),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+    print(f"outputs in {out}: submission.csv postprocessing.json threshold_curve.png overlay.png summary.json")
+    return summary
+
+
+def _overlay(kidney: Path, prob_path: str, level: int, png: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from nnunet_vasculature.postprocess.volumes import open_labels, open_probabilities
+    from nnunet_vasculature.slices import list_slices, read_slice
+    prob, _ = open_probabilities(prob_path)
+    labels = open_labels(kidney / "labels")
+    files = list_slices(kidney / "images")
+    zs = np.linspace(0.25, 0.75, 3) * (len(files) - 1)
+    fig, axes = plt.subplots(3, 3, figsize=(9, 9))
+    for row, z in zip(axes, zs.astype(int)):
+        img = read_slice(files[z])
+        for ax, (title, im, cmap) in zip(row, [("image", img, "gray"), ("label", labels[z:z + 1][0], "magma"),
+                                                (f"prediction >= {level / 255:.2f}", prob[z:z + 1][0] >= level,
+                                                 "magma")]):
+            ax.imshow(im, cmap=cmap)
+            ax.set_title(f"{title} (slice {z})", fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
 def add_parser(sub) -> None:
-    pass
+    p = sub.add_parser("demo", help="run the whole chain on synthetic kidneys (CPU, ~10 minutes)")
+    p.add_argument("-o", dest="output", type=Path, default=Path("demo-output"))
+    p.add_argument("--pretrained", type=Path, help="the real Task008_HepaticVessel.zip instead of the stand-in")
+    p.add_argument("--quick", action="store_true", help="tiny schedule (for CI): checks the chain, not the model")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=lambda a: run_demo(a.output, a.pretrained, a.quick, a.seed))

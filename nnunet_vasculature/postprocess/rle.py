@@ -11,12 +11,16 @@ EMPTY_RLE = "1 0"
 
 def rle_encode(mask2d: np.ndarray) -> str:
     """Encode a 2D mask (anything > 0 is foreground) as a Kaggle RLE string."""
-    flat = np.ascontiguousarray(mask2d).reshape(-1) > 0
-    if not flat.any():
+    flat = np.ascontiguousarray(mask2d).reshape(-1)
+    flat = flat.view(bool) if flat.dtype == bool else flat > 0
+    # run boundaries: positions where the value changes, plus the two ends when they are foreground
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    if flat[0]:
+        edges = np.concatenate(([0], edges))
+    if flat[-1]:
+        edges = np.concatenate((edges, [flat.size]))
+    if edges.size == 0:
         return EMPTY_RLE
-    # run boundaries are where the padded sequence changes value
-    padded = np.concatenate(([False], flat, [False])).view(np.int8)
-    edges = np.flatnonzero(np.diff(padded))
     starts, ends = edges[0::2], edges[1::2]
     pairs = np.empty(2 * len(starts), dtype=np.int64)
     pairs[0::2] = starts + 1

@@ -145,8 +145,11 @@ def plot_curve(result: dict, out_png: Path) -> None:
     for k, c in result["per_kidney_curves"].items():
         ax.plot(x, c, lw=1, alpha=0.7, label=k)
     ax.plot(x, result["mean_curve"], "k", lw=2, label="mean")
+    best = result["threshold_u8"]
+    cc = result["min_component_voxels"]
     ax.axvline(result["threshold"], color="tab:red", ls="--",
-               label=f"best {result['threshold']:.3f}: {result['mean_surface_dice']:.4f}")
+               label=f"best {result['threshold']:.3f}: {result['mean_curve'][best]:.4f}"
+                     + (f" ({result['mean_surface_dice']:.4f} without components < {cc} voxels)" if cc else ""))
     ax.axvline(0.5, color="grey", ls=":", label=f"0.5: {result['mean_surface_dice_at_0.5']:.4f}")
     ax.set_xlabel("threshold (foreground probability)")
     ax.set_ylabel("surface Dice (tolerance 0)")

@@ -140,3 +140,23 @@ class VesselTransferTrainer_50epochs(VesselTransferTrainer):
 class VesselScratchTrainer(VesselTransferTrainer):
     """The same schedule and architecture from random weights: the baseline for the transfer."""
     use_pretrained = False
+
+
+DEMO_ENV = "nnUNet_vasculature_demo_schedule"   # "EPOCHSxITERATIONS", e.g. "6x30"
+
+
+class VesselTransferTrainer_demo(VesselTransferTrainer):
+    """CPU demo length (default 6 epochs x 30 iterations; ``$nnUNet_vasculature_demo_schedule``)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        epochs, iters = (int(v) for v in os.environ.get(DEMO_ENV, "6x30").lower().split("x"))
+        self.num_epochs, self.num_iterations_per_epoch = epochs, iters
+        self.num_val_iterations_per_epoch = max(1, iters // 5)
+        self.warmup_epochs = 1
+
+
+class VesselScratchTrainer_demo(VesselTransferTrainer_demo):
+    """The demo schedule from random weights."""
+    use_pretrained = False

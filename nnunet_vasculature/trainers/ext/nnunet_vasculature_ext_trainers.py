@@ -1,8 +1,10 @@
 """Entry module for nnU-Net's ``nnUNet_extTrainer`` search (imported as a top-level module)."""
-from nnunet_vasculature.trainers.vessel_transfer import (VesselScratchTrainer, VesselTransferTrainer,
-                                                         VesselTransferTrainer_50epochs,
+from nnunet_vasculature.trainers.vessel_transfer import (VesselScratchTrainer, VesselScratchTrainer_demo,
+                                                         VesselTransferTrainer, VesselTransferTrainer_50epochs,
+                                                         VesselTransferTrainer_demo,
                                                          VesselTransferTrainer_frozenEncoder,
                                                          VesselTransferTrainer_randomHead)
 
 __all__ = ["VesselTransferTrainer", "VesselTransferTrainer_randomHead", "VesselTransferTrainer_frozenEncoder",
-           "VesselTransferTrainer_50epochs", "VesselScratchTrainer"]
+           "VesselTransferTrainer_50epochs", "VesselScratchTrainer", "VesselTransferTrainer_demo",
+           "VesselScratchTrainer_demo"]

@@ -1,0 +1,39 @@
+"""Helpers shared by the benchmark scripts: timing, peak RSS of a child process, table printing."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+
+def best_of(fn, repeat: int = 3) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+REPORT = """
+import json as _json, resource as _resource
+def report(**kw):
+    kw["peak_rss_mib"] = _resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(_json.dumps(kw))
+"""
+
+
+def run_child(code: str, *args: str, env: dict | None = None) -> dict:
+    """Run ``code`` in a fresh interpreter; it calls ``report(...)`` once, which adds its own peak RSS (MiB)."""
+    r = subprocess.run([sys.executable, "-c", REPORT + code, *args], capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr[-3000:])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def table(rows: list[list], header: list[str]) -> str:
+    cols = [header] + [[str(c) for c in r] for r in rows]
+    w = [max(len(r[i]) for r in cols) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(c.ljust(x) for c, x in zip(r, w)) + " |"
+    return "\n".join([line(header), "|" + "|".join("-" * (x + 2) for x in w) + "|"] + [line(r) for r in cols[1:]])

@@ -1,0 +1,99 @@
+"""Conversion benchmark on a --scale full synthetic kidney (2279 x 1303 x 912, the real kidney_1_dense
+shape): throughput of `convert sennet` as a ratio to reading the same slices with tifffile alone, and
+the converter's peak RSS (both measured in this run, each in a fresh process). Also compares how fast
+nnU-Net reads one converted case back in three formats.
+
+    .venv/bin/python benchmarks/convert.py [--data bench-data/full] [--slices N]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import run_child, table  # noqa: E402
+
+READ_ONLY = """
+import sys, time, numpy as np, tifffile
+from pathlib import Path
+from nnunet_vasculature.slices import list_slices
+k = Path(sys.argv[1]) / "train" / "kidney_1_dense"
+t = time.time()
+n = 0
+for sub in ("images", "labels"):
+    for f in list_slices(k / sub):
+        n += tifffile.imread(f).nbytes
+report(seconds=time.time() - t, bytes=n)
+"""
+
+CONVERT = """
+import sys, time
+from nnunet_vasculature.dataset_conversion.sennet import convert_sennet
+t = time.time()
+convert_sennet(sys.argv[1], 990, "Bench", sys.argv[2], kidneys=["kidney_1_dense"], overwrite=True)
+report(seconds=time.time() - t)
+"""
+
+READBACK = """
+import sys, time, glob
+import numpy as np
+from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+from nnunetv2.imageio.tif_reader_writer import Tiff3DIO
+f = sys.argv[1]
+io = Tiff3DIO() if f.endswith(".tif") else SimpleITKIO()
+t = time.time()
+img, props = io.read_images([f])
+report(seconds=time.time() - t, shape=list(img.shape))
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", type=Path, default=Path("bench-data/full"))
+    ap.add_argument("--keep", action="store_true", help="keep the converted dataset")
+    a = ap.parse_args()
+    if not (a.data / "train_rles.csv").exists():
+        print(f"synthesizing the full-size kidney into {a.data} (5.4 GB of images + labels) ...")
+        from nnunet_vasculature.dataset_conversion.synthesize import synthesize
+        synthesize(a.data, seed=0, scale="full", overwrite=True)
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    raw = Path(tempfile.mkdtemp(prefix="bench-raw-", dir=a.data.parent))
+    try:
+        # warm the page cache equally for both: read once, then measure read and convert
+        run_child(READ_ONLY, str(a.data), env=env)
+        r = run_child(READ_ONLY, str(a.data), env=env)
+        c = run_child(CONVERT, str(a.data), str(raw), env=env)
+        gb = r["bytes"] / 1e9
+        rows = [["tifffile read of every slice (images + labels)", f"{r['seconds']:.1f}", f"{gb / r['seconds']:.2f}",
+                 f"{r['peak_rss_mib']:.0f}", "1.00"],
+                ["convert sennet (read + validate + write cases)", f"{c['seconds']:.1f}", f"{gb / c['seconds']:.2f}",
+                 f"{c['peak_rss_mib']:.0f}", f"{r['seconds'] / c['seconds']:.2f}"]]
+        print(table(rows, ["step", "seconds", "GB/s", "peak RSS MiB", "throughput vs read"]))
+        # read-back of one case in three formats, as nnU-Net's readers do it
+        case = sorted((raw / "Dataset990_Bench" / "imagesTr").glob("*_0000.tif"))[0]
+        import SimpleITK as sitk
+        import tifffile
+        arr = tifffile.imread(case)
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing((50.0, 50.0, 50.0))
+        fmt_rows = []
+        for ext, comp in ((".nii.gz", True), (".mha", False)):
+            f = case.with_name(case.name.replace(".tif", ext))
+            sitk.WriteImage(img, str(f), useCompression=comp)
+        for f in (case, case.with_name(case.name.replace(".tif", ".nii.gz")),
+                  case.with_name(case.name.replace(".tif", ".mha"))):
+            b = run_child(READBACK, str(f), env=env)
+            fmt_rows.append([f.name.split("_0000")[-1], f"{f.stat().st_size / 1e6:.0f}", f"{b['seconds']:.2f}"])
+        print(f"one case {tuple(arr.shape)} read by nnU-Net's reader:")
+        print(table(fmt_rows, ["format", "MB", "read seconds"]))
+    finally:
+        if not a.keep:
+            shutil.rmtree(raw, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
