@@ -147,7 +147,7 @@ def _padded_levels(p: np.ndarray, z0: int) -> np.ndarray:
     return q
 
 
-_BITS = np.array([128, 64, 32, 16, 8, 4, 2, 1], dtype=np.int32)
+_BITS_U8 = np.array([128, 64, 32, 16, 8, 4, 2, 1], dtype=np.uint8)   # corner i -> its code bit
 
 
 def _sweep_layer(q: np.ndarray, codes_g: np.ndarray, d_area: np.ndarray, d_num: np.ndarray) -> None:
@@ -161,11 +161,15 @@ def _sweep_layer(q: np.ndarray, codes_g: np.ndarray, d_area: np.ndarray, d_num: 
     active = win[:-1] | win[1:]
     if not active.any():
         return
-    keys = np.stack([c[active].astype(np.int32) * 256 + b for c, b in zip(corners, _BITS)], axis=1)
+    # sort key: level * 8 + corner index (int16); highest level first after the reversal
+    keys = np.empty((int(active.sum()), 8), dtype=np.int16)
+    for i, c in enumerate(corners):
+        np.multiply(c[active], 8, out=keys[:, i], casting="unsafe")
+        keys[:, i] += i
     keys.sort(axis=1)
-    keys = keys[:, ::-1]                                  # highest corner first
-    codes = np.bitwise_or.accumulate(keys & 255, axis=1)  # code once the top m corners are in
-    slot = (keys >> 8) * 256                              # (level + 1) * 256; padding corners -> 0
+    keys = keys[:, ::-1]
+    codes = np.bitwise_or.accumulate(_BITS_U8[keys & 7], axis=1)  # code once the top m corners are in
+    slot = (keys >> 3).astype(np.int32) << 8                     # (level + 1) * 256; padding -> 0
     # predicted area: +A(code_m) - A(code_{m-1}) for every threshold k <= level_m (integer histogram)
     gained = np.bincount((slot + codes).ravel(), minlength=257 * 256)
     lost = np.bincount((slot[:, 1:] + codes[:, :-1]).ravel(), minlength=257 * 256)
