@@ -13,7 +13,8 @@ def build_parser() -> argparse.ArgumentParser:
     from nnunet_vasculature.inference import predict, pseudo_label, stitch
     from nnunet_vasculature.pretrained import import_pretrained
 
-    parser = argparse.ArgumentParser(prog="nnunet-vasculature", description=__doc__)
+    parser = argparse.ArgumentParser(prog="nnunet-vasculature", description="nnU-Net v2 plugin for vessel "
+                                     "segmentation in HiP-CT kidneys (SenNet + HOA)")
     sub = parser.add_subparsers(dest="command", required=True)
     synthesize.add_parser(sub)
     sennet.add_parser(sub)
