@@ -80,6 +80,12 @@ def test_tune_apply_submit_validate_score(tmp_path):
         lab = cc3d.connected_components(expect.astype(np.uint8), connectivity=26)
         expect &= np.bincount(lab.ravel())[lab] >= res["min_component_voxels"]
     np.testing.assert_array_equal(mask, expect)
+    r = subprocess.run(PP + ["score", "--labels", labels[0], "--pred", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert abs(float(r.stdout.split()[-1]) - surface_dice(mask, g2)) < 1e-6
+    r = subprocess.run(PP + ["score", "--labels", labels[0], "--pred", str(tmp_path / "probs.zarr" / "kidney_2"),
+                             "-pp", str(pp)], capture_output=True, text=True)
+    assert abs(float(r.stdout.split()[-1]) - surface_dice(mask, g2)) < 1e-6
 
     # submit in the sample's order, validate, score against a solution
     ids = [f"{n}_{z:04d}" for n in ("kidney_3", "kidney_2") for z in range(24)]

@@ -55,7 +55,7 @@ def kaggle_kidney(folder: Path, spacing: float | None = None) -> VolumeSource:
     folder = Path(folder)
     images = folder / "images" if (folder / "images").is_dir() else folder
     stack = SliceStack(list_slices(images))
-    name = folder.name if images != folder else folder.name
+    name = folder.parent.name if images == folder and folder.name == "images" else folder.name
     sp = spacing or KNOWN_SPACING_UM.get(name)
     if sp is None:
         raise UserError(f"{folder}: unknown voxel size for '{name}'; pass --spacing UM")

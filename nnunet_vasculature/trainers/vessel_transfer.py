@@ -160,3 +160,8 @@ class VesselTransferTrainer_demo(VesselTransferTrainer):
 class VesselScratchTrainer_demo(VesselTransferTrainer_demo):
     """The demo schedule from random weights."""
     use_pretrained = False
+
+
+class VesselTransferTrainer_randomHead_demo(VesselTransferTrainer_demo):
+    """The demo schedule with a random 2-class head (measures the head initialisation)."""
+    head_init = "random"
