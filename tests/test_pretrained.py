@@ -67,6 +67,18 @@ def test_exported_v1_keys_load_into_real_generic_unet(tmp_path):
     assert not missing.missing_keys and not missing.unexpected_keys
 
 
+def _rewrite_zip(tmp_path, name, edit=lambda n, data: (n, data), extra=()):
+    """A copy of a valid v1 zip with members renamed/replaced by ``edit`` and ``extra`` members added."""
+    zpath, _ = make_v1_zip(tmp_path / "t.zip")
+    out = tmp_path / name
+    with zipfile.ZipFile(zpath) as src, zipfile.ZipFile(out, "w") as dst:
+        for n in src.namelist():
+            dst.writestr(*edit(n, src.read(n)))
+        for n, data in extra:
+            dst.writestr(n, data)
+    return out
+
+
 class _Evil:
     def __reduce__(self):
         return (print, ("owned",))
@@ -80,25 +92,14 @@ def test_restricted_unpickler_refuses_code():
 
 
 def test_malicious_pickle_inside_zip_is_refused(tmp_path):
-    zpath, _ = make_v1_zip(tmp_path / "t.zip")
-    bad = tmp_path / "bad.zip"
-    with zipfile.ZipFile(zpath) as src, zipfile.ZipFile(bad, "w") as dst:
-        for n in src.namelist():
-            data = src.read(n)
-            if n.endswith(".model.pkl"):
-                data = pickle.dumps({"plans": _Evil(), "init": ()})
-            dst.writestr(n, data)
+    evil = pickle.dumps({"plans": _Evil(), "init": ()})
+    bad = _rewrite_zip(tmp_path, "bad.zip", lambda n, d: (n, evil if n.endswith(".model.pkl") else d))
     with pytest.raises(UserError, match="unsafe"):
         read_v1_model(bad)
 
 
 def test_path_traversal_member_is_refused(tmp_path):
-    zpath, _ = make_v1_zip(tmp_path / "t.zip")
-    bad = tmp_path / "trav.zip"
-    with zipfile.ZipFile(zpath) as src, zipfile.ZipFile(bad, "w") as dst:
-        for n in src.namelist():
-            dst.writestr(n, src.read(n))
-        dst.writestr("../../etc/evil.txt", b"x")
+    bad = _rewrite_zip(tmp_path, "trav.zip", extra=[("../../etc/evil.txt", b"x")])
     with pytest.raises(UserError, match="traversal"):
         read_v1_model(bad)
 
@@ -111,26 +112,16 @@ def test_corrupt_zip(tmp_path):
 
 
 def test_v2_checkpoint_passed_as_v1(tmp_path):
-    zpath, _ = make_v1_zip(tmp_path / "t.zip")
-    bad = tmp_path / "v2.zip"
-    with zipfile.ZipFile(zpath) as src, zipfile.ZipFile(bad, "w") as dst:
-        for n in src.namelist():
-            data = src.read(n)
-            if n.endswith("model_final_checkpoint.model"):
-                buf = io.BytesIO()
-                torch.save({"network_weights": {}, "trainer_name": "nnUNetTrainer"}, buf)
-                data = buf.getvalue()
-            dst.writestr(n, data)
+    buf = io.BytesIO()
+    torch.save({"network_weights": {}, "trainer_name": "nnUNetTrainer"}, buf)
+    bad = _rewrite_zip(tmp_path, "v2.zip",
+                       lambda n, d: (n, buf.getvalue() if n.endswith("model_final_checkpoint.model") else d))
     with pytest.raises(UserError, match="v2 checkpoint"):
         read_v1_model(bad)
 
 
 def test_2d_only_zip(tmp_path):
-    zpath, _ = make_v1_zip(tmp_path / "t.zip")
-    bad = tmp_path / "2d.zip"
-    with zipfile.ZipFile(zpath) as src, zipfile.ZipFile(bad, "w") as dst:
-        for n in src.namelist():
-            dst.writestr(n.replace("/3d_fullres/", "/2d/"), src.read(n))
+    bad = _rewrite_zip(tmp_path, "2d.zip", lambda n, d: (n.replace("/3d_fullres/", "/2d/"), d))
     with pytest.raises(UserError, match="no '3d_fullres' model"):
         read_v1_model(bad)
     with pytest.raises(UserError, match="2D models are not supported"):

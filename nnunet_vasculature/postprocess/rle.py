@@ -46,16 +46,11 @@ def _join_ints(values: np.ndarray) -> str:
     return buf[keep].tobytes()[:-1].decode("ascii")
 
 
-def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
-    """Decode a Kaggle RLE string into a uint8 mask of ``shape`` (values 0/1).
-
-    Raises ValueError for malformed strings and runs outside the image.
-    """
-    size = int(np.prod(shape))
-    out = np.zeros(size, dtype=np.uint8)
+def rle_runs(rle: str) -> tuple[np.ndarray, np.ndarray]:
+    """0-based run starts and lengths of a Kaggle RLE string; ValueError when malformed."""
     text = str(rle).strip() if rle is not None else ""
     if text in ("", EMPTY_RLE, "nan"):
-        return out.reshape(shape)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     try:
         nums = np.array(text.split(), dtype=np.int64)
     except ValueError:
@@ -65,6 +60,17 @@ def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
     starts, lengths = nums[0::2] - 1, nums[1::2]
     if (starts < 0).any() or (lengths < 0).any():
         raise ValueError("RLE has a start below 1 or a negative length")
+    return starts, lengths
+
+
+def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
+    """Decode a Kaggle RLE string into a uint8 mask of ``shape`` (values 0/1).
+
+    Raises ValueError for malformed strings and runs outside the image.
+    """
+    size = int(np.prod(shape))
+    out = np.zeros(size, dtype=np.uint8)
+    starts, lengths = rle_runs(rle)
     ends = starts + lengths
     if len(ends) and ends.max() > size:
         raise ValueError(f"RLE run ends at pixel {int(ends.max())}, beyond the {size} pixels of a {shape} slice")

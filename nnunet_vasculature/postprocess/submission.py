@@ -6,11 +6,10 @@ import re
 from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from nnunet_vasculature.errors import UserError, atomic_file
-from nnunet_vasculature.postprocess.rle import rle_decode, rle_encode
+from nnunet_vasculature.postprocess.rle import rle_decode, rle_encode, rle_runs
 from nnunet_vasculature.postprocess.surface_dice import SurfaceDiceAccumulator
 from nnunet_vasculature.postprocess.tune import load_postprocessing, masks, slice_ids
 from nnunet_vasculature.postprocess.volumes import open_probabilities, zarr_kidneys
@@ -108,18 +107,8 @@ def validate(sub_csv: Path, sample: Path, shapes: dict[str, tuple[int, int]] | N
 def _check_rle(rle: str, shape: tuple[int, int] | None) -> None:
     if shape is not None:
         rle_decode(rle, shape)
-        return
-    text = (rle or "").strip()
-    if text in ("", "1 0"):
-        return
-    try:
-        nums = np.array(text.split(), dtype=np.int64)
-    except ValueError:
-        raise ValueError("RLE contains non-integer tokens") from None
-    if len(nums) % 2:
-        raise ValueError("RLE has an odd number of values")
-    if (nums[0::2] < 1).any() or (nums[1::2] < 0).any():
-        raise ValueError("RLE has a start below 1 or a negative length")
+    else:
+        rle_runs(rle)
 
 
 def score_csv(solution: Path, submission: Path) -> dict[str, float]:
