@@ -1,5 +1,6 @@
-"""Transfer benchmark at demo scale (CPU): after `make demo`, train the same budget with a random
-2-class head and compare held-out surface Dice with the source-initialised head and from scratch.
+"""Transfer benchmark at demo scale (CPU): after `make demo` (random 2-class head, and from scratch),
+train the same budget with the head initialised from the source's background/vessel logits and compare
+held-out surface Dice.
 
     make demo && .venv/bin/python benchmarks/transfer.py [--demo demo-output]
 """
@@ -33,19 +34,19 @@ def main():
                nnUNet_results=str(demo / "nnUNet_results"), nnUNet_extTrainer=ext_trainer_value(),
                nnUNet_vasculature_demo_schedule=summary["schedule_epochs_x_iterations"])
     os.environ.update(env)
-    trainer = "VesselTransferTrainer_randomHead_demo"
+    trainer = "VesselTransferTrainer_sourceHead_demo"
     subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-tr",
                     trainer, "-p", "nnUNetPlans_Task008", "-device", "cpu"], env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     folder = demo / "nnUNet_results" / "Dataset501_SenNetDemo" / f"{trainer}__nnUNetPlans_Task008__3d_fullres"
     held = demo / "kaggle" / "train" / HELD_OUT
-    out = demo / "probs_heldout_random_head.zarr"
+    out = demo / "probs_heldout_source_head.zarr"
     predict(held, out, folder, ["0"], device="cpu", overwrite=True)
     sweep = surface_dice_sweep(open_probabilities(f"{out}/{HELD_OUT}")[0], open_labels(held / "labels"))
     ft, sc = summary["fine_tuned"], summary["from_scratch_same_budget"]
-    rows = [["imported weights, head from source bg/vessel", f"{ft['surface_dice_at_0.5']:.4f}",
+    rows = [["imported weights, random head (default)", f"{ft['surface_dice_at_0.5']:.4f}",
              f"{max(summary_curve(demo)):.4f}"],
-            ["imported weights, random head", f"{sweep[LEVEL_HALF]:.4f}", f"{sweep.max():.4f}"],
+            ["imported weights, head from source bg/vessel", f"{sweep[LEVEL_HALF]:.4f}", f"{sweep.max():.4f}"],
             ["from scratch", f"{sc['surface_dice_at_0.5']:.4f}", f"{sc['surface_dice_at_best_threshold']:.4f}"]]
     print(f"held-out {HELD_OUT}, schedule {summary['schedule_epochs_x_iterations']} (epochs x iterations), CPU")
     print(table(rows, ["start", "surface Dice @0.5", "surface Dice @best threshold"]))

@@ -12,10 +12,10 @@ from nnunet_vasculature.env import ext_trainer_value
 from v1_helpers import make_v1_zip
 
 TEST_TRAINER = '''
-from nnunet_vasculature.trainers.vessel_transfer import VesselTransferTrainer
+from nnunet_vasculature.trainers.vessel_transfer import VesselTransferTrainer_sourceHead
 
 
-class VesselTransferTrainer_ci(VesselTransferTrainer):
+class VesselTransferTrainer_ci(VesselTransferTrainer_sourceHead):
     def __init__(self, plans, configuration, fold, dataset_json, device=None):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 1

@@ -49,10 +49,11 @@ class WarmupPolyLRScheduler(_LRScheduler):
 
 
 class VesselTransferTrainer(nnUNetTrainer):
-    """Short fine-tune from imported weights: 15 epochs, LR 1e-3 with 2 warm-up epochs; the 2-class head
-    starts from the source model's background and vessel channels."""
+    """Short fine-tune from imported weights: 15 epochs, LR 1e-3 with 2 warm-up epochs, a new random
+    2-class head (``_sourceHead`` starts it from the source's background/vessel logits instead; it did
+    worse in benchmarks/RESULTS.md)."""
 
-    head_init = "source"          # "source": copy bg/vessel logits of the source head; "random"
+    head_init = "random"          # "random", or "source": copy the bg/vessel logits of the source head
     use_pretrained = True
     freeze_encoder_epochs = 0
 
@@ -120,9 +121,9 @@ class VesselTransferTrainer(nnUNetTrainer):
         super().on_train_epoch_start()
 
 
-class VesselTransferTrainer_randomHead(VesselTransferTrainer):
-    """Same, with a randomly initialised 2-class head."""
-    head_init = "random"
+class VesselTransferTrainer_sourceHead(VesselTransferTrainer):
+    """Same, with the 2-class head initialised from the source's background and vessel channels."""
+    head_init = "source"
 
 
 class VesselTransferTrainer_frozenEncoder(VesselTransferTrainer):
@@ -162,6 +163,6 @@ class VesselScratchTrainer_demo(VesselTransferTrainer_demo):
     use_pretrained = False
 
 
-class VesselTransferTrainer_randomHead_demo(VesselTransferTrainer_demo):
-    """The demo schedule with a random 2-class head (measures the head initialisation)."""
-    head_init = "random"
+class VesselTransferTrainer_sourceHead_demo(VesselTransferTrainer_demo):
+    """The demo schedule with the head from the source's bg/vessel logits (measures the head init)."""
+    head_init = "source"

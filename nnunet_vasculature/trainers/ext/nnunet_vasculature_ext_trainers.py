@@ -3,9 +3,9 @@ from nnunet_vasculature.trainers.vessel_transfer import (VesselScratchTrainer, V
                                                          VesselTransferTrainer, VesselTransferTrainer_50epochs,
                                                          VesselTransferTrainer_demo,
                                                          VesselTransferTrainer_frozenEncoder,
-                                                         VesselTransferTrainer_randomHead,
-                                                         VesselTransferTrainer_randomHead_demo)
+                                                         VesselTransferTrainer_sourceHead,
+                                                         VesselTransferTrainer_sourceHead_demo)
 
-__all__ = ["VesselTransferTrainer", "VesselTransferTrainer_randomHead", "VesselTransferTrainer_frozenEncoder",
+__all__ = ["VesselTransferTrainer", "VesselTransferTrainer_sourceHead", "VesselTransferTrainer_frozenEncoder",
            "VesselTransferTrainer_50epochs", "VesselScratchTrainer", "VesselTransferTrainer_demo",
-           "VesselScratchTrainer_demo", "VesselTransferTrainer_randomHead_demo"]
+           "VesselScratchTrainer_demo", "VesselTransferTrainer_sourceHead_demo"]
