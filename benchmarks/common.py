@@ -16,10 +16,14 @@ def best_of(fn, repeat: int = 3) -> float:
     return min(times)
 
 
+# Peak RSS from /proc/self/status VmHWM: ru_maxrss is not used because Linux carries the parent's
+# high-water mark into a forked-then-exec'd child, which would hide children smaller than the parent.
 REPORT = """
-import json as _json, resource as _resource
+import json as _json
 def report(**kw):
-    kw["peak_rss_mib"] = _resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss / 1024
+    with open("/proc/self/status") as f:
+        hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    kw["peak_rss_mib"] = hwm / 1024
     print(_json.dumps(kw))
 """
 
