@@ -3,9 +3,8 @@
 Whole kidneys are cut along z into sub-volume cases (``<kidney>_z<first slice>``) so that nnU-Net's
 float32 fingerprinting/preprocessing of one case stays within a few GB; slices are streamed, at most
 two chunks are held in memory. The cut is recorded in ``sennet_cases.json`` so predictions can be
-stitched back per kidney. Cases are uncompressed MetaImage (``.mha``, spacing in µm in the header),
-read by nnU-Net's default SimpleITK reader: of the formats nnU-Net reads it was the fastest to read back
-(benchmarks/RESULTS.md), and its raw data can be memory-mapped by our predictor.
+stitched back per kidney. Images are written as uncompressed 3D TIFF read by nnU-Net's ``Tiff3DIO``
+(spacing in a ``<case>.json`` next to each file, in µm).
 """
 from __future__ import annotations
 
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import tifffile
 from tqdm import tqdm
 
 from nnunet_vasculature.errors import UserError, atomic_dir
@@ -35,7 +35,6 @@ KNOWN_SPACING_UM = {
 }
 DEFAULT_TRAIN = ("kidney_1_dense", "kidney_2", "kidney_3_sparse", "kidney_3_dense")
 CASES_FILE = "sennet_cases.json"
-FILE_ENDING = ".mha"
 VOXELS_PER_CASE = 160_000_000   # ~3 GB in nnU-Net's preprocessing at ~20 bytes/voxel
 
 
@@ -212,7 +211,7 @@ def convert_sennet(kaggle_dir: Path, dataset_id: int, name: str = "SenNet", raw_
         generate_dataset_json(
             str(tmp), channel_names={0: "HiP-CT"},
             labels={"background": 0, "vessel": 1, **({"ignore": 2} if has_ignore else {})},
-            num_training_cases=n_train, file_ending=FILE_ENDING,
+            num_training_cases=n_train, file_ending=".tif", overwrite_image_reader_writer="Tiff3DIO",
             dataset_name=ds_name, description="SenNet + HOA HiP-CT kidney vessels (spacing in µm)",
             reference="https://www.kaggle.com/competitions/blood-vessel-segmentation",
             license="see the competition rules", converted_by="nnunet-vasculature")
@@ -226,17 +225,11 @@ def convert_sennet(kaggle_dir: Path, dataset_id: int, name: str = "SenNet", raw_
 
 def _write_case(img_dir: Path, lab_dir: Path, case: str, img: np.ndarray, lab: np.ndarray | None,
                 spacing: list[float]) -> None:
-    write_mha(img_dir / f"{case}_0000{FILE_ENDING}", img, spacing)
+    tifffile.imwrite(img_dir / f"{case}_0000.tif", img)
+    (img_dir / f"{case}.json").write_text(json.dumps({"spacing": spacing}))
     if lab is not None:
-        write_mha(lab_dir / f"{case}{FILE_ENDING}", lab, spacing)
-
-
-def write_mha(path: Path, arr: np.ndarray, spacing_zyx: list[float]) -> None:
-    """Uncompressed MetaImage; SimpleITK orders spacing (x, y, z)."""
-    import SimpleITK as sitk
-    img = sitk.GetImageFromArray(arr)
-    img.SetSpacing([float(s) for s in spacing_zyx[::-1]])
-    sitk.WriteImage(img, str(path), useCompression=False)
+        tifffile.imwrite(lab_dir / f"{case}.tif", lab)
+        (lab_dir / f"{case}.json").write_text(json.dumps({"spacing": spacing}))
 
 
 def make_splits(meta: dict) -> list[dict]:

@@ -51,40 +51,6 @@ def _tiff3d_reader(path: Path):
     return shape, lambda a, b: np.stack([pages[i].asarray() for i in range(a, b)])
 
 
-_MET_TYPES = {"MET_UCHAR": np.uint8, "MET_CHAR": np.int8, "MET_USHORT": np.uint16, "MET_SHORT": np.int16,
-              "MET_UINT": np.uint32, "MET_INT": np.int32, "MET_FLOAT": np.float32, "MET_DOUBLE": np.float64}
-
-
-def _mha_reader(path: Path):
-    """z-range reader of a 3D MetaImage: memory-mapped when uncompressed with local data, else SimpleITK.
-
-    Returns (shape (z, y, x), reader, spacing (z, y, x))."""
-    header, offset = {}, 0
-    with open(path, "rb") as f:
-        for _, raw in zip(range(64) if path.suffix.lower() == ".mha" else (), f):
-            offset += len(raw)
-            key, _, value = raw.decode("latin-1").partition("=")
-            header[key.strip()] = value.strip()
-            if key.strip() == "ElementDataFile":
-                break
-    dims = [int(d) for d in header.get("DimSize", "").split()]
-    dtype = _MET_TYPES.get(header.get("ElementType", ""))
-    if (len(dims) == 3 and dtype is not None and header.get("ElementDataFile") == "LOCAL"
-            and header.get("CompressedData", "False") == "False" and header.get("ElementNumberOfChannels", "1") == "1"):
-        order = ">" if header.get("BinaryDataByteOrderMSB", header.get("ElementByteOrderMSB", "False")) == "True" else "<"
-        mm = np.memmap(path, dtype=np.dtype(dtype).newbyteorder(order), mode="r", offset=offset,
-                       shape=tuple(dims[::-1]))
-        sp = tuple(float(x) for x in header.get("ElementSpacing", "1 1 1").split()[::-1])
-        return mm.shape, (lambda a, b: mm[a:b]), sp
-    import SimpleITK as sitk
-    try:
-        img = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise UserError(f"{path}: cannot read image ({str(e).splitlines()[0]})") from None
-    arr = sitk.GetArrayFromImage(img)
-    return arr.shape, (lambda a, b: arr[a:b]), tuple(img.GetSpacing()[::-1])
-
-
 def kaggle_kidney(folder: Path, spacing: float | None = None) -> VolumeSource:
     folder = Path(folder)
     images = folder / "images" if (folder / "images").is_dir() else folder
@@ -98,7 +64,7 @@ def kaggle_kidney(folder: Path, spacing: float | None = None) -> VolumeSource:
 
 
 def raw_image(path: Path, spacing: float | None = None) -> VolumeSource:
-    """One nnU-Net raw image (``case_0000.mha``, ``case_0000.tif`` + ``case.json``, NIfTI, ...)."""
+    """One nnU-Net raw image (``case_0000.tif`` + ``case.json``, or NIfTI/MHA)."""
     path = Path(path)
     name = re.sub(r"_0000$", "", path.name.split(".")[0])
     if path.suffix.lower() in (".tif", ".tiff"):
@@ -112,7 +78,13 @@ def raw_image(path: Path, spacing: float | None = None) -> VolumeSource:
                 raise UserError(f"{path}: no {aux.name} with the spacing; pass --spacing")
             sp = (spacing,) * 3
     else:
-        shape, reader, sp = _mha_reader(path)
+        import SimpleITK as sitk
+        try:
+            img = sitk.ReadImage(str(path))
+        except RuntimeError as e:
+            raise UserError(f"{path}: cannot read image ({str(e).splitlines()[0]})") from None
+        arr = sitk.GetArrayFromImage(img)
+        shape, reader, sp = arr.shape, (lambda a, b: arr[a:b]), tuple(img.GetSpacing()[::-1])
     ids = [f"{name}_{i:04d}" for i in range(shape[0])]
     return VolumeSource(name, tuple(shape), tuple(float(s) for s in sp), ids, [(0, shape[0], reader)])
 
@@ -125,14 +97,13 @@ def chunked_kidneys(images_dir: Path) -> list[VolumeSource]:
     meta = json.loads(meta_file.read_text())
     out = []
     for kidney, k in meta["kidneys"].items():
-        ending = json.loads((images_dir.parent / "dataset.json").read_text()).get("file_ending", ".mha")
-        files = [images_dir / f"{c['case']}_0000{ending}" for c in k["cases"]]
+        files = [images_dir / f"{c['case']}_0000.tif" for c in k["cases"]]
         if not all(f.is_file() for f in files):
             continue
         parts, ids, z = [], [], 0
         plane = None
         for c, f in zip(k["cases"], files):
-            shape, reader = _tiff3d_reader(f) if ending in (".tif", ".tiff") else _mha_reader(f)[:2]
+            shape, reader = _tiff3d_reader(f)
             if plane is not None and shape[1:] != plane:
                 raise UserError(f"{f}: slice size {shape[1:]} differs from the kidney's other chunks {plane}")
             plane = shape[1:]
@@ -162,7 +133,7 @@ def open_inputs(path: Path, spacing: float | None = None) -> list[VolumeSource]:
         return [raw_image(path, spacing)]
     if (path / "images").is_dir() or any(re.match(r"^\d+\.tiff?$", p.name) for p in path.iterdir()):
         return [kaggle_kidney(path, spacing)]
-    if any(p.name.endswith(("_0000.tif", "_0000.nii.gz", "_0000.mha", "_0000.nii")) for p in path.iterdir()):
+    if any(p.name.endswith(("_0000.tif", "_0000.nii.gz", "_0000.mha")) for p in path.iterdir()):
         return chunked_kidneys(path)
     kids = [d for d in sorted(path.iterdir()) if (d / "images").is_dir()]
     if kids:   # a Kaggle test/ folder
