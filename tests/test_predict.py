@@ -137,3 +137,20 @@ def test_cli_bad_input(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode != 0 and "missing slice 0004" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_converted_chunks_predict_like_the_kaggle_folder(tmp_path, kaggle_small, nnunet_dirs):
+    """imagesTs z-chunks (memory-mapped 3D TIFF) are read as one kidney: same result as the slice folder."""
+    from nnunet_vasculature.cli import main
+    folder = make_model_folder(tmp_path / "model")
+    assert main(["convert", "sennet", str(kaggle_small), "-d", "520", "--kidneys", "kidney_5",
+                 "--chunk-slices", "13"]) == 0
+    ts = nnunet_dirs["raw"] / "Dataset520_SenNet" / "imagesTs"
+    assert len(list(ts.glob("*_0000.tif"))) == 4
+    args = ["-m", str(folder), "-device", "cpu", "--disable-tta"]
+    assert main(["predict", "-i", str(ts), "-o", str(tmp_path / "a.zarr"), *args]) == 0
+    assert main(["predict", "-i", str(kaggle_small / "test" / "kidney_5"), "-o", str(tmp_path / "b.zarr"), *args]) == 0
+    a = zarr.open_group(str(tmp_path / "a.zarr"), mode="r")["kidney_5"]
+    b = zarr.open_group(str(tmp_path / "b.zarr"), mode="r")["kidney_5"]
+    np.testing.assert_array_equal(a[:], b[:])
+    assert a.attrs["slice_ids"] == b.attrs["slice_ids"]
