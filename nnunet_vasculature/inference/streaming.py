@@ -100,26 +100,29 @@ class StreamingPredictor:
         return planes if list(t[1:]) == [1, 2] else planes.transpose(0, 2, 1)
 
     def _stats(self, src: VolumeSource, block: int = 16):
-        """Nonzero bounding box (stock crop_to_nonzero) and intensity statistics of the crop."""
+        """Nonzero bounding box (stock crop_to_nonzero) and intensity statistics of the crop, in one
+        pass: voxels outside the box are zero, so sums over the volume are sums over the crop, and the
+        crop holds zeros exactly when it is larger than the number of non-zero voxels."""
         Z, Y, X = src.shape
         zs, ys, xs = np.zeros(Z, bool), np.zeros(Y, bool), np.zeros(X, bool)
+        s = s2 = 0.0
+        nnz, lo, hi = 0, np.inf, -np.inf
         for z0 in range(0, Z, block):
             b = src.read(z0, z0 + block)
             nz = b != 0
             zs[z0:z0 + len(b)] = nz.any(axis=(1, 2))
             ys |= nz.any(axis=(0, 2))
             xs |= nz.any(axis=(0, 1))
+            v = b[nz].astype(np.float64)
+            if v.size:
+                s, s2, nnz = s + v.sum(), s2 + (v * v).sum(), nnz + v.size
+                lo, hi = min(lo, v.min()), max(hi, v.max())
         if not zs.any():
             return None, None
         bbox = [(int(np.argmax(a)), int(len(a) - np.argmax(a[::-1]))) for a in (zs, ys, xs)]
-        (z0, z1), (y0, y1), (x0, x1) = bbox
-        s = s2 = 0.0
-        lo, hi = np.inf, -np.inf
-        for a in range(z0, z1, block):
-            b = src.read(a, min(a + block, z1))[:, y0:y1, x0:x1].astype(np.float64)
-            s, s2 = s + b.sum(), s2 + (b * b).sum()
-            lo, hi = min(lo, b.min()), max(hi, b.max())
-        n = (z1 - z0) * (y1 - y0) * (x1 - x0)
+        n = int(np.prod([b - a for a, b in bbox]))
+        if n > nnz:
+            lo, hi = min(lo, 0.0), max(hi, 0.0)
         mean = s / n
         return bbox, {"mean": mean, "std": float(np.sqrt(max(s2 / n - mean * mean, 0.0))), "min": lo, "max": hi}
 
