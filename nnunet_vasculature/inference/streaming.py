@@ -8,6 +8,7 @@ probability and written) as soon as no later tile touches it. Memory: one row of
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 from pathlib import Path
@@ -82,7 +83,7 @@ class StreamingPredictor:
     @torch.inference_mode()
     def predict_tile(self, tile: torch.Tensor) -> torch.Tensor:
         """Fold-averaged, mirror-averaged logits (C, *patch) of one tile (1, 1, *patch)."""
-        ctx = torch.autocast(self.device.type) if self.device.type == "cuda" else _nullcontext()
+        ctx = torch.autocast(self.device.type) if self.device.type == "cuda" else contextlib.nullcontext()
         with ctx:
             total = None
             for net in self.nets:
@@ -312,11 +313,3 @@ class _BackResampler:
         full = np.zeros(self.full_yx, np.float32)
         full[y0:y1, x0:x1] = probs
         self.sink(bz0 + o, full[None])
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False

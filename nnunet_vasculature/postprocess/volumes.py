@@ -147,21 +147,16 @@ def open_labels(path) -> object:
         stack = SliceStack(list_slices(folder))
         return _LabelStack(stack)
     if path.suffix in (".tif", ".tiff"):
-        return _Binary(tifffile.memmap(path) if _is_memmappable(path) else tifffile.imread(path))
+        try:      # uncompressed: memory-mapped, read a block at a time
+            return _Binary(tifffile.memmap(path, mode="r"))
+        except Exception:
+            return _Binary(tifffile.imread(path))
     if path.name.endswith((".nii.gz", ".nii", ".mha", ".nrrd")):
         import SimpleITK as sitk
         return _Binary(sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
     if _is_zarr(path):
         return _Binary(open_zarr_array(path))
     raise UserError(f"{path}: unsupported label format")
-
-
-def _is_memmappable(path: Path) -> bool:
-    try:
-        tifffile.memmap(path, mode="r")
-        return True
-    except Exception:
-        return False
 
 
 class _LabelStack:
