@@ -31,7 +31,7 @@ def _stock(folder, img, spacing, folds, tta):
     return probs[1]
 
 
-def _ours(folder, img, spacing, folds, tta, start=0):
+def _ours(folder, img, spacing, folds, tta, start=0, predictor=None):
     src = VolumeSource("v", img.shape, spacing, [str(i) for i in range(img.shape[0])],
                        [(0, img.shape[0], lambda a, b: img[a:b])])
     out = {}
@@ -40,7 +40,8 @@ def _ours(folder, img, spacing, folds, tta, start=0):
         for i, plane in enumerate(p):
             assert z + i not in out
             out[z + i] = plane
-    StreamingPredictor(folder, list(folds), device=torch.device("cpu"), use_mirroring=tta).predict(src, sink, start)
+    predictor = predictor or StreamingPredictor(folder, list(folds), device=torch.device("cpu"), use_mirroring=tta)
+    predictor.predict(src, sink, start)
     assert sorted(out) == list(range(start, img.shape[0]))
     return np.stack([out[z] for z in sorted(out)])
 
@@ -154,3 +155,17 @@ def test_converted_chunks_predict_like_the_kaggle_folder(tmp_path, kaggle_small,
     b = zarr.open_group(str(tmp_path / "b.zarr"), mode="r")["kidney_5"]
     np.testing.assert_array_equal(a[:], b[:])
     assert a.attrs["slice_ids"] == b.attrs["slice_ids"]
+
+
+def test_compiled_network_gives_the_same_probabilities(tmp_path, monkeypatch):
+    """nnUNet_compile=1 makes stock nnU-Net hand over a torch.compile'd network whose keys carry
+    '_orig_mod.': the predictor must load the plain checkpoint keys into the module underneath."""
+    from torch._dynamo.eval_frame import OptimizedModule
+    folder = make_model_folder(tmp_path / "m")
+    img = _image((16, 40, 40))
+    plain = _ours(folder, img, (50.0, 50.0, 50.0), (0,), False)
+    monkeypatch.setenv("nnUNet_compile", "1")
+    pred = StreamingPredictor(folder, [0], device=torch.device("cpu"), use_mirroring=False)
+    assert all(isinstance(n, OptimizedModule) for n in pred.nets)
+    compiled = _ours(folder, img, (50.0, 50.0, 50.0), (0,), False, predictor=pred)
+    assert np.abs(compiled - plain).max() <= 1e-4

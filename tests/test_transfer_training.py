@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from nnunet_vasculature.env import ext_trainer_value
-from v1_helpers import make_v1_zip
+from v1_download import write_task008_zip
 
 TEST_TRAINER = '''
 from nnunet_vasculature.trainers.vessel_transfer import VesselTransferTrainer_sourceHead
@@ -36,8 +36,8 @@ def test_import_preprocess_train(tmp_path, nnunet_dirs, kaggle_small):
     cli = [str(bindir / "nnunet-vasculature")]
     _run(cli + ["convert", "sennet", str(kaggle_small), "-d", "501", "--kidneys", "kidney_1_dense", "kidney_2",
                 "kidney_5"], env)
-    zpath, _ = make_v1_zip(tmp_path / "Task008_HepaticVessel.zip", pool=([1, 2, 2], [2, 2, 2]),
-                           conv=([1, 3, 3], [3, 3, 3], [3, 3, 3]), patch=(16, 32, 32), base=4)
+    zpath, _ = write_task008_zip(tmp_path / "Task008_HepaticVessel.zip", base=4, folds=(0, 1),
+                                 patch_fullres=(16, 32, 32), configurations=("3d_lowres", "3d_fullres"))
     out = _run(cli + ["import-pretrained", "-i", str(zpath), "-d", "501"], env)
     assert "nnUNetv2_train 501 3d_fullres 0 -tr VesselTransferTrainer -p nnUNetPlans_Task008" in out
     pre = nnunet_dirs["preprocessed"] / "Dataset501_SenNet"

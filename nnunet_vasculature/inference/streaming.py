@@ -43,11 +43,15 @@ class StreamingPredictor:
         pred.initialize_from_trained_model_folder(str(model_folder), folds, checkpoint_name)
         self.device, self.step = device, tile_step_size
         self.cm, self.pm, self.lm = pred.configuration_manager, pred.plans_manager, pred.label_manager
+        # with nnUNet_compile=1 stock nnU-Net hands over a compiled module: copy and load the module
+        # underneath (plain keys), and compile each copy the same way
+        plain = getattr(pred.network, "_orig_mod", pred.network)
         self.nets = []
         for params in pred.list_of_parameters:
-            net = copy.deepcopy(pred.network)
+            net = copy.deepcopy(plain)
             net.load_state_dict(params)
-            self.nets.append(net.to(device).eval())
+            net = net.to(device).eval()
+            self.nets.append(torch.compile(net) if plain is not pred.network else net)
         axes = pred.allowed_mirroring_axes if use_mirroring else None
         self.mirror_combos = [] if not axes else \
             [tuple(a + 2 for a in c) for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]

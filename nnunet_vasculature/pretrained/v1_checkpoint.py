@@ -106,16 +106,23 @@ class V1Model:
         return int(self.plans["num_modalities"])
 
 
+def _checkpoint_safe_globals() -> list:
+    """What a v1 checkpoint needs beyond tensors, and nothing more: ``plot_stuff`` holds numpy float64
+    scalars, pickled as ``scalar(dtype, bytes)``. Files written under numpy 1.x (the 2020 downloads)
+    name the function ``numpy.core.multiarray.scalar``, numpy 2 names it ``numpy._core...``: both names
+    are allowed for the one function."""
+    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    return [np.dtype, type(np.dtype(np.float64)), (scalar, "numpy.core.multiarray.scalar"),
+            (scalar, "numpy._core.multiarray.scalar")]
+
+
 def _load_state_dict(data: bytes, where: str) -> dict:
-    safe = [np.dtype, np.ndarray, type(np.dtype(np.float64)), type(np.dtype(np.float32)),
-            type(np.dtype(np.int64))]
-    scalar = getattr(np, "_core", np.core).multiarray.scalar
     try:
-        with torch.serialization.safe_globals(safe + [scalar]):
+        with torch.serialization.safe_globals(_checkpoint_safe_globals()):
             ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:
         raise UserError(f"{where}: not a readable torch checkpoint ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200]})") from None
+                        f"{_torch_error_reason(e)})") from None
     if not isinstance(ckpt, dict):
         raise UserError(f"{where}: checkpoint is a {type(ckpt).__name__}, expected a dict")
     if "network_weights" in ckpt:
@@ -124,6 +131,15 @@ def _load_state_dict(data: bytes, where: str) -> dict:
     if "state_dict" not in ckpt or not any(k.startswith("conv_blocks_context.") for k in ckpt["state_dict"]):
         raise UserError(f"{where}: not an nnU-Net v1 Generic_UNet checkpoint (no conv_blocks_context weights)")
     return ckpt["state_dict"]
+
+
+def _torch_error_reason(e: Exception) -> str:
+    """The informative line of a torch.load error (weights-only errors start with a long preamble)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith("WeightsUnpickler error:"):
+            return ln.split(" Please use")[0][:200]
+    return lines[0][:200] if lines else ""
 
 
 def read_v1_model(path: Path, configuration: str = "3d_fullres", folds=(0,)) -> V1Model:
@@ -136,11 +152,14 @@ def read_v1_model(path: Path, configuration: str = "3d_fullres", folds=(0,)) -> 
             found.setdefault(m.group("config"), {})[m.group("fold")] = (n, m)
     if not found:
         raise UserError(f"{path}: no nnU-Net v1 model inside (expected "
-                        f"nnUNet/<config>/TaskXXX_*/<trainer>__<plans>/fold_N/{CHECKPOINT})")
+                        f"<config>/TaskXXX_*/<trainer>__<plans>/fold_N/{CHECKPOINT})")
     if configuration not in found:
         raise UserError(f"{path}: no '{configuration}' model (has: {', '.join(sorted(found))})")
     if configuration == "2d":
         raise UserError(f"{path}: 2D models are not supported; use 3d_fullres or 3d_lowres")
+    if configuration == "3d_cascade_fullres":
+        raise UserError(f"{path}: the cascade takes the 3d_lowres segmentation as extra input channels and "
+                        f"cannot start a single-stage model; use 3d_fullres or 3d_lowres")
     available = found[configuration]
     wanted = [str(f) for f in folds]
     missing = [f for f in wanted if f not in available]
