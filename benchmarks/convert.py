@@ -20,7 +20,7 @@ from common import run_child, table  # noqa: E402
 READ_ONLY = """
 import sys, time, numpy as np, tifffile
 from pathlib import Path
-from nnunet_vasculature.slices import list_slices
+from nnunet_vasculature.io.slices import list_slices
 k = Path(sys.argv[1]) / "train" / "kidney_1_dense"
 t = time.time()
 n = 0

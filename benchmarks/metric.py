@@ -16,7 +16,7 @@ from scipy import ndimage as ndi
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import best_of, table  # noqa: E402
 
-from nnunet_vasculature.postprocess.rle import rle_encode  # noqa: E402
+from nnunet_vasculature.io.rle import rle_encode  # noqa: E402
 from nnunet_vasculature.postprocess.surface_dice import surface_dice, surface_dice_sweep  # noqa: E402
 
 
@@ -62,7 +62,8 @@ def main():
         t_ref = time.perf_counter() - t
         ours = surface_dice(pred, gt)
         rows.append([f"surface Dice, one threshold, {n}^3 vessel trees", f"{t_ours:.3f} s",
-                     f"surface-distance {t_ref:.1f} s", f"{t_ref / t_ours:.0f}x faster", f"|diff| {abs(ours - ref):.1e}"])
+                     f"surface-distance {t_ref:.1f} s", f"{t_ref / t_ours:.0f}x faster",
+                     f"|diff| {abs(ours - ref):.1e}"])
         rng = np.random.default_rng(3)      # dense random masks: the reference's distance transforms dominate
         ra, rb = rng.random((n, n, n)) > 0.5, rng.random((n, n, n)) > 0.5
         t_rand = best_of(lambda: surface_dice(rb, ra))

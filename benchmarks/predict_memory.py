@@ -36,7 +36,7 @@ report(seconds=time.time() - t, mean=float(probs[1].mean()))
 """
 
 OURS = SETUP + """
-from nnunet_vasculature.inference.sources import VolumeSource
+from nnunet_vasculature.io.sources import VolumeSource
 from nnunet_vasculature.inference.streaming import StreamingPredictor
 def read(a, b):   # slices produced on demand, like reading TIFF slices from disk
     return np.random.default_rng(a).random((b - a, plane, plane)).astype(np.float32) * 1000 + 1

@@ -16,12 +16,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import table  # noqa: E402
 
-from nnunet_vasculature.demo import DATASET_ID, HELD_OUT  # noqa: E402
-from nnunet_vasculature.env import ext_trainer_value  # noqa: E402
+from nnunet_vasculature.demo.run import DATASET_ID, HELD_OUT  # noqa: E402
 from nnunet_vasculature.inference.predict import predict  # noqa: E402
+from nnunet_vasculature.io.volumes import open_labels, open_probabilities  # noqa: E402
 from nnunet_vasculature.postprocess.surface_dice import surface_dice_sweep  # noqa: E402
 from nnunet_vasculature.postprocess.tune import LEVEL_HALF  # noqa: E402
-from nnunet_vasculature.postprocess.volumes import open_labels, open_probabilities  # noqa: E402
+from nnunet_vasculature.trainers import ext_trainer_value  # noqa: E402
 
 
 def main():

@@ -4,13 +4,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.errors import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nnunet_vasculature import env
     from nnunet_vasculature.dataset_conversion import sennet, synthesize
-    from nnunet_vasculature import demo, env
+    from nnunet_vasculature.demo import run as demo
     from nnunet_vasculature.inference import predict, pseudo_label, stitch
+    from nnunet_vasculature.postprocess import commands
     from nnunet_vasculature.pretrained import import_pretrained
 
     parser = argparse.ArgumentParser(prog="nnunet-vasculature", description="nnU-Net v2 plugin for vessel "
@@ -23,22 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     stitch.add_parser(sub)
     pseudo_label.add_parser(sub)
     env.add_parser(sub)
+    commands.add_parsers(sub)
     demo.add_parser(sub)
     return parser
-
-
-def run_cli(parser: argparse.ArgumentParser, argv=None) -> int:
-    """Parse, run, and turn UserError into one line on stderr with a non-zero exit."""
-    args = parser.parse_args(argv)
-    try:
-        args.func(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
 
 
 def main(argv=None) -> int:

@@ -1,9 +1,11 @@
 """User-facing errors and all-or-nothing output helpers."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -49,3 +51,17 @@ def atomic_file(final: Path) -> Iterator[Path]:
             tmp.unlink()
         raise
     os.replace(tmp, final)
+
+
+def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse, run, and turn UserError into one line on stderr with a non-zero exit."""
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

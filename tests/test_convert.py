@@ -11,8 +11,8 @@ import pytest
 import tifffile
 
 from nnunet_vasculature.cli import main
-from nnunet_vasculature.dataset_conversion.sennet import KNOWN_SPACING_UM
-from nnunet_vasculature.slices import list_slices
+from nnunet_vasculature.io.sennet import KNOWN_SPACING_UM
+from nnunet_vasculature.io.slices import list_slices
 
 CLI = [str(Path(sys.executable).parent / "nnunet-vasculature")]
 
@@ -25,7 +25,7 @@ def test_convert_roundtrip_with_nnunet_reader(kaggle_small, nnunet_dirs):
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
-    assert main(["convert", "sennet", str(kaggle_small), "-d", "501", "--chunk-slices", "20"]) == 0
+    assert main(["convert", "sennet", str(kaggle_small), "-d", "501", "--chunk_slices", "20"]) == 0
     ds = nnunet_dirs["raw"] / "Dataset501_SenNet"
     verify_dataset_integrity(str(ds), num_processes=1)     # raises on any inconsistency
     meta = json.loads((ds / "sennet_cases.json").read_text())

@@ -5,8 +5,8 @@ import surface_distance as sd
 from scipy import ndimage as ndi
 from surface_distance import lookup_tables
 
+from nnunet_vasculature.io.rle import rle_decode, rle_encode
 from nnunet_vasculature.postprocess._area_table import AREA
-from nnunet_vasculature.postprocess.rle import rle_decode, rle_encode
 from nnunet_vasculature.postprocess.surface_dice import surface_dice, surface_dice_sweep
 
 if "Inf" not in np.__dict__:   # surface-distance 0.1 predates NumPy 2 (uses np.Inf for an empty surface)
@@ -84,17 +84,22 @@ def test_sweep_empty_prediction_is_zero():
     assert sweep[1:].max() == 0.0 and sweep[0] > 0.0      # k=0 predicts everything
 
 
-def test_slice_file_lists(tmp_path):
+def test_slice_folders_through_the_io_layer(tmp_path):
+    """The metric takes z-sliceable volumes: label folders opened by io.volumes stream into it, while
+    paths and file lists are refused (reading files is the caller's job)."""
     import tifffile
+
+    from nnunet_vasculature.io.volumes import open_labels
     rng = np.random.default_rng(3)
     a, b = rng.random((6, 8, 9)) > 0.5, rng.random((6, 8, 9)) > 0.5
-    fa, fb = [], []
-    for i in range(6):
-        tifffile.imwrite(tmp_path / f"a{i}.tif", a[i].astype(np.uint8) * 255)
-        tifffile.imwrite(tmp_path / f"b{i}.tif", b[i].astype(np.uint8) * 255)
-        fa.append(tmp_path / f"a{i}.tif")
-        fb.append(tmp_path / f"b{i}.tif")
-    assert abs(surface_dice(fb, fa, block=2) - reference(b, a)) <= 1e-9
+    for name, vol in (("a", a), ("b", b)):
+        (tmp_path / name).mkdir()
+        for i in range(6):
+            tifffile.imwrite(tmp_path / name / f"{i:04d}.tif", vol[i].astype(np.uint8) * 255)
+    got = surface_dice(open_labels(tmp_path / "b"), open_labels(tmp_path / "a"), block=2)
+    assert abs(got - reference(b, a)) <= 1e-9
+    with pytest.raises(TypeError, match="open files with"):
+        surface_dice([tmp_path / "b" / "0000.tif"], a)
 
 
 def test_rle_roundtrip_and_convention():

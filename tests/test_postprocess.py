@@ -7,14 +7,13 @@ from pathlib import Path
 
 import cc3d
 import numpy as np
-import pytest
 import tifffile
 import zarr
 from scipy import ndimage as ndi
 
+from nnunet_vasculature.io.rle import rle_decode, rle_encode
 from nnunet_vasculature.postprocess.__main__ import main as pp_main
 from nnunet_vasculature.postprocess.components import remove_small_components
-from nnunet_vasculature.postprocess.rle import rle_decode, rle_encode
 from nnunet_vasculature.postprocess.surface_dice import surface_dice
 
 PP = [sys.executable, "-m", "nnunet_vasculature.postprocess"]
@@ -143,7 +142,8 @@ def test_bad_inputs(tmp_path):
     assert rc != 0 and len(lines) == 1 and "outside [0, 1]" in lines[0]
     # shape mismatch
     grp.create_array("small", shape=(5, 8, 9), dtype="uint8")
-    rc, lines = _err(["tune", "-i", str(tmp_path / "nan.zarr" / "small"), "--labels", str(lab), "-o", str(tmp_path / "x.json")])
+    rc, lines = _err(["tune", "-i", str(tmp_path / "nan.zarr" / "small"), "--labels", str(lab),
+                      "-o", str(tmp_path / "x.json")])
     assert rc != 0 and len(lines) == 1 and "shape" in lines[0]
     # empty label volume
     empty = tmp_path / "empty"

@@ -8,11 +8,11 @@ import pytest
 import tifffile
 import torch
 import zarr
+from model_helpers import make_model_folder
 from scipy import ndimage as ndi
 
-from nnunet_vasculature.inference.sources import VolumeSource
 from nnunet_vasculature.inference.streaming import StreamingPredictor
-from model_helpers import make_model_folder
+from nnunet_vasculature.io.sources import VolumeSource
 
 CLI = [str(Path(sys.executable).parent / "nnunet-vasculature")]
 MARGIN = 4      # stock aggregates tiles in float16: its volume border is the least exact part
@@ -104,14 +104,15 @@ def test_cli_zarr_output_resume_and_refusal(tmp_path):
     img = _image((30, 36, 32), seed=5)
     kidney = _kaggle_kidney(tmp_path / "kaggle", img)
     out = tmp_path / "probs.zarr"
-    base = CLI + ["predict", "-i", str(kidney), "-o", str(out), "-m", str(folder), "-device", "cpu", "--disable-tta"]
+    base = CLI + ["predict", "-i", str(kidney), "-o", str(out), "-m", str(folder), "-device", "cpu", "--disable_tta"]
     r = subprocess.run(base, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     arr = zarr.open_group(str(out), mode="r")["kidney_5"]
     assert arr.dtype == np.uint8 and arr.shape == (30, 36, 32)
     assert arr.attrs["complete"] and arr.attrs["slice_ids"][3] == "kidney_5_0003"
     assert arr.attrs["spacing"] == [50.28] * 3
-    ref = np.rint(_ours(folder, img.astype(np.uint16).astype(np.float32), (50.28,) * 3, (0,), False) * 255).astype(np.uint8)
+    ref = _ours(folder, img.astype(np.uint16).astype(np.float32), (50.28,) * 3, (0,), False)
+    ref = np.rint(ref * 255).astype(np.uint8)
     np.testing.assert_array_equal(arr[:], ref)
     # an existing output is refused
     r = subprocess.run(base, capture_output=True, text=True)
@@ -145,10 +146,10 @@ def test_converted_chunks_predict_like_the_kaggle_folder(tmp_path, kaggle_small,
     from nnunet_vasculature.cli import main
     folder = make_model_folder(tmp_path / "model")
     assert main(["convert", "sennet", str(kaggle_small), "-d", "520", "--kidneys", "kidney_5",
-                 "--chunk-slices", "13"]) == 0
+                 "--chunk_slices", "13"]) == 0
     ts = nnunet_dirs["raw"] / "Dataset520_SenNet" / "imagesTs"
     assert len(list(ts.glob("*_0000.tif"))) == 4
-    args = ["-m", str(folder), "-device", "cpu", "--disable-tta"]
+    args = ["-m", str(folder), "-device", "cpu", "--disable_tta"]
     assert main(["predict", "-i", str(ts), "-o", str(tmp_path / "a.zarr"), *args]) == 0
     assert main(["predict", "-i", str(kaggle_small / "test" / "kidney_5"), "-o", str(tmp_path / "b.zarr"), *args]) == 0
     a = zarr.open_group(str(tmp_path / "a.zarr"), mode="r")["kidney_5"]

@@ -7,11 +7,11 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from v1_download import legacy_checkpoint_bytes, real_generic_unet, write_task008_zip
 
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.pretrained import load_v1_as_v2
 from nnunet_vasculature.pretrained.v1_checkpoint import _load_state_dict, read_v1_model, restricted_loads
-from v1_download import legacy_checkpoint_bytes, real_generic_unet, write_task008_zip
 
 FOLDS = (0, 1, 2, 3, 4)
 
@@ -46,7 +46,8 @@ def test_code_in_a_checkpoint_is_refused():
             return (print, ("owned",))
     buf = io.BytesIO()
     torch.save({"state_dict": {}, "plot_stuff": Evil()}, buf, pickle_protocol=2, _use_new_zipfile_serialization=False)
-    refused = r"not a readable torch checkpoint.*Unsupported global: GLOBAL print was not an allowed global by default\.\)$"
+    refused = (r"not a readable torch checkpoint.*Unsupported global: GLOBAL print was not an allowed global "
+               r"by default\.\)$")
     with pytest.raises(UserError, match=refused):
         _load_state_dict(buf.getvalue(), "evil.model")
 
@@ -121,7 +122,7 @@ def test_cascade_and_2d_are_refused_by_name(download):
 
 
 def test_exported_v1_keys_load_into_real_generic_unet(download):
-    from nnunet_vasculature.pretrained.v1_export import v1_state_dict
+    from nnunet_vasculature.demo.v1_export import v1_state_dict
     zpath, nets = download
     exported = v1_state_dict(load_v1_as_v2(zpath))
     result = nets[("3d_fullres", 0)].load_state_dict(exported, strict=True)

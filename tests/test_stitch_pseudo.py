@@ -7,12 +7,11 @@ import tifffile
 import zarr
 
 from nnunet_vasculature.cli import main
-from nnunet_vasculature.env import ext_trainer_value
-from nnunet_vasculature.trainers import EXT_TRAINER_DIR
+from nnunet_vasculature.trainers import EXT_TRAINER_DIR, ext_trainer_value
 
 
 def test_stitch_chunks_into_one_kidney(tmp_path, kaggle_small, nnunet_dirs):
-    assert main(["convert", "sennet", str(kaggle_small), "-d", "510", "--kidneys", "kidney_5", "--chunk-slices",
+    assert main(["convert", "sennet", str(kaggle_small), "-d", "510", "--kidneys", "kidney_5", "--chunk_slices",
                  "15"]) == 0
     ds = nnunet_dirs["raw"] / "Dataset510_SenNet"
     meta = json.loads((ds / "sennet_cases.json").read_text())["kidneys"]["kidney_5"]

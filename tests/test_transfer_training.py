@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import torch
-
-from nnunet_vasculature.env import ext_trainer_value
 from v1_download import write_task008_zip
+
+from nnunet_vasculature.trainers import ext_trainer_value
 
 TEST_TRAINER = '''
 from nnunet_vasculature.trainers.vessel_transfer import VesselTransferTrainer_sourceHead
@@ -58,9 +58,10 @@ def test_import_preprocess_train(tmp_path, nnunet_dirs, kaggle_small):
     ext.mkdir()
     (ext / "ci_trainers.py").write_text(TEST_TRAINER)
     env["nnUNet_extTrainer"] = os.pathsep.join([ext_trainer_value(), str(ext)])
-    log = _run([str(bindir / "nnUNetv2_train"), "501", "3d_fullres", "0", "-tr", "VesselTransferTrainer_ci",
+    _run([str(bindir / "nnUNetv2_train"), "501", "3d_fullres", "0", "-tr", "VesselTransferTrainer_ci",
                 "-p", "nnUNetPlans_Task008", "-device", "cpu"], env)
-    fold = nnunet_dirs["results"] / "Dataset501_SenNet" / "VesselTransferTrainer_ci__nnUNetPlans_Task008__3d_fullres" / "fold_0"
+    fold = (nnunet_dirs["results"] / "Dataset501_SenNet" / "VesselTransferTrainer_ci__nnUNetPlans_Task008__3d_fullres"
+            / "fold_0")
     ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert ckpt["current_epoch"] == 1
     trained = ckpt["network_weights"]
@@ -77,4 +78,5 @@ def test_import_preprocess_train(tmp_path, nnunet_dirs, kaggle_small):
     seg = [k for k in trained if ".seg_layers." in k and k.endswith("weight")][-1]
     assert trained[seg].shape[0] == 2
     assert torch.allclose(trained[seg], imported[seg][[0, 1]], atol=0.05)
-    assert "loaded transfer weights" in (fold / next(p.name for p in fold.iterdir() if p.name.startswith("training_log"))).read_text()
+    log = next(p for p in fold.iterdir() if p.name.startswith("training_log"))
+    assert "loaded transfer weights" in log.read_text()

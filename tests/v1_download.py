@@ -134,7 +134,8 @@ def _sgd_state(net: nn.Module, patch, channels: int) -> dict:
 
 # ---- plans and metadata --------------------------------------------------------------------------
 def _stage(patch, pool, conv, spacing, batch_size: int) -> dict:
-    return {"batch_size": batch_size, "num_pool_per_axis": [int(sum(p[i] > 1 for p in pool)) for i in range(len(patch))],
+    per_axis = [int(sum(p[i] > 1 for p in pool)) for i in range(len(patch))]
+    return {"batch_size": batch_size, "num_pool_per_axis": per_axis,
             "patch_size": np.array(patch, dtype=np.int64), "median_patient_size_in_voxels":
             np.array([int(p * 3) for p in patch], dtype=np.int64), "current_spacing": np.array(spacing),
             "original_spacing": np.array([1.5, 0.8, 0.8]), "do_dummy_2D_data_aug": len(patch) == 2,

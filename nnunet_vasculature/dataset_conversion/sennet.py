@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,20 +20,10 @@ import tifffile
 from tqdm import tqdm
 
 from nnunet_vasculature.errors import UserError, atomic_dir
-from nnunet_vasculature.slices import list_slices, read_label_slice, read_slice, slice_shape
+from nnunet_vasculature.io.paths import CASES_FILE, find_raw_dataset, nnunet_folder
+from nnunet_vasculature.io.sennet import DEFAULT_TRAIN, KNOWN_SPACING_UM, case_name, physical_kidney
+from nnunet_vasculature.io.slices import list_slices, read_label_slice, read_slice, slice_shape
 
-# µm per voxel, from the competition's data description (see README, "Spacing")
-KNOWN_SPACING_UM = {
-    "kidney_1_dense": 50.0,
-    "kidney_1_voi": 5.2,
-    "kidney_2": 50.0,
-    "kidney_3_sparse": 50.16,
-    "kidney_3_dense": 50.16,
-    "kidney_5": 50.28,
-    "kidney_6": 63.08,
-}
-DEFAULT_TRAIN = ("kidney_1_dense", "kidney_2", "kidney_3_sparse", "kidney_3_dense")
-CASES_FILE = "sennet_cases.json"
 VOXELS_PER_CASE = 160_000_000   # ~3 GB in nnU-Net's preprocessing at ~20 bytes/voxel
 
 
@@ -48,12 +37,6 @@ class KidneySource:
     shape: tuple[int, int] = (0, 0)
     keep: list[bool] = field(default_factory=list)   # slices to convert
     pseudo: bool = False          # labels from a pseudo-label folder (may hold the ignore value)
-
-
-def physical_kidney(name: str) -> str:
-    """``kidney_3_dense`` and ``kidney_3_sparse`` are one kidney: folds must not split them."""
-    m = re.match(r"(kidney_\d+)", name)
-    return m.group(1) if m else name
 
 
 def discover(kaggle_dir: Path) -> dict[str, tuple[str, Path]]:
@@ -167,9 +150,7 @@ def convert_sennet(kaggle_dir: Path, dataset_id: int, name: str = "SenNet", raw_
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
     kaggle_dir = Path(kaggle_dir)
-    raw_root = Path(raw_root or os.environ.get("nnUNet_raw") or "")
-    if not str(raw_root):
-        raise UserError("no output root: set nnUNet_raw or pass -o")
+    raw_root = Path(raw_root) if raw_root else nnunet_folder("nnUNet_raw", "pass -o RAW_ROOT")
     ds_name = f"Dataset{dataset_id:03d}_{name}"
     clash = [p for p in raw_root.glob(f"Dataset{dataset_id:03d}_*") if p.name != ds_name and p.is_dir()]
     if clash:
@@ -191,7 +172,7 @@ def convert_sennet(kaggle_dir: Path, dataset_id: int, name: str = "SenNet", raw_
             img_dir = tmp / ("imagesTr" if src.split == "train" else "imagesTs")
             with tqdm(total=sum(b - a for a, b in chunks), desc=f"convert {src.name}", unit="slice") as bar:
                 for a, b in chunks:
-                    case = f"{src.name}_z{int(src.images[a].stem):04d}"
+                    case = case_name(src.name, int(src.images[a].stem))
                     img = _read_stack(src.images[a:b], src.shape, pool, label=False)
                     lab = _read_stack(src.labels[a:b], src.shape, pool, True, src.pseudo) if src.labels else None
                     has_ignore |= lab is not None and src.pseudo and bool((lab == 2).any())
@@ -248,14 +229,19 @@ def make_splits(meta: dict) -> list[dict]:
     return folds
 
 
-def install_splits(raw_dataset: Path) -> Path | None:
-    """Copy the dataset's ``splits_final.json`` to where nnU-Net reads it (nnUNet_preprocessed)."""
+def install_splits(raw_dataset: Path, required: bool = False) -> Path | None:
+    """Copy the dataset's ``splits_final.json`` to where nnU-Net reads it (nnUNet_preprocessed).
+
+    Without ``nnUNet_preprocessed`` a hint is printed, or, when ``required``, a UserError raised."""
     src = raw_dataset / "splits_final.json"
     splits = json.loads(src.read_text())
     if not splits:
         print("only one training kidney: no leave-one-kidney-out splits (train with fold 'all')")
         return None
-    pre = os.environ.get("nnUNet_preprocessed")
+    if required:
+        pre = nnunet_folder("nnUNet_preprocessed")
+    else:
+        pre = os.environ.get("nnUNet_preprocessed")
     if not pre:
         print(f"nnUNet_preprocessed is not set: copy {src} to $nnUNet_preprocessed/{raw_dataset.name}/ "
               f"(or run 'nnunet-vasculature splits -d ID' once it is set)")
@@ -265,17 +251,6 @@ def install_splits(raw_dataset: Path) -> Path | None:
     dst.write_text(json.dumps(splits, indent=1))
     print(f"wrote {dst} ({len(splits)} leave-one-kidney-out folds)")
     return dst
-
-
-def find_raw_dataset(dataset_id: int, raw_root: Path | None = None) -> Path:
-    root = Path(raw_root or os.environ.get("nnUNet_raw") or "")
-    if not str(root):
-        raise UserError("nnUNet_raw is not set")
-    hits = sorted(root.glob(f"Dataset{int(dataset_id):03d}_*"))
-    hits = [h for h in hits if h.is_dir()]
-    if not hits:
-        raise UserError(f"{root}: no Dataset{int(dataset_id):03d}_* folder")
-    return hits[0]
 
 
 def _parse_spacing(items: list[str]) -> dict[str, float]:
@@ -299,7 +274,7 @@ def add_parser(sub) -> None:
     p.add_argument("-o", dest="raw_root", type=Path, help="nnU-Net raw root (default $nnUNet_raw)")
     p.add_argument("--kidneys", nargs="+", help=f"volumes to convert (default: {' '.join(DEFAULT_TRAIN)} "
                                                  "and every test kidney)")
-    p.add_argument("--chunk-slices", type=int, default=None,
+    p.add_argument("--chunk_slices", type=int, default=None,
                    help=f"max slices per case (default: about {VOXELS_PER_CASE // 1_000_000} M voxels per case)")
     p.add_argument("--spacing", nargs="+", metavar="KIDNEY=UM", help="override the voxel size of a kidney")
     p.add_argument("--labels", nargs="+", metavar="KIDNEY=DIR", dest="label_dirs",
@@ -311,7 +286,7 @@ def add_parser(sub) -> None:
         if src is None:
             raise UserError("give the Kaggle folder: convert sennet KAGGLE_DIR -d ID")
         if a.chunk_slices is not None and a.chunk_slices < 1:
-            raise UserError("--chunk-slices must be at least 1")
+            raise UserError("--chunk_slices must be at least 1")
         label_dirs = {}
         for it in a.label_dirs or []:
             k, _, d = it.partition("=")
@@ -324,7 +299,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
     s = sub.add_parser("splits", help="install the leave-one-kidney-out splits_final.json in nnUNet_preprocessed")
     s.add_argument("-d", dest="dataset_id", type=int, required=True)
-    s.set_defaults(func=lambda a: install_splits(find_raw_dataset(a.dataset_id)))
+    s.set_defaults(func=lambda a: install_splits(find_raw_dataset(a.dataset_id), required=True))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import tifffile
 from tqdm import tqdm
 
 from nnunet_vasculature.errors import atomic_dir
-from nnunet_vasculature.postprocess.rle import EMPTY_RLE, rle_encode
+from nnunet_vasculature.io.rle import EMPTY_RLE, rle_encode
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,8 @@ class SyntheticKidney:
         self.extent = np.array(spec.extent_um, dtype=float)
         self.shape = tuple(int(round(e / spec.voxel_um)) for e in self.extent)
         ref = 50.0  # radii are given in voxels of a 50 µm reference kidney
-        self.tree = grow_tree(np.random.default_rng([seed, index]), self.extent, (12.0 if full else 4.5) * ref, 1.0 * ref,
+        self.tree = grow_tree(np.random.default_rng([seed, index]), self.extent, (12.0 if full else 4.5) * ref,
+                              1.0 * ref,
                               12 if full else 4, spec.missing_fraction)
         self.waves = [(own.normal(size=3) * 2 * np.pi / own.uniform(400, 1600), own.uniform(0, 2 * np.pi),
                        own.uniform(600, 1500)) for _ in range(4)]

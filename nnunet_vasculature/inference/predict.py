@@ -1,9 +1,8 @@
 """``nnunet-vasculature predict``: memory-bounded prediction of whole kidneys to uint8 zarr.
 
-Output: a zarr group with one array per kidney, (z, y, x) uint8 foreground probability (round(p*255)),
-chunked by slice, with attributes ``kidney``, ``spacing``, ``slice_ids``, the model used, and
-``complete``. Planes are written in z order and ``planes_done`` is updated as they are; an interrupted
-run started again with the same arguments resumes from the first unwritten plane.
+Output: the probability store of :mod:`nnunet_vasculature.io.store` (one uint8 array per kidney, the
+model in the ``source`` attribute). Planes are written in z order; an interrupted run started again with
+the same arguments resumes from the first unwritten plane.
 """
 from __future__ import annotations
 
@@ -15,12 +14,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nnunet_vasculature.env import ext_trainer_value
 from nnunet_vasculature.errors import UserError
-from nnunet_vasculature.inference.sources import VolumeSource, open_inputs
 from nnunet_vasculature.inference.streaming import StreamingPredictor
-
-FLUSH_PLANES = 8
+from nnunet_vasculature.io.sources import open_inputs
+from nnunet_vasculature.io.store import KidneyWriter
+from nnunet_vasculature.trainers import ext_trainer_value
 
 
 def model_folder_from_args(dataset_id, configuration: str, trainer: str, plans: str) -> Path:
@@ -31,56 +29,6 @@ def model_folder_from_args(dataset_id, configuration: str, trainer: str, plans: 
         return Path(get_output_folder(dataset_id, trainer, plans, configuration))
     except RuntimeError as e:
         raise UserError(f"dataset {dataset_id}: {str(e).splitlines()[0]}") from None
-
-
-class ZarrSink:
-    """Writes probability planes of one kidney into ``group[name]``, buffered, in z order."""
-
-    def __init__(self, group, src: VolumeSource, model_info: dict, overwrite: bool):
-        self.src = src
-        Z, Y, X = src.shape
-        attrs = {"kidney": src.name, "spacing": list(src.spacing), "slice_ids": src.slice_ids,
-                 "model": model_info, "encoding": "uint8 = round(255 * foreground probability)"}
-        self.start = 0
-        if src.name in group and not overwrite:
-            arr = group[src.name]
-            old = dict(arr.attrs)
-            if old.get("complete"):
-                raise UserError(f"{group.store}: '{src.name}' is already predicted (pass --overwrite)")
-            if tuple(arr.shape) != (Z, Y, X) or old.get("model") != model_info:
-                raise UserError(f"{group.store}: '{src.name}' holds an interrupted prediction made with "
-                                f"other settings (pass --overwrite)")
-            self.start = int(old.get("planes_done", 0))
-            print(f"resuming {src.name} at plane {self.start}/{Z}")
-        else:
-            arr = group.create_array(src.name, shape=(Z, Y, X), chunks=(1, Y, X), dtype="uint8",
-                                     overwrite=True)
-            arr.attrs.update({**attrs, "complete": False, "planes_done": 0})
-        self.arr = arr
-        self.buf: list[np.ndarray] = []
-        self.buf_start = self.start
-
-    def __call__(self, z: int, probs: np.ndarray) -> None:
-        if z != self.buf_start + len(self.buf):
-            raise RuntimeError(f"plane {z} out of order")
-        if not np.isfinite(probs).all():
-            raise UserError(f"{self.src.name}: the network produced non-finite probabilities at plane {z}")
-        self.buf.extend(np.rint(np.clip(probs, 0, 1) * 255).astype(np.uint8))
-        if len(self.buf) >= FLUSH_PLANES:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.buf:
-            end = self.buf_start + len(self.buf)
-            self.arr[self.buf_start:end] = np.stack(self.buf)
-            self.arr.attrs["planes_done"] = end
-            self.buf, self.buf_start = [], end
-
-    def close(self) -> None:
-        self.flush()
-        if self.buf_start != self.arr.shape[0]:
-            raise RuntimeError(f"{self.src.name}: {self.buf_start} of {self.arr.shape[0]} planes written")
-        self.arr.attrs["complete"] = True
 
 
 def predict(inputs: Path, out: Path, model_folder: Path, folds, checkpoint: str = "checkpoint_final.pth",
@@ -97,10 +45,13 @@ def predict(inputs: Path, out: Path, model_folder: Path, folds, checkpoint: str 
     if out.exists() and not (out / "zarr.json").is_file():
         raise UserError(f"{out}: exists and is not a zarr store")
     group = zarr.open_group(str(out), mode="a")
-    info = {"folder": str(Path(model_folder).resolve()), "folds": [str(f) for f in folds], "checkpoint": checkpoint,
-            "tta": tta, "step_size": step_size}
+    source = {"tool": "predict", "model": {"folder": str(Path(model_folder).resolve()),
+                                           "folds": [str(f) for f in folds], "checkpoint": checkpoint,
+                                           "tta": tta, "step_size": step_size}}
     for src in sources:
-        sink = ZarrSink(group, src, info, overwrite)
+        sink = KidneyWriter(group, src.name, src.shape, src.spacing, src.slice_ids, source, overwrite)
+        if sink.start:
+            print(f"resuming {src.name} at plane {sink.start}/{src.shape[0]}")
         if sink.start >= src.shape[0]:
             sink.close()
             continue
@@ -127,8 +78,8 @@ def add_parser(sub) -> None:
     p.add_argument("-f", dest="folds", nargs="+", default=["0"], help="folds to average (default 0)")
     p.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth")
     p.add_argument("-device", dest="device", default="cuda", choices=("cuda", "cpu", "mps"))
-    p.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation")
-    p.add_argument("--step-size", type=float, default=0.5, help="sliding-window step (fraction of the patch)")
+    p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
+    p.add_argument("-step_size", type=float, default=0.5, help="sliding-window step (fraction of the patch)")
     p.add_argument("--spacing", type=float, help="voxel size (µm) when the input does not say")
     p.add_argument("--overwrite", action="store_true", help="replace kidneys already in the output")
 

@@ -14,8 +14,8 @@ import tifffile
 from tqdm import tqdm
 
 from nnunet_vasculature.errors import UserError, atomic_dir
-from nnunet_vasculature.postprocess.volumes import SliceStack, open_probabilities
-from nnunet_vasculature.slices import IGNORE_VALUE, list_slices, read_label_slice
+from nnunet_vasculature.io.slices import IGNORE_VALUE, list_slices, read_label_slice
+from nnunet_vasculature.io.volumes import SliceStack, open_probabilities
 
 
 def pseudo_label(prob_path, labels_dir: Path, threshold: float, out_dir: Path, uncertain: float | None = None,

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from nnunet_vasculature.dataset_conversion.sennet import CASES_FILE, find_raw_dataset
 from nnunet_vasculature.errors import UserError
-from nnunet_vasculature.postprocess.volumes import quantize
+from nnunet_vasculature.io.paths import CASES_FILE, find_raw_dataset
+from nnunet_vasculature.io.sennet import slice_id
+from nnunet_vasculature.io.store import KidneyWriter
 
 
 def stitch(pred_dir: Path, raw_dataset: Path, out: Path, overwrite: bool = False) -> Path:
@@ -37,8 +38,8 @@ def stitch(pred_dir: Path, raw_dataset: Path, out: Path, overwrite: bool = False
         if kidney in group and not overwrite:
             raise UserError(f"{out}: '{kidney}' exists (pass --overwrite)")
         depth = sum(c["z1"] - c["z0"] for c in k["cases"])
-        ids = [f"{kidney}_{s}" for c in k["cases"] for s in c["slice_ids"]]
-        arr = None
+        ids = [slice_id(kidney, s) for c in k["cases"] for s in c["slice_ids"]]
+        writer = None
         z = 0
         for c, f in tqdm(list(zip(k["cases"], files)), desc=f"stitch {kidney}", unit="chunk"):
             with np.load(f) as npz:
@@ -47,14 +48,15 @@ def stitch(pred_dir: Path, raw_dataset: Path, out: Path, overwrite: bool = False
                 p = npz["probabilities"]
             if p.ndim != 4 or p.shape[1] != c["z1"] - c["z0"]:
                 raise UserError(f"{f}: probabilities of shape {p.shape}, expected (C, {c['z1'] - c['z0']}, y, x)")
-            if arr is None:
-                arr = group.create_array(kidney, shape=(depth, *p.shape[2:]), chunks=(1, *p.shape[2:]),
-                                         dtype="uint8", overwrite=True)
-                arr.attrs.update({"kidney": kidney, "spacing": [k["spacing_um"]] * 3, "slice_ids": ids,
-                                  "complete": False, "source": str(pred_dir)})
-            arr[z:z + p.shape[1]] = quantize(p[1], str(f))
+            if writer is None:
+                writer = KidneyWriter(group, kidney, (depth, *p.shape[2:]), [k["spacing_um"]] * 3, ids,
+                                      {"tool": "stitch", "predictions": str(Path(pred_dir).resolve())},
+                                      overwrite=True)
+            elif p.shape[2:] != writer.arr.shape[1:]:
+                raise UserError(f"{f}: planes of {p.shape[2:]}, the kidney's other chunks have {writer.arr.shape[1:]}")
+            writer(z, p[1])
             z += p.shape[1]
-        arr.attrs["complete"] = True
+        writer.close()
         done += 1
     if not done:
         raise UserError(f"{pred_dir}: no .npz of any case listed in {meta_file}")

@@ -19,7 +19,7 @@ import torch
 
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.inference import resample
-from nnunet_vasculature.inference.sources import VolumeSource
+from nnunet_vasculature.io.sources import VolumeSource
 
 SUPPORTED_NORM = ("ZScoreNormalization", "CTNormalization", "NoNormalization")
 Sink = Callable[[int, np.ndarray], None]      # (first original z, probabilities (n, y, x) float32)
@@ -146,8 +146,7 @@ class StreamingPredictor:
     def predict(self, src: VolumeSource, sink: Sink, start: int = 0, progress=None) -> None:
         """Stream foreground probabilities of ``src`` to ``sink`` for original planes ``start``..Z-1."""
         from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
-        from nnunetv2.preprocessing.resampling.default_resampling import (compute_new_shape,
-                                                                          determine_do_sep_z_and_axis)
+        from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape, determine_do_sep_z_and_axis
         Z, Y, X = src.shape
         bbox, stats = self._stats(src)
         if bbox is None:                     # nothing but zeros: stock nnU-Net predicts background

@@ -9,10 +9,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from nnunet_vasculature.errors import UserError, atomic_file
-from nnunet_vasculature.postprocess.rle import rle_decode, rle_encode, rle_runs
+from nnunet_vasculature.io.rle import rle_decode, rle_encode, rle_runs
+from nnunet_vasculature.io.volumes import open_probabilities, zarr_kidneys
 from nnunet_vasculature.postprocess.surface_dice import SurfaceDiceAccumulator
 from nnunet_vasculature.postprocess.tune import load_postprocessing, masks, slice_ids
-from nnunet_vasculature.postprocess.volumes import open_probabilities, zarr_kidneys
 
 _ID_RE = re.compile(r"^(.*)_(\d+)$")
 

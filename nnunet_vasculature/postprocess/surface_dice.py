@@ -7,10 +7,11 @@ streamed a few slices at a time: memory is O(slice), not O(volume).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from nnunet_vasculature.postprocess._area_table import AREA
-from nnunet_vasculature.postprocess.volumes import as_volume
 
 # every code but "all out" (0) and "all in" (255) is surface, and has a positive area
 assert AREA[0] == 0 and AREA[255] == 0 and (AREA[1:255] > 0).all()
@@ -64,8 +65,16 @@ class SurfaceDiceAccumulator:
         return empty_score if ag + ap == 0 else (mg + mp) / (ag + ap)
 
 
+def _as_array(x, what: str):
+    """The metric takes arrays (or anything with ``.shape`` and z-slicing); files are the caller's job."""
+    if isinstance(x, (str, Path, list, tuple)) or not hasattr(x, "shape"):
+        raise TypeError(f"{what}: expected an array or a z-sliceable volume, got {type(x).__name__} "
+                        f"(open files with nnunet_vasculature.io.volumes first)")
+    return x
+
+
 def _check_pair(a, b, what_a: str, what_b: str):
-    a, b = as_volume(a, what_a), as_volume(b, what_b)
+    a, b = _as_array(a, what_a), _as_array(b, what_b)
     if tuple(a.shape) != tuple(b.shape):
         raise ValueError(f"{what_a} shape {tuple(a.shape)} differs from {what_b} shape {tuple(b.shape)}")
     if len(b.shape) != 3:

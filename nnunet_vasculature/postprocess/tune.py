@@ -12,9 +12,9 @@ import tifffile
 from tqdm import tqdm
 
 from nnunet_vasculature.errors import UserError, atomic_dir, atomic_file
+from nnunet_vasculature.io.volumes import open_labels, open_probabilities
 from nnunet_vasculature.postprocess.components import StreamingComponents, remove_small_components
 from nnunet_vasculature.postprocess.surface_dice import SurfaceDiceAccumulator, surface_dice_sweep
-from nnunet_vasculature.postprocess.volumes import open_labels, open_probabilities
 
 LEVEL_HALF = 128          # uint8 level equivalent to probability 0.5 (argmax of two classes)
 CC_CANDIDATES = (8, 32, 128, 512)

@@ -58,7 +58,7 @@ def build_network(architecture: dict, input_channels: int, num_classes: int,
                                   allow_init=True, deep_supervision=deep_supervision)
 
 
-def _v1_conv_keys(n_stages: int, cps: int):
+def v1_conv_keys(n_stages: int, cps: int):
     """(our module path, v1 key prefix) for every conv+instnorm pair, in network order."""
     num_pool = n_stages - 1
     for s in range(n_stages):
@@ -91,7 +91,7 @@ def load_v1_weights(net: V1CompatibleUNet, v1_sd: dict, where: str) -> None:
         used.add(key)
 
     with torch.no_grad():
-        for (part, s, i), v1 in _v1_conv_keys(n_stages, cps):
+        for (part, s, i), v1 in v1_conv_keys(n_stages, cps):
             block = net.encoder.stages[s][0].convs[i] if part == "encoder" else net.decoder.stages[s].convs[i]
             take(f"{v1}.conv.weight", block.conv.weight)
             take(f"{v1}.conv.bias", block.conv.bias)

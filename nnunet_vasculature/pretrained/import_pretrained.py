@@ -9,53 +9,51 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from nnunet_vasculature.errors import UserError, atomic_file
+from nnunet_vasculature.io.paths import nnunet_folder, pretrained_path
 from nnunet_vasculature.pretrained.convert import convert_v1_model
 from nnunet_vasculature.pretrained.v1_checkpoint import read_v1_model
-from nnunet_vasculature.trainers.vessel_transfer import pretrained_path
 
 DEFAULT_PLANS_NAME = "nnUNetPlans_Task008"
 
 
-def _target_plans(dataset_id: int) -> tuple[str, Path, dict]:
-    """Dataset name, its preprocessed folder and its default plans (planned now if missing)."""
-    if not os.environ.get("nnUNet_preprocessed") or not os.environ.get("nnUNet_raw"):
-        raise UserError("set nnUNet_raw and nnUNet_preprocessed first")
+def _target_plans(dataset_id: int) -> tuple[str, Path, Path, dict]:
+    """Dataset name, its raw and preprocessed folders and its default plans (planned now if missing)."""
+    raw, preprocessed = nnunet_folder("nnUNet_raw"), nnunet_folder("nnUNet_preprocessed")
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     try:
         name = maybe_convert_to_dataset_name(int(dataset_id))
     except RuntimeError as e:
         raise UserError(f"dataset {dataset_id}: {str(e).splitlines()[0]}") from None
-    pre = Path(os.environ["nnUNet_preprocessed"]) / name
+    pre = preprocessed / name
     plans_file = pre / "nnUNetPlans.json"
     if not plans_file.is_file():
         print(f"{plans_file} not found: extracting the fingerprint and planning (stock nnU-Net)")
         from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments
         extract_fingerprints([int(dataset_id)], num_processes=2, check_dataset_integrity=True)
         plan_experiments([int(dataset_id)])
-    return name, pre, json.loads(plans_file.read_text())
+    return name, raw / name, pre, json.loads(plans_file.read_text())
 
 
 def import_pretrained(source: Path, dataset_id: int, configuration: str = "3d_fullres", fold="0",
                       plans_name: str = DEFAULT_PLANS_NAME, vessel_channel: int = 1) -> tuple[Path, Path]:
     model = read_v1_model(Path(source), configuration, (fold,))
     net, arch = convert_v1_model(model)
-    name, pre, plans = _target_plans(dataset_id)
+    name, raw_dataset, pre, plans = _target_plans(dataset_id)
     if configuration not in plans["configurations"]:
         raise UserError(f"{pre / 'nnUNetPlans.json'}: no '{configuration}' configuration to adapt "
                         f"(has: {', '.join(plans['configurations'])})")
-    n_channels = len(json.loads((Path(os.environ["nnUNet_raw"]) / name / "dataset.json").read_text())
+    n_channels = len(json.loads((raw_dataset / "dataset.json").read_text())
                      .get("channel_names", {"0": ""}))
     if n_channels != model.num_input_channels:
         raise UserError(f"{source}: the source model takes {model.num_input_channels} channel(s), "
                         f"{name} has {n_channels}")
     if not 0 < vessel_channel < model.num_classes:
-        raise UserError(f"--vessel-channel {vessel_channel}: the source model has classes 0..{model.num_classes - 1}")
+        raise UserError(f"--vessel_channel {vessel_channel}: the source model has classes 0..{model.num_classes - 1}")
     target = copy.deepcopy(plans["configurations"][configuration])
     target.pop("inherits_from", None)
     target["architecture"] = arch
@@ -98,7 +96,7 @@ def add_parser(sub) -> None:
     p.add_argument("-c", dest="configuration", default="3d_fullres", choices=("3d_fullres", "3d_lowres"))
     p.add_argument("-f", dest="fold", default="0", help="source fold (0-4 or 'all'; default 0)")
     p.add_argument("-p", dest="plans_name", default=DEFAULT_PLANS_NAME, help="name of the plans to write")
-    p.add_argument("--vessel-channel", type=int, default=1,
+    p.add_argument("--vessel_channel", type=int, default=1,
                    help="source class whose logit starts the vessel logit (Task008: 1 = vessel)")
 
     def run(a):

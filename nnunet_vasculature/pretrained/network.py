@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import List, Tuple, Type, Union
 
 import torch
+from dynamic_network_architectures.building_blocks.helper import get_matching_convtransp
 from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
-from dynamic_network_architectures.building_blocks.helper import get_matching_convtransp
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 
@@ -36,10 +36,13 @@ class V1Decoder(nn.Module):
             stride = encoder.strides[-(u + 1)]
             transpconvs.append(transp(below, skip, stride, stride, bias=encoder.conv_bias))
             stages.append(StackedConvBlocks(
-                n_conv_per_stage[u], encoder.conv_op, 2 * skip, skip,
-                encoder.kernel_sizes[-(u + 1)],      # v1: one stage deeper than PlainConvUNet
-                1, encoder.conv_bias, encoder.norm_op, encoder.norm_op_kwargs, encoder.dropout_op,
-                encoder.dropout_op_kwargs, encoder.nonlin, encoder.nonlin_kwargs))
+                num_convs=n_conv_per_stage[u], conv_op=encoder.conv_op, input_channels=2 * skip,
+                output_channels=skip,
+                kernel_size=encoder.kernel_sizes[-(u + 1)],      # v1: one stage deeper than PlainConvUNet
+                initial_stride=1, conv_bias=encoder.conv_bias, norm_op=encoder.norm_op,
+                norm_op_kwargs=encoder.norm_op_kwargs, dropout_op=encoder.dropout_op,
+                dropout_op_kwargs=encoder.dropout_op_kwargs, nonlin=encoder.nonlin,
+                nonlin_kwargs=encoder.nonlin_kwargs))
             seg_layers.append(encoder.conv_op(skip, num_classes, 1, 1, 0, bias=True))
         self.stages = nn.ModuleList(stages)
         self.transpconvs = nn.ModuleList(transpconvs)
@@ -67,9 +70,11 @@ class V1CompatibleUNet(nn.Module):
                  norm_op=None, norm_op_kwargs: dict = None, dropout_op=None, dropout_op_kwargs: dict = None,
                  nonlin=None, nonlin_kwargs: dict = None, deep_supervision: bool = False):
         super().__init__()
-        self.encoder = PlainConvEncoder(input_channels, n_stages, features_per_stage, conv_op, kernel_sizes,
-                                        strides, n_conv_per_stage, conv_bias, norm_op, norm_op_kwargs,
-                                        dropout_op, dropout_op_kwargs, nonlin, nonlin_kwargs, return_skips=True)
+        self.encoder = PlainConvEncoder(
+            input_channels=input_channels, n_stages=n_stages, features_per_stage=features_per_stage,
+            conv_op=conv_op, kernel_sizes=kernel_sizes, strides=strides, n_conv_per_stage=n_conv_per_stage,
+            conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, dropout_op=dropout_op,
+            dropout_op_kwargs=dropout_op_kwargs, nonlin=nonlin, nonlin_kwargs=nonlin_kwargs, return_skips=True)
         self.decoder = V1Decoder(self.encoder, num_classes, n_conv_per_stage_decoder, deep_supervision)
 
     def forward(self, x):

@@ -10,42 +10,62 @@ Weights are looked up, in order, in ``$nnUNet_vasculature_pretrained`` and next 
 from __future__ import annotations
 
 import os
-from os.path import isfile, join
+from os.path import isfile
 
 import torch
+from nnunetv2.training.lr_scheduler.warmup import Lin_incr_LRScheduler, PolyLRScheduler_offset
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch.optim.lr_scheduler import _LRScheduler
+
+from nnunet_vasculature.io.paths import pretrained_path
 
 PRETRAINED_ENV = "nnUNet_vasculature_pretrained"
 
 
-def pretrained_path(preprocessed_dataset_folder: str, plans_name: str, configuration: str) -> str:
-    return join(preprocessed_dataset_folder, f"{plans_name}__{configuration}__pretrained.pth")
-
-
 class WarmupPolyLRScheduler(_LRScheduler):
-    """Linear warm-up over the first ``warmup`` epochs, then nnU-Net's polynomial decay."""
+    """nnU-Net's linear warm-up (``Lin_incr_LRScheduler``) for the first ``warmup`` epochs, then its
+    polynomial decay (``PolyLRScheduler_offset``); ``step(epoch)`` as nnU-Net calls it."""
 
-    def __init__(self, optimizer, initial_lr: float, max_steps: int, warmup: int, exponent: float = 0.9):
-        self.initial_lr, self.max_steps, self.warmup, self.exponent = initial_lr, max_steps, warmup, exponent
+    def __init__(self, optimizer: torch.optim.Optimizer, initial_lr: float, max_steps: int, warmup: int,
+                 exponent: float = 0.9):
+        self.warmup = warmup
+        # lr = initial_lr * (epoch + 1) / (warmup + 1) during the warm-up
+        self.warm = Lin_incr_LRScheduler(optimizer, initial_lr, warmup + 1)
+        self.poly = PolyLRScheduler_offset(optimizer, initial_lr, max_steps, warmup, exponent)
         self.ctr = 0
         super().__init__(optimizer, -1)
 
-    def step(self, current_step=None):
+    def step(self, current_step: int | None = None) -> None:
         if current_step is None or current_step == -1:
             current_step = self.ctr
             self.ctr += 1
-        if current_step < self.warmup:
-            lr = self.initial_lr * (current_step + 1) / (self.warmup + 1)
-        else:
-            done = (current_step - self.warmup) / max(1, self.max_steps - self.warmup)
-            lr = self.initial_lr * (1 - min(done, 1.0)) ** self.exponent
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self._last_lr = [lr] * len(self.optimizer.param_groups)
+        (self.warm if current_step < self.warmup else self.poly).step(current_step)
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
-    def get_last_lr(self):
+    def get_last_lr(self) -> list[float]:
         return self._last_lr
+
+
+def encoder_param_groups(network: torch.nn.Module) -> list[dict]:
+    """Two SGD parameter groups: the encoder's parameters (group 0) and all others (group 1)."""
+    net = getattr(network, "_orig_mod", network)
+    encoder = list(net.encoder.parameters())
+    ids = {id(p) for p in encoder}
+    return [{"params": encoder}, {"params": [p for p in net.parameters() if id(p) not in ids]}]
+
+
+def freeze_encoder_group(optimizer: torch.optim.Optimizer, frozen: bool, just_unfrozen: bool) -> None:
+    """Freeze the encoder by a learning rate of 0 for its group (set after the scheduler's step).
+
+    Gradients still flow through every parameter, so DistributedDataParallel sees the same graph in
+    every iteration (toggling ``requires_grad`` after the DDP wrap breaks its reducer). On unfreezing,
+    the momentum the encoder gathered while frozen is dropped, so it starts like a fresh optimiser."""
+    group = optimizer.param_groups[0]
+    if frozen:
+        group["lr"] = 0.0
+    elif just_unfrozen:
+        for p in group["params"]:
+            optimizer.state.pop(p, None)
 
 
 class VesselTransferTrainer(nnUNetTrainer):
@@ -108,17 +128,16 @@ class VesselTransferTrainer(nnUNetTrainer):
         return src[channels].clone()
 
     def configure_optimizers(self):
-        optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
-                                    momentum=0.99, nesterov=True)
+        optimizer = torch.optim.SGD(encoder_param_groups(self.network), self.initial_lr,
+                                    weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
         return optimizer, WarmupPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, self.warmup_epochs)
 
     def on_train_epoch_start(self):
+        super().on_train_epoch_start()          # the scheduler sets every group's learning rate
         if self.freeze_encoder_epochs:
-            net = self.network.module if self.is_ddp else self.network
-            frozen = self.current_epoch < self.freeze_encoder_epochs
-            for p in getattr(net, "_orig_mod", net).encoder.parameters():
-                p.requires_grad_(not frozen)
-        super().on_train_epoch_start()
+            e = self.current_epoch
+            freeze_encoder_group(self.optimizer, e < self.freeze_encoder_epochs,
+                                 e == self.freeze_encoder_epochs)
 
 
 class VesselTransferTrainer_sourceHead(VesselTransferTrainer):

@@ -1,10 +1,14 @@
 """Entry module for nnU-Net's ``nnUNet_extTrainer`` search (imported as a top-level module)."""
-from nnunet_vasculature.trainers.vessel_transfer import (VesselScratchTrainer, VesselScratchTrainer_demo,
-                                                         VesselTransferTrainer, VesselTransferTrainer_50epochs,
+from nnunet_vasculature.trainers.vessel_transfer import (
+                                                         VesselScratchTrainer,
+                                                         VesselScratchTrainer_demo,
+                                                         VesselTransferTrainer,
+                                                         VesselTransferTrainer_50epochs,
                                                          VesselTransferTrainer_demo,
                                                          VesselTransferTrainer_frozenEncoder,
                                                          VesselTransferTrainer_sourceHead,
-                                                         VesselTransferTrainer_sourceHead_demo)
+                                                         VesselTransferTrainer_sourceHead_demo,
+)
 
 __all__ = ["VesselTransferTrainer", "VesselTransferTrainer_sourceHead", "VesselTransferTrainer_frozenEncoder",
            "VesselTransferTrainer_50epochs", "VesselScratchTrainer", "VesselTransferTrainer_demo",

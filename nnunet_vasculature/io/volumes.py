@@ -9,7 +9,8 @@ import numpy as np
 import tifffile
 
 from nnunet_vasculature.errors import UserError
-from nnunet_vasculature.slices import list_slices, read_slice, slice_shape
+from nnunet_vasculature.io.slices import list_slices, read_label_slice, read_slice, slice_shape
+from nnunet_vasculature.io.store import quantize
 
 
 class SliceStack:
@@ -33,17 +34,6 @@ class SliceStack:
     @property
     def slice_names(self) -> list[str]:
         return [f.stem for f in self.files]
-
-
-def as_volume(x, what: str = "volume"):
-    """Accept an array-like with ``.shape`` and z-slicing, or a list of slice files."""
-    if isinstance(x, (list, tuple)):
-        return SliceStack(x)
-    if isinstance(x, (str, Path)):
-        raise TypeError(f"{what}: open paths with open_probabilities/open_labels first")
-    if not hasattr(x, "shape"):
-        raise TypeError(f"{what}: unsupported type {type(x).__name__}")
-    return x
 
 
 def _is_zarr(path: Path) -> bool:
@@ -77,18 +67,6 @@ def zarr_kidneys(path: Path) -> list[str]:
     if isinstance(node, zarr.Group):
         return [f"{path}/{k}" for k in sorted(node.array_keys())]
     return [str(path)]
-
-
-def quantize(prob: np.ndarray, where: str) -> np.ndarray:
-    """Float probabilities in [0, 1] -> uint8 0..255 (round(p * 255)); NaN/out of range refused."""
-    prob = np.asarray(prob)
-    if prob.dtype == np.uint8:
-        return prob
-    if np.isnan(prob).any():
-        raise UserError(f"{where}: probabilities contain NaN")
-    if prob.min(initial=0) < 0 or prob.max(initial=0) > 1:
-        raise UserError(f"{where}: probabilities outside [0, 1] (min {prob.min():.3g}, max {prob.max():.3g})")
-    return np.rint(prob * 255).astype(np.uint8)
 
 
 class CheckedU8:
@@ -166,7 +144,6 @@ class _LabelStack:
         self.stack, self.shape = stack, stack.shape
 
     def __getitem__(self, sl):
-        from nnunet_vasculature.slices import read_label_slice
         return np.stack([read_label_slice(f, self.stack.plane) for f in self.stack.files[sl]]).astype(bool)
 
 

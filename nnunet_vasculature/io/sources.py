@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from nnunet_vasculature.dataset_conversion.sennet import CASES_FILE, KNOWN_SPACING_UM
 from nnunet_vasculature.errors import UserError
-from nnunet_vasculature.slices import list_slices
-from nnunet_vasculature.postprocess.volumes import SliceStack
+from nnunet_vasculature.io.paths import CASES_FILE
+from nnunet_vasculature.io.sennet import KNOWN_SPACING_UM, slice_id
+from nnunet_vasculature.io.slices import list_slices
+from nnunet_vasculature.io.volumes import SliceStack
 
 
 @dataclass
@@ -59,7 +60,7 @@ def kaggle_kidney(folder: Path, spacing: float | None = None) -> VolumeSource:
     sp = spacing or KNOWN_SPACING_UM.get(name)
     if sp is None:
         raise UserError(f"{folder}: unknown voxel size for '{name}'; pass --spacing UM")
-    ids = [f"{name}_{n}" for n in stack.slice_names]
+    ids = [slice_id(name, n) for n in stack.slice_names]
     return VolumeSource(name, stack.shape, (sp, sp, sp), ids, [(0, stack.shape[0], lambda a, b: stack[a:b])])
 
 
@@ -85,7 +86,7 @@ def raw_image(path: Path, spacing: float | None = None) -> VolumeSource:
             raise UserError(f"{path}: cannot read image ({str(e).splitlines()[0]})") from None
         arr = sitk.GetArrayFromImage(img)
         shape, reader, sp = arr.shape, (lambda a, b: arr[a:b]), tuple(img.GetSpacing()[::-1])
-    ids = [f"{name}_{i:04d}" for i in range(shape[0])]
+    ids = [slice_id(name, f"{i:04d}") for i in range(shape[0])]
     return VolumeSource(name, tuple(shape), tuple(float(s) for s in sp), ids, [(0, shape[0], reader)])
 
 
@@ -108,7 +109,7 @@ def chunked_kidneys(images_dir: Path) -> list[VolumeSource]:
                 raise UserError(f"{f}: slice size {shape[1:]} differs from the kidney's other chunks {plane}")
             plane = shape[1:]
             parts.append((z, z + shape[0], reader))
-            ids.extend(f"{kidney}_{s}" for s in c["slice_ids"])
+            ids.extend(slice_id(kidney, s) for s in c["slice_ids"])
             z += shape[0]
         if _has_gaps(k["cases"]):
             print(f"note: {kidney} has slices left out of its cases (e.g. kept by another volume); "

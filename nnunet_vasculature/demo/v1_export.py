@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from nnunet_vasculature.errors import atomic_file
-from nnunet_vasculature.pretrained.convert import _v1_conv_keys
+from nnunet_vasculature.pretrained.convert import v1_conv_keys
 from nnunet_vasculature.pretrained.network import V1CompatibleUNet
 
 
@@ -25,7 +25,7 @@ def v1_state_dict(net: V1CompatibleUNet) -> "OrderedDict[str, torch.Tensor]":
     n_stages = len(net.encoder.stages)
     cps = len(net.encoder.stages[0][0].convs)
     sd = OrderedDict()
-    for (part, s, i), v1 in _v1_conv_keys(n_stages, cps):
+    for (part, s, i), v1 in v1_conv_keys(n_stages, cps):
         block = net.encoder.stages[s][0].convs[i] if part == "encoder" else net.decoder.stages[s].convs[i]
         sd[f"{v1}.conv.weight"] = block.conv.weight.detach().cpu().clone()
         sd[f"{v1}.conv.bias"] = block.conv.bias.detach().cpu().clone()

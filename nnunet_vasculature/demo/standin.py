@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from nnunet_vasculature.dataset_conversion.synthesize import _segment_field, grow_tree
+from nnunet_vasculature.demo.v1_export import v1_plans, v1_state_dict, write_v1_zip
 from nnunet_vasculature.pretrained.convert import architecture_from_v1, build_network
 from nnunet_vasculature.pretrained.v1_checkpoint import V1Model
-from nnunet_vasculature.pretrained.v1_export import v1_plans, v1_state_dict, write_v1_zip
 
 PATCH = (32, 64, 64)
 POOL = [[1, 2, 2], [2, 2, 2], [2, 2, 2]]

@@ -49,14 +49,14 @@ def _bin(name: str) -> str:
 def run_demo(out: Path, pretrained: Path | None = None, quick: bool = False, seed: int = 0) -> dict:
     from nnunet_vasculature.dataset_conversion.sennet import convert_sennet
     from nnunet_vasculature.dataset_conversion.synthesize import synthesize
-    from nnunet_vasculature.env import ext_trainer_value
+    from nnunet_vasculature.demo.standin import train_standin
     from nnunet_vasculature.inference.predict import predict
+    from nnunet_vasculature.io.volumes import open_labels, open_probabilities
     from nnunet_vasculature.postprocess.submission import score_csv, submit, validate
     from nnunet_vasculature.postprocess.surface_dice import surface_dice_sweep
     from nnunet_vasculature.postprocess.tune import LEVEL_HALF, determine, plot_curve, write_json
-    from nnunet_vasculature.postprocess.volumes import open_labels, open_probabilities
     from nnunet_vasculature.pretrained.import_pretrained import import_pretrained
-    from nnunet_vasculature.pretrained.standin import train_standin
+    from nnunet_vasculature.trainers import ext_trainer_value
     from nnunet_vasculature.trainers.vessel_transfer import DEMO_ENV
 
     out = Path(out).resolve()
@@ -146,8 +146,9 @@ def _overlay(kidney: Path, prob_path: str, level: int, png: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from nnunet_vasculature.postprocess.volumes import open_labels, open_probabilities
-    from nnunet_vasculature.slices import list_slices, read_slice
+
+    from nnunet_vasculature.io.slices import list_slices, read_slice
+    from nnunet_vasculature.io.volumes import open_labels, open_probabilities
     prob, _ = open_probabilities(prob_path)
     labels = open_labels(kidney / "labels")
     files = list_slices(kidney / "images")
