@@ -137,3 +137,23 @@ def test_spacing_override(tmp_path, kaggle_small):
                  "--spacing", "kidney_6=60"]) == 0
     j = json.loads(next((raw / "Dataset505_SenNet" / "imagesTs").glob("*.json")).read_text())
     assert j["spacing"] == [60.0, 60.0, 60.0]
+
+
+def test_unset_nnunet_folders_are_one_line_errors(tmp_path, kaggle_small, monkeypatch, capsys):
+    """Without nnUNet_raw and -o the converter once wrote into the current folder; now it names the
+    variable. `splits` without nnUNet_preprocessed fails instead of printing a hint and exiting 0."""
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["convert", "sennet", str(kaggle_small), "-d", "503", "--kidneys", "kidney_5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nnUNet_raw is not set" in err[0] and "-o" in err[0]
+    assert not list(tmp_path.glob("Dataset503*")) and not list(tmp_path.glob(".Dataset503*"))
+    # with -o it works, and `splits` then names the missing nnUNet_preprocessed
+    assert main(["convert", "sennet", str(kaggle_small), "-d", "503", "--kidneys", "kidney_1_dense", "kidney_2",
+                 "-o", str(tmp_path / "raw")]) == 0
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    capsys.readouterr()
+    assert main(["splits", "-d", "503"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nnUNet_preprocessed is not set" in err[0]

@@ -181,8 +181,14 @@ def test_bad_inputs(tmp_path):
     oob.write_text("id,rle\nkidney_5_0000,15 10\nkidney_5_0001,1 0\n")
     rc, lines = _err(["validate", str(oob), "--sample", str(sample), "--images", str(tmp_path / "test")])
     assert rc != 0 and "beyond" in lines[0]
-    # an interrupted prediction is not used
+    # an interrupted prediction is not used (with a valid postprocessing.json, so that only the
+    # incomplete store can be the reason)
+    pp = tmp_path / "pp.json"
+    pp.write_text(json.dumps({"threshold_u8": 128, "min_component_voxels": 0}))
+    rc, lines = _err(["submit", "-i", str(z), "-pp", str(pp), "-o", str(tmp_path / "s.csv")])
+    assert rc == 0, lines
     a2 = zarr.open_group(str(z), mode="a")["kidney_2"]
     a2.attrs["complete"] = False
-    rc, lines = _err(["submit", "-i", str(z), "-pp", str(tmp_path / "x.json"), "-o", str(tmp_path / "s.csv")])
-    assert rc != 0
+    rc, lines = _err(["submit", "-i", str(z), "-pp", str(pp), "-o", str(tmp_path / "s2.csv")])
+    assert rc != 0 and len(lines) == 1 and "incomplete" in lines[0], lines
+    assert not (tmp_path / "s2.csv").exists()

@@ -94,8 +94,8 @@ def surface_dice(pred, gt, empty_score: float = float("nan"), block: int = DEFAU
     """Surface Dice at tolerance 0 of two 3D masks (z, y, x), spacing 1.
 
     Args:
-        pred, gt: boolean (or 0/non-zero) volumes of equal shape: numpy arrays, zarr arrays or lists
-            of per-slice files; read ``block`` slices at a time.
+        pred, gt: boolean (or 0/non-zero) volumes of equal shape: numpy arrays, zarr arrays or any
+            z-sliceable volume (``nnunet_vasculature.io.volumes``); read ``block`` slices at a time.
         empty_score: returned when both masks are empty (the official code gives NaN, 0/0).
     Returns:
         (matched gt area + matched predicted area) / (gt area + predicted area), equal to
