@@ -6,6 +6,7 @@ validate -> score against the hidden test labels. One line per step; tools' own 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -167,10 +168,23 @@ def _overlay(kidney: Path, prob_path: str, level: int, png: Path) -> None:
     plt.close(fig)
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the whole chain on synthetic kidneys (CPU, ~10 minutes)")
     p.add_argument("-o", dest="output", type=Path, default=Path("demo-output"))
     p.add_argument("--pretrained", type=Path, help="the real Task008_HepaticVessel.zip instead of the stand-in")
     p.add_argument("--quick", action="store_true", help="tiny schedule (for CI): checks the chain, not the model")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=lambda a: run_demo(a.output, a.pretrained, a.quick, a.seed))
+    s = sub.add_parser("standin", help="train the demo's stand-in Task008 source model on CPU and write it as a "
+                                       "v1 download zip (to try the real-data recipe before downloading)")
+    s.add_argument("-o", dest="output", type=Path, default=Path("Task008_HepaticVessel_standin.zip"))
+    s.add_argument("--iterations", type=int, default=240, help="training iterations (default 240, ~2 min)")
+    s.add_argument("--seed", type=int, default=0)
+
+    def standin(a: argparse.Namespace) -> None:
+        from nnunet_vasculature.demo.standin import train_standin
+        if a.iterations < 1:
+            raise UserError("--iterations must be at least 1")
+        train_standin(a.output, a.iterations, a.seed)
+        print(f"next: nnunet-vasculature import-pretrained -i {a.output} -d ID")
+    s.set_defaults(func=standin)

@@ -16,19 +16,26 @@ from tqdm import tqdm
 
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.inference.streaming import StreamingPredictor
+from nnunet_vasculature.io.paths import nnunet_folder
 from nnunet_vasculature.io.sources import open_inputs
 from nnunet_vasculature.io.store import KidneyWriter
 from nnunet_vasculature.trainers import ext_trainer_value
 
 
-def model_folder_from_args(dataset_id, configuration: str, trainer: str, plans: str) -> Path:
+def model_folder_from_args(dataset_id: str, configuration: str, trainer: str, plans: str) -> Path:
+    """``$nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration>``; it must hold a trained model."""
     from nnunetv2.utilities.file_path_utilities import get_output_folder
-    if not os.environ.get("nnUNet_results"):
-        raise UserError("nnUNet_results is not set (or pass -m MODEL_FOLDER)")
+    results = nnunet_folder("nnUNet_results", "pass -m MODEL_FOLDER")
     try:
-        return Path(get_output_folder(dataset_id, trainer, plans, configuration))
-    except RuntimeError as e:
-        raise UserError(f"dataset {dataset_id}: {str(e).splitlines()[0]}") from None
+        folder = Path(get_output_folder(dataset_id, trainer, plans, configuration))
+    except RuntimeError:
+        raise UserError(f"dataset {dataset_id}: not found in nnUNet_raw, nnUNet_preprocessed or {results}") from None
+    if not (folder / "plans.json").is_file():
+        trained = sorted(p.name for p in folder.parent.glob("*__*__*") if (p / "plans.json").is_file()) \
+            if folder.parent.is_dir() else []
+        raise UserError(f"{folder}: no trained model for -tr {trainer} -p {plans} -c {configuration}; trained "
+                        f"in {folder.parent.name}: {', '.join(trained) or 'none'}")
+    return folder
 
 
 def predict(inputs: Path, out: Path, model_folder: Path, folds, checkpoint: str = "checkpoint_final.pth",

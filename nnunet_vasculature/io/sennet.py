@@ -26,8 +26,12 @@ def slice_id(kidney: str, slice_name: str) -> str:
 
 
 def split_slice_id(sid: str) -> tuple[str, str]:
-    """``"kidney_5_0000" -> ("kidney_5", "0000")``: the slice name is the part after the last ``_``."""
+    """``"kidney_5_0000" -> ("kidney_5", "0000")``: the slice name is the digits after the last ``_``.
+
+    Raises ValueError for an id of another form."""
     kidney, _, name = sid.rpartition("_")
+    if not kidney or not name.isdigit():
+        raise ValueError(f"id '{sid}' is not <kidney>_<slice number>")
     return kidney, name
 
 

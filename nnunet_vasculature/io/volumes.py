@@ -122,6 +122,8 @@ def open_labels(path) -> object:
         raise UserError(f"{path}: not found")
     if path.is_dir():
         folder = path / "labels" if (path / "labels").is_dir() else path
+        if folder == path and (path / "images").is_dir():
+            raise UserError(f"{path}: a kidney folder with images/ but no labels/ (test kidneys have no labels)")
         stack = SliceStack(list_slices(folder))
         return _LabelStack(stack)
     if path.suffix in (".tif", ".tiff"):

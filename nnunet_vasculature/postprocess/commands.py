@@ -25,6 +25,8 @@ def _score(a: argparse.Namespace) -> None:
             blocks = masks(prob, load_postprocessing(a.pp))
             shape = prob.shape
         else:
+            if Path(a.pred).suffix in (".zarr", ".npz") or any(p.suffix == ".zarr" for p in Path(a.pred).parents):
+                raise UserError(f"{a.pred}: holds probabilities; pass -pp postprocessing.json to turn them into a mask")
             pred = open_labels(a.pred)
             shape = pred.shape
             blocks = ((z, pred[z:z + 32]) for z in range(0, shape[0], 32))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import re
 from collections import OrderedDict
 from pathlib import Path
 
@@ -10,19 +9,16 @@ from tqdm import tqdm
 
 from nnunet_vasculature.errors import UserError, atomic_file
 from nnunet_vasculature.io.rle import rle_decode, rle_encode, rle_runs
+from nnunet_vasculature.io.sennet import split_slice_id
 from nnunet_vasculature.io.volumes import open_probabilities, zarr_kidneys
 from nnunet_vasculature.postprocess.surface_dice import SurfaceDiceAccumulator
 from nnunet_vasculature.postprocess.tune import load_postprocessing, masks, slice_ids
 
-_ID_RE = re.compile(r"^(.*)_(\d+)$")
-
 
 def split_id(i: str) -> tuple[str, int]:
     """``kidney_5_0012`` -> (``kidney_5``, 12)."""
-    m = _ID_RE.match(i)
-    if not m:
-        raise ValueError(f"id '{i}' is not <kidney>_<slice number>")
-    return m.group(1), int(m.group(2))
+    kidney, name = split_slice_id(i)
+    return kidney, int(name)
 
 
 def read_csv(path: Path, required: tuple[str, ...]) -> list[dict]:
@@ -74,7 +70,8 @@ def submit(prob_paths: list, pp_path, out_csv: Path, sample: Path | None = None)
             w = csv.writer(f)
             w.writerow(("id", "rle"))
             w.writerows((i, rows[i]) for i in order)
-    print(f"wrote {out_csv} ({len(order)} rows)")
+    print(f"wrote {out_csv} ({len(order)} rows)" + ("" if sample is not None else
+          "; ids and row order were not checked against a sample submission (pass --sample)"))
     return Path(out_csv)
 
 
@@ -100,7 +97,8 @@ def validate(sub_csv: Path, sample: Path, shapes: dict[str, tuple[int, int]] | N
     unknown = [i for i in seen if i not in set(expected)]
     if unknown:
         raise UserError(f"{sub_csv}: id {unknown[0]} is not in the sample submission ({len(unknown)} unknown)")
-    print(f"{sub_csv}: {len(rows)} rows, valid")
+    print(f"{sub_csv}: {len(rows)} rows, valid" + ("" if shapes else
+          "; runs were not checked against slice sizes (pass --images KAGGLE/test)"))
     return len(rows)
 
 

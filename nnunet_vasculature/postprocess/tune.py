@@ -12,6 +12,7 @@ import tifffile
 from tqdm import tqdm
 
 from nnunet_vasculature.errors import UserError, atomic_dir, atomic_file
+from nnunet_vasculature.io.sennet import slice_id, split_slice_id
 from nnunet_vasculature.io.volumes import open_labels, open_probabilities
 from nnunet_vasculature.postprocess.components import StreamingComponents, remove_small_components
 from nnunet_vasculature.postprocess.surface_dice import SurfaceDiceAccumulator, surface_dice_sweep
@@ -117,7 +118,7 @@ def slice_ids(path, prob, attrs: dict) -> list[str]:
         ids = list(attrs["slice_ids"])
     else:
         names = attrs.get("slice_names") or [f"{i:04d}" for i in range(prob.shape[0])]
-        ids = [f"{_name(path, attrs)}_{n}" for n in names]
+        ids = [slice_id(_name(path, attrs), n) for n in names]
     if len(ids) != prob.shape[0]:
         raise UserError(f"{path}: {len(ids)} slice ids for {prob.shape[0]} slices")
     return ids
@@ -127,7 +128,7 @@ def apply_to_folder(prob_path, pp_path, out_dir: Path, overwrite: bool = False) 
     """Write the post-processed mask as per-slice TIFFs (0/255, the Kaggle label convention)."""
     prob, attrs = open_probabilities(prob_path)
     pp = load_postprocessing(pp_path)
-    names = [i.rsplit("_", 1)[-1] for i in slice_ids(prob_path, prob, attrs)]
+    names = [split_slice_id(i)[1] for i in slice_ids(prob_path, prob, attrs)]
     with atomic_dir(Path(out_dir), overwrite) as tmp, tqdm(total=prob.shape[0], desc="apply", unit="slice") as bar:
         for z0, m in masks(prob, pp):
             for i, plane in enumerate(m):

@@ -1,0 +1,61 @@
+"""Errors that used to point the wrong way: each is one line naming the real problem, exit code 2."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import zarr
+from model_helpers import make_model_folder
+
+CLI = [str(Path(sys.executable).parent / "nnunet-vasculature")]
+
+
+def _run(args, **env):
+    import os
+    r = subprocess.run(CLI + args, capture_output=True, text=True, env={**os.environ, **env})
+    return r.returncode, r.stderr.strip().splitlines()
+
+
+def _probs(tmp_path):
+    g = zarr.open_group(str(tmp_path / "p.zarr"), mode="w")
+    a = g.create_array("kidney_2", shape=(4, 6, 7), dtype="uint8")
+    a[:] = 200
+    a.attrs.update({"kidney": "kidney_2", "slice_ids": [f"kidney_2_{z:04d}" for z in range(4)], "complete": True})
+    return tmp_path / "p.zarr"
+
+
+def test_tune_on_a_kidney_folder_without_labels(tmp_path):
+    images = tmp_path / "kidney_2" / "images"
+    images.mkdir(parents=True)
+    for z in range(4):
+        tifffile.imwrite(images / f"{z:04d}.tif", np.zeros((6, 7), np.uint16))
+    rc, err = _run(["tune", "-i", str(_probs(tmp_path)), "--labels", str(tmp_path / "kidney_2"),
+                    "-o", str(tmp_path / "pp.json")])
+    assert rc == 2 and len(err) == 1 and "images/ but no labels/" in err[0], err
+
+
+def test_score_probabilities_without_pp(tmp_path):
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for z in range(4):
+        tifffile.imwrite(labels / f"{z:04d}.tif", np.zeros((6, 7), np.uint8))
+    rc, err = _run(["score", "--labels", str(labels), "--pred", str(_probs(tmp_path) / "kidney_2")])
+    assert rc == 2 and len(err) == 1 and "pass -pp" in err[0], err
+
+
+def test_predict_unknown_dataset_and_untrained_trainer(tmp_path):
+    results = tmp_path / "results"
+    make_model_folder(results / "Dataset501_SenNet" / "VesselTransferTrainer__nnUNetPlans_Task008__3d_fullres")
+    env = {"nnUNet_raw": str(tmp_path / "raw"), "nnUNet_preprocessed": str(tmp_path / "pre"),
+           "nnUNet_results": str(results)}
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "pre").mkdir()
+    rc, err = _run(["predict", "-i", str(tmp_path), "-o", str(tmp_path / "o.zarr"), "-d", "999"], **env)
+    assert rc == 2 and len(err) == 1 and "dataset 999: not found" in err[0] and err[0].endswith(str(results)), err
+    rc, err = _run(["predict", "-i", str(tmp_path), "-o", str(tmp_path / "o.zarr"), "-d", "501",
+                    "-tr", "VesselScratchTrainer"], **env)
+    assert rc == 2 and len(err) == 1, err
+    assert "no trained model for -tr VesselScratchTrainer" in err[0]
+    assert "VesselTransferTrainer__nnUNetPlans_Task008__3d_fullres" in err[0]
+    assert not (tmp_path / "o.zarr").exists()
