@@ -59,3 +59,14 @@ def test_predict_unknown_dataset_and_untrained_trainer(tmp_path):
     assert "no trained model for -tr VesselScratchTrainer" in err[0]
     assert "VesselTransferTrainer__nnUNetPlans_Task008__3d_fullres" in err[0]
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_help_and_env_start_without_torch():
+    """`nnunet-vasculature --help` and `env` (evaluated in every shell) must not import torch/nnU-Net."""
+    code = ("import sys; from nnunet_vasculature.cli import build_parser; p = build_parser(); "
+            "a = p.parse_args(['env']); a.func(a); "
+            "print(sorted(m for m in ('torch', 'nnunetv2') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "[]", (r.stdout, r.stderr)
+    r = subprocess.run(CLI + ["env"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("export nnUNet_extTrainer=")

@@ -11,11 +11,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from nnunet_vasculature.errors import UserError
-from nnunet_vasculature.inference.streaming import StreamingPredictor
 from nnunet_vasculature.io.paths import nnunet_folder
 from nnunet_vasculature.io.sources import open_inputs
 from nnunet_vasculature.io.store import KidneyWriter
@@ -41,7 +39,10 @@ def model_folder_from_args(dataset_id: str, configuration: str, trainer: str, pl
 def predict(inputs: Path, out: Path, model_folder: Path, folds, checkpoint: str = "checkpoint_final.pth",
             device: str = "cuda", tta: bool = True, step_size: float = 0.5, spacing: float | None = None,
             overwrite: bool = False) -> Path:
+    import torch  # here, not at the top: `--help` and `env` start without torch
     import zarr
+
+    from nnunet_vasculature.inference.streaming import StreamingPredictor
     os.environ["nnUNet_extTrainer"] = ext_trainer_value()
     sources = open_inputs(inputs, spacing)
     dev = torch.device(device)
@@ -63,8 +64,11 @@ def predict(inputs: Path, out: Path, model_folder: Path, folds, checkpoint: str 
             sink.close()
             continue
         t0 = time.time()
-        with tqdm(desc=f"predict {src.name}", unit="tile", leave=True) as bar:
-            predictor.predict(src, sink, start=sink.start, progress=bar.update)
+        with tqdm(total=src.shape[0], initial=sink.start, desc=f"predict {src.name}", unit="plane") as bar:
+            def write(z: int, planes: np.ndarray) -> None:
+                sink(z, planes)
+                bar.update(len(planes))
+            predictor.predict(src, write, start=sink.start)
         sink.close()
         n = np.prod(src.shape)
         print(f"{src.name}: {tuple(src.shape)} in {time.time() - t0:.1f} s "

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:            # torch is imported by the functions that need it: the CLI starts fast
+    from torch import nn
 
 
-def load_v1_as_v2(path, configuration: str = "3d_fullres", fold=0) -> nn.Module:
+def load_v1_as_v2(path: Path | str, configuration: str = "3d_fullres", fold: int | str = 0) -> "nn.Module":
     """The v1 model in ``path`` (download zip or unpacked folder) as a v2 ``torch.nn.Module``.
 
     The returned :class:`~nnunet_vasculature.pretrained.network.V1CompatibleUNet` has the v1 number

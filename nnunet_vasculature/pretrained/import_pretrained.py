@@ -11,12 +11,8 @@ import copy
 import json
 from pathlib import Path
 
-import torch
-
 from nnunet_vasculature.errors import UserError, atomic_file
 from nnunet_vasculature.io.paths import nnunet_folder, pretrained_path
-from nnunet_vasculature.pretrained.convert import convert_v1_model
-from nnunet_vasculature.pretrained.v1_checkpoint import read_v1_model
 
 DEFAULT_PLANS_NAME = "nnUNetPlans_Task008"
 
@@ -41,6 +37,10 @@ def _target_plans(dataset_id: int) -> tuple[str, Path, Path, dict]:
 
 def import_pretrained(source: Path, dataset_id: int, configuration: str = "3d_fullres", fold="0",
                       plans_name: str = DEFAULT_PLANS_NAME, vessel_channel: int = 1) -> tuple[Path, Path]:
+    import torch  # here, not at the top: `--help` starts without torch
+
+    from nnunet_vasculature.pretrained.convert import convert_v1_model
+    from nnunet_vasculature.pretrained.v1_checkpoint import read_v1_model
     model = read_v1_model(Path(source), configuration, (fold,))
     net, arch = convert_v1_model(model)
     name, raw_dataset, pre, plans = _target_plans(dataset_id)
