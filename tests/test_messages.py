@@ -70,3 +70,18 @@ def test_help_and_env_start_without_torch():
     assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "[]", (r.stdout, r.stderr)
     r = subprocess.run(CLI + ["env"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("export nnUNet_extTrainer=")
+
+
+def test_apply_takes_a_store_like_tune_and_submit(tmp_path):
+    store = _probs(tmp_path)
+    g = zarr.open_group(str(store), mode="a")
+    b = g.create_array("kidney_3", shape=(2, 6, 7), dtype="uint8")
+    b[:] = 10
+    b.attrs.update({"kidney": "kidney_3", "slice_ids": ["kidney_3_0000", "kidney_3_0001"], "complete": True})
+    pp = tmp_path / "pp.json"
+    pp.write_text('{"threshold_u8": 128, "min_component_voxels": 0}')
+    rc, err = _run(["apply", "-i", str(store), "-pp", str(pp), "-o", str(tmp_path / "masks")])
+    assert rc == 0, err
+    assert sorted(p.name for p in (tmp_path / "masks" / "kidney_2").iterdir()) == [f"{z:04d}.tif" for z in range(4)]
+    assert tifffile.imread(tmp_path / "masks" / "kidney_2" / "0000.tif").min() == 255        # 200 >= 128
+    assert tifffile.imread(tmp_path / "masks" / "kidney_3" / "0001.tif").max() == 0          # 10 < 128

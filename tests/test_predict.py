@@ -116,7 +116,7 @@ def test_cli_zarr_output_resume_and_refusal(tmp_path):
     np.testing.assert_array_equal(arr[:], ref)
     # an existing output is refused
     r = subprocess.run(base, capture_output=True, text=True)
-    assert r.returncode != 0 and "already predicted" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode != 0 and "is already written" in r.stderr and "Traceback" not in r.stderr
     # an interrupted run resumes from the planes already written
     g = zarr.open_group(str(out), mode="a")
     g["kidney_5"].attrs.update({"complete": False, "planes_done": 16})

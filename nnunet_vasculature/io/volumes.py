@@ -69,6 +69,14 @@ def zarr_kidneys(path: Path) -> list[str]:
     return [str(path)]
 
 
+def expand_probabilities(paths: list) -> list[str]:
+    """Probability paths with every zarr group (one array per kidney, from ``predict``) expanded."""
+    out = []
+    for p in paths:
+        out.extend(zarr_kidneys(Path(p)) if Path(p).suffix == ".zarr" else [str(p)])
+    return out
+
+
 class CheckedU8:
     """Wrap a volume so that every block read is uint8 (floats in [0, 1] are quantised)."""
 

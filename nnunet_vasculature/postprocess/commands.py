@@ -50,7 +50,7 @@ def _kidney_name(labels: Path) -> str:
 
 
 def _tune(a: argparse.Namespace) -> None:
-    from nnunet_vasculature.postprocess.submission import expand_probabilities
+    from nnunet_vasculature.io.volumes import expand_probabilities
     from nnunet_vasculature.postprocess.tune import determine, plot_curve, write_json
     probs = expand_probabilities(a.input)
     res = determine(probs, a.labels, [] if a.no_cc else [int(s) for s in a.cc_sizes])
@@ -67,8 +67,12 @@ def _tune(a: argparse.Namespace) -> None:
 
 
 def _apply(a: argparse.Namespace) -> None:
+    from nnunet_vasculature.io.volumes import expand_probabilities
     from nnunet_vasculature.postprocess.tune import apply_to_folder
-    print(f"wrote {apply_to_folder(a.input, a.pp, a.output, a.overwrite)}")
+    paths = expand_probabilities([a.input])          # a store of several kidneys: a folder per kidney
+    for p in paths:
+        out = a.output if len(paths) == 1 else a.output / Path(p).name
+        print(f"wrote {apply_to_folder(p, a.pp, out, a.overwrite)}")
 
 
 def _submit(a: argparse.Namespace) -> None:
@@ -105,9 +109,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--no_cc", action="store_true", help="do not try removing small components")
     t.set_defaults(func=_tune)
     ap = sub.add_parser("apply", help="write the post-processed mask as per-slice TIFFs")
-    ap.add_argument("-i", dest="input", type=Path, required=True)
+    ap.add_argument("-i", dest="input", type=Path, required=True,
+                    help="probabilities of one kidney, or a predict zarr (then a folder per kidney under -o)")
     ap.add_argument("-pp", type=Path, required=True)
-    ap.add_argument("-o", dest="output", type=Path, required=True)
+    ap.add_argument("-o", dest="output", type=Path, required=True, help="output folder of 0/255 slice TIFFs")
     ap.add_argument("--overwrite", action="store_true")
     ap.set_defaults(func=_apply)
     sm = sub.add_parser("submit", help="write a Kaggle submission CSV")

@@ -10,7 +10,7 @@ from tqdm import tqdm
 from nnunet_vasculature.errors import UserError, atomic_file
 from nnunet_vasculature.io.rle import rle_decode, rle_encode, rle_runs
 from nnunet_vasculature.io.sennet import split_slice_id
-from nnunet_vasculature.io.volumes import open_probabilities, zarr_kidneys
+from nnunet_vasculature.io.volumes import expand_probabilities, open_probabilities
 from nnunet_vasculature.postprocess.surface_dice import SurfaceDiceAccumulator
 from nnunet_vasculature.postprocess.tune import load_postprocessing, masks, slice_ids
 
@@ -32,14 +32,6 @@ def read_csv(path: Path, required: tuple[str, ...]) -> list[dict]:
             return list(reader)
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
-
-
-def expand_probabilities(paths: list) -> list[str]:
-    """A zarr group from ``predict`` holds one array per kidney: expand it."""
-    out = []
-    for p in paths:
-        out.extend(zarr_kidneys(Path(p)) if Path(p).suffix == ".zarr" else [str(p)])
-    return out
 
 
 def submit(prob_paths: list, pp_path, out_csv: Path, sample: Path | None = None) -> Path:

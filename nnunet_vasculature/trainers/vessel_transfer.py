@@ -100,29 +100,36 @@ class VesselTransferTrainer(nnUNetTrainer):
         return path if isfile(path) else None
 
     def load_transfer_weights(self) -> None:
+        """Everything but the head through nnU-Net's own ``load_pretrained_weights`` (what
+        ``-pretrained_weights`` runs: it skips ``.seg_layers.`` keys and requires every other key of the
+        network, with its shape), then the head: kept as initialised (``head_init = "random"``) or the
+        source's background/vessel channels (``"source"``)."""
+        from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
         path = self.find_pretrained()
         if path is None:
             raise RuntimeError(f"{self.__class__.__name__}: no imported weights found; run "
                                f"'nnunet-vasculature import-pretrained' or set {PRETRAINED_ENV}")
+        # a weights-only read first: it refuses a file carrying code before nnU-Net's unrestricted
+        # torch.load opens it, and gives the source head
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        source = ckpt["network_weights"]
+        try:
+            load_pretrained_weights(self.network, path)
+        except AssertionError as e:
+            raise RuntimeError(f"{path}: the imported weights do not match plans "
+                               f"'{self.plans_manager.plans_name}': {e}") from None
         net = self.network.module if self.is_ddp else self.network
         net = getattr(net, "_orig_mod", net)
-        own = net.state_dict()
-        new = {}
-        for key, value in own.items():
-            if ".seg_layers." in key:
-                new[key] = self._init_head(key, value, source.get(key), ckpt.get("head_channels", [0, 1]))
-                continue
-            if key not in source or source[key].shape != value.shape:
-                raise RuntimeError(f"{path}: '{key}' missing or of another shape: the imported weights do "
-                                   f"not match plans '{self.plans_manager.plans_name}'")
-            new[key] = source[key]
-        net.load_state_dict(new)
+        source, channels = ckpt["network_weights"], ckpt.get("head_channels", [0, 1])
+        head = {key: self._init_head(key, value, source.get(key), channels)
+                for key, value in net.state_dict().items() if ".seg_layers." in key}
+        net.load_state_dict(head, strict=False)
         self.pretrained_loaded_from = path
         self.print_to_log_file(f"loaded transfer weights from {path} (head: {self.head_init})")
 
-    def _init_head(self, key: str, value: torch.Tensor, src: torch.Tensor | None, channels: list[int]):
+    def _init_head(self, key: str, value: torch.Tensor, src: torch.Tensor | None, channels: list[int]
+                   ) -> torch.Tensor:
+        """The initial value of head parameter ``key``: ``value`` (the network's own initialisation), or
+        with ``head_init == "source"`` the source head's ``channels`` where they fit."""
         if self.head_init != "source" or src is None or len(channels) != value.shape[0]:
             return value
         return src[channels].clone()
