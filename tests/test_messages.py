@@ -85,3 +85,33 @@ def test_apply_takes_a_store_like_tune_and_submit(tmp_path):
     assert sorted(p.name for p in (tmp_path / "masks" / "kidney_2").iterdir()) == [f"{z:04d}.tif" for z in range(4)]
     assert tifffile.imread(tmp_path / "masks" / "kidney_2" / "0000.tif").min() == 255        # 200 >= 128
     assert tifffile.imread(tmp_path / "masks" / "kidney_3" / "0001.tif").max() == 0          # 10 < 128
+
+
+def test_trainer_setup_errors_are_one_line(tmp_path):
+    """Inside stock nnUNetv2_train our trainers' set-up errors are SystemExit: one line, exit code 1."""
+    code = "from nnunet_vasculature.trainers.vessel_transfer import demo_schedule; print(demo_schedule())"
+    import os
+    for value, ok in (("6x30", True), ("6by30", False), ("0x5", False)):
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**os.environ, "nnUNet_vasculature_demo_schedule": value})
+        if ok:
+            assert r.returncode == 0 and r.stdout.strip() == "(6, 30)"
+        else:
+            err = r.stderr.strip().splitlines()
+            assert r.returncode == 1 and len(err) == 1 and "expected EPOCHSxITERATIONS" in err[0], err
+
+
+def test_training_with_other_plans_names_the_imported_ones(tmp_path):
+    import types
+
+    import pytest
+
+    from nnunet_vasculature.trainers.vessel_transfer import TransferSetupError, VesselTransferTrainer
+    (tmp_path / "nnUNetPlans_Task008__3d_fullres__pretrained.pth").write_bytes(b"")
+    trainer = object.__new__(VesselTransferTrainer)
+    trainer.plans_manager = types.SimpleNamespace(plans_name="nnUNetPlans")
+    trainer.configuration_name = "3d_fullres"
+    trainer.preprocessed_dataset_folder_base = str(tmp_path)
+    with pytest.raises(TransferSetupError, match="plans 'nnUNetPlans' have no imported weights.*"
+                                                 "pass -p nnUNetPlans_Task008"):
+        trainer.load_transfer_weights()

@@ -14,7 +14,11 @@ from test_predict import _compare, _image, _ours, _stock
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.inference import nnunet_compat as nc
 from nnunet_vasculature.inference.streaming import StreamingPredictor
-from nnunet_vasculature.trainers.vessel_transfer import VesselTransferTrainer, VesselTransferTrainer_sourceHead
+from nnunet_vasculature.trainers.vessel_transfer import (
+    TransferSetupError,
+    VesselTransferTrainer,
+    VesselTransferTrainer_sourceHead,
+)
 
 
 def _set_plans(folder, **changes):
@@ -131,7 +135,7 @@ def test_transfer_weights_through_nnunets_loader(tmp_path, trainer_cls):
             assert torch.equal(value, initial[key]), key
     # another architecture: nnU-Net's key/shape check, reported against the plans
     trainer.network = _net(2, features=(4, 8, 32))
-    with pytest.raises(RuntimeError, match="do not match plans 'nnUNetPlans_Task008'"):
+    with pytest.raises(TransferSetupError, match="do not match plans 'nnUNetPlans_Task008'"):
         trainer.load_transfer_weights()
     # a file carrying code never reaches nnU-Net's unrestricted torch.load
     torch.save({"network_weights": source, "extra": _Code()}, path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from os.path import isfile
+from pathlib import Path
 
 import torch
 from nnunetv2.training.lr_scheduler.warmup import Lin_incr_LRScheduler, PolyLRScheduler_offset
@@ -20,6 +21,14 @@ from torch.optim.lr_scheduler import _LRScheduler
 from nnunet_vasculature.io.paths import pretrained_path
 
 PRETRAINED_ENV = "nnUNet_vasculature_pretrained"
+
+
+class TransferSetupError(SystemExit):
+    """A set-up problem of our trainers, reported by stock ``nnUNetv2_train`` as one line on stderr with
+    exit code 1 (Python prints a SystemExit's message without a traceback)."""
+
+    def __init__(self, message: str):
+        super().__init__(f"error: {message}")
 
 
 class WarmupPolyLRScheduler(_LRScheduler):
@@ -107,16 +116,15 @@ class VesselTransferTrainer(nnUNetTrainer):
         from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
         path = self.find_pretrained()
         if path is None:
-            raise RuntimeError(f"{self.__class__.__name__}: no imported weights found; run "
-                               f"'nnunet-vasculature import-pretrained' or set {PRETRAINED_ENV}")
+            raise TransferSetupError(self._no_weights_message())
         # a weights-only read first: it refuses a file carrying code before nnU-Net's unrestricted
         # torch.load opens it, and gives the source head
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         try:
             load_pretrained_weights(self.network, path)
         except AssertionError as e:
-            raise RuntimeError(f"{path}: the imported weights do not match plans "
-                               f"'{self.plans_manager.plans_name}': {e}") from None
+            raise TransferSetupError(f"{path}: the imported weights do not match plans "
+                                     f"'{self.plans_manager.plans_name}' ({str(e).splitlines()[0][:200]})") from None
         net = self.network.module if self.is_ddp else self.network
         net = getattr(net, "_orig_mod", net)
         source, channels = ckpt["network_weights"], ckpt.get("head_channels", [0, 1])
@@ -125,6 +133,17 @@ class VesselTransferTrainer(nnUNetTrainer):
         net.load_state_dict(head, strict=False)
         self.pretrained_loaded_from = path
         self.print_to_log_file(f"loaded transfer weights from {path} (head: {self.head_init})")
+
+    def _no_weights_message(self) -> str:
+        """Which plans do have imported weights for this configuration (the usual cause: no -p)."""
+        plans, config = self.plans_manager.plans_name, self.configuration_name
+        suffix = f"__{config}__pretrained.pth"
+        imported = sorted(p.name[:-len(suffix)] for p in Path(self.preprocessed_dataset_folder_base).glob(f"*{suffix}"))
+        if imported:
+            return (f"plans '{plans}' have no imported weights for {config}; weights were imported for plans "
+                    f"{', '.join(imported)}: pass -p {imported[0]} to nnUNetv2_train")
+        return (f"no imported weights for plans '{plans}' ({config}) in {self.preprocessed_dataset_folder_base}: "
+                f"run 'nnunet-vasculature import-pretrained -i SOURCE.zip -d ID' or set {PRETRAINED_ENV}")
 
     def _init_head(self, key: str, value: torch.Tensor, src: torch.Tensor | None, channels: list[int]
                    ) -> torch.Tensor:
@@ -172,13 +191,23 @@ class VesselScratchTrainer(VesselTransferTrainer):
 DEMO_ENV = "nnUNet_vasculature_demo_schedule"   # "EPOCHSxITERATIONS", e.g. "6x30"
 
 
+def demo_schedule() -> tuple[int, int]:
+    """(epochs, iterations per epoch) from ``$nnUNet_vasculature_demo_schedule`` (default 6x30)."""
+    value = os.environ.get(DEMO_ENV, "6x30")
+    parts = value.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise TransferSetupError(f"{DEMO_ENV}={value!r}: expected EPOCHSxITERATIONS with positive integers, "
+                                 f"e.g. 6x30")
+    return int(parts[0]), int(parts[1])
+
+
 class VesselTransferTrainer_demo(VesselTransferTrainer):
     """CPU demo length (default 6 epochs x 30 iterations; ``$nnUNet_vasculature_demo_schedule``)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        epochs, iters = (int(v) for v in os.environ.get(DEMO_ENV, "6x30").lower().split("x"))
+        epochs, iters = demo_schedule()
         self.num_epochs, self.num_iterations_per_epoch = epochs, iters
         self.num_val_iterations_per_epoch = max(1, iters // 5)
         self.warmup_epochs = 1
