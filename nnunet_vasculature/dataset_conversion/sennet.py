@@ -137,7 +137,8 @@ def plan_chunks(keep: list[bool], max_slices: int) -> list[tuple[int, int]]:
     return chunks
 
 
-def _read_stack(files: list[Path], shape, pool: ThreadPoolExecutor, label: bool, ignore: bool = False) -> np.ndarray:
+def _read_stack(files: list[Path], shape: tuple[int, int], pool: ThreadPoolExecutor, label: bool,
+                ignore: bool = False) -> np.ndarray:
     reader = (lambda f: read_label_slice(f, shape, ignore)) if label else (lambda f: read_slice(f, shape))
     return np.stack(list(pool.map(reader, files)))
 
@@ -264,7 +265,7 @@ def _parse_spacing(items: list[str]) -> dict[str, float]:
     return out
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert a dataset to nnU-Net raw format")
     p.add_argument("source", choices=["sennet"], help="dataset kind")
     p.add_argument("kaggle_dir", nargs="?", type=Path, help="Kaggle download folder (or use -i)")
@@ -281,7 +282,7 @@ def add_parser(sub) -> None:
                    help="take a kidney's labels from DIR (e.g. a pseudo-label folder; 128 = ignore)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
 
-    def run(a):
+    def run(a: argparse.Namespace) -> None:
         src = a.input or a.kaggle_dir
         if src is None:
             raise UserError("give the Kaggle folder: convert sennet KAGGLE_DIR -d ID")

@@ -240,7 +240,7 @@ def _write_csv(path: Path, header: tuple, rows: list) -> None:
         w.writerows(rows)
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synthesize", help="write synthetic HiP-CT-like kidneys in the Kaggle layout")
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder (Kaggle layout)")
     p.add_argument("--seed", type=int, default=0)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 
@@ -21,12 +22,14 @@ from nnunet_vasculature.errors import UserError
 DATASET_ID = 501
 HELD_OUT = "kidney_1_dense"       # fold 0 of the leave-one-kidney-out splits
 
+T = TypeVar("T")
+
 
 class _Steps:
     def __init__(self, total: int, logs: Path):
         self.n, self.total, self.logs, self.t0 = 0, total, logs, time.time()
 
-    def run(self, title: str, fn, *args, **kwargs):
+    def run(self, title: str, fn: Callable[..., T], *args, **kwargs) -> T:
         self.n += 1
         t = time.time()
         print(f"[{self.n}/{self.total}] {title} ...", flush=True)

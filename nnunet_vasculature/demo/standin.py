@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ POOL = [[1, 2, 2], [2, 2, 2], [2, 2, 2]]
 KERNELS = [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]]   # anisotropic first stage, as in Task008
 
 
-def ct_volume(rng: np.random.Generator, shape=(40, 96, 96)) -> tuple[np.ndarray, np.ndarray]:
+def ct_volume(rng: np.random.Generator, shape: tuple[int, int, int] = (40, 96, 96)) -> tuple[np.ndarray, np.ndarray]:
     """A CT-like liver patch: contrast-enhanced vessel trees (1) and hypodense tumours (2)."""
     extent = np.array(shape, dtype=float)
     tree = grow_tree(rng, extent, root_radius=3.5, min_radius=0.9, n_roots=3, missing_fraction=0.0)
@@ -40,7 +41,7 @@ def ct_volume(rng: np.random.Generator, shape=(40, 96, 96)) -> tuple[np.ndarray,
     return img.astype(np.float32), seg
 
 
-def train_standin(out_zip: Path, iterations: int = 300, seed: int = 0, log=print) -> Path:
+def train_standin(out_zip: Path, iterations: int = 300, seed: int = 0, log: Callable[[str], object] = print) -> Path:
     """Train the stand-in source model on CPU and write it as a v1 Task008-layout zip."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)

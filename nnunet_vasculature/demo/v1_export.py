@@ -12,6 +12,7 @@ import pickle
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -38,7 +39,8 @@ def v1_state_dict(net: V1CompatibleUNet) -> "OrderedDict[str, torch.Tensor]":
     return sd
 
 
-def v1_plans(patch_size, pool_op_kernel_sizes, conv_kernel_sizes, spacing, num_classes: int,
+def v1_plans(patch_size: Sequence[int], pool_op_kernel_sizes: Sequence[Sequence[int]],
+             conv_kernel_sizes: Sequence[Sequence[int]], spacing: Sequence[float], num_classes: int,
              base_num_features: int = 32, modality: str = "CT") -> dict:
     """A v1 plans dict with one 3D stage (the fields nnU-Net v1 and our importer read)."""
     stage = {"batch_size": 2, "num_pool_per_axis": [len(pool_op_kernel_sizes)] * 3,

@@ -34,11 +34,14 @@ resamples probabilities with ``order 1`` as in nnU-Net's default plans, where no
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.transform import resize
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 __all__ = ["NNUNET_VERSION", "HALO", "SUPPORTED_NORMALIZATION", "Resampling", "nonzero_bbox_and_stats",
            "zscore_normalizer", "make_normalizer", "normalized_range", "pad_to_patch", "z_coord", "input_range",
@@ -147,7 +150,8 @@ class Resampling:
     order_z: int
 
     @classmethod
-    def from_kwargs(cls, kwargs: dict, current_spacing, new_spacing) -> Resampling:
+    def from_kwargs(cls, kwargs: dict, current_spacing: Sequence[float], new_spacing: Sequence[float]
+                    ) -> Resampling:
         """``kwargs``: the configuration's ``resampling_fn_*_kwargs`` (missing keys take the function's
         defaults: order 3, order_z 0, force_separate_z False)."""
         from nnunetv2.configuration import ANISO_THRESHOLD
@@ -164,7 +168,7 @@ class Resampling:
         return self.order_z if self.separate_z else self.order
 
 
-def z_coord(o, n_in: int, n_out: int) -> np.ndarray:
+def z_coord(o: npt.ArrayLike, n_in: int, n_out: int) -> np.ndarray:
     """Input coordinate of output plane ``o`` (grid mode, as skimage, scipy zoom and nnU-Net)."""
     return (np.asarray(o, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
 

@@ -6,9 +6,11 @@ the same arguments resumes from the first unwritten plane.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -36,9 +38,9 @@ def model_folder_from_args(dataset_id: str, configuration: str, trainer: str, pl
     return folder
 
 
-def predict(inputs: Path, out: Path, model_folder: Path, folds, checkpoint: str = "checkpoint_final.pth",
-            device: str = "cuda", tta: bool = True, step_size: float = 0.5, spacing: float | None = None,
-            overwrite: bool = False) -> Path:
+def predict(inputs: Path, out: Path, model_folder: Path, folds: Sequence[int | str],
+            checkpoint: str = "checkpoint_final.pth", device: str = "cuda", tta: bool = True,
+            step_size: float = 0.5, spacing: float | None = None, overwrite: bool = False) -> Path:
     import torch  # here, not at the top: `--help` and `env` start without torch
     import zarr
 
@@ -76,7 +78,7 @@ def predict(inputs: Path, out: Path, model_folder: Path, folds, checkpoint: str 
     return out
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict kidneys slab by slab into a uint8 probability zarr")
     p.add_argument("-i", dest="input", type=Path, required=True,
                    help="Kaggle kidney folder (or test/ folder), nnU-Net raw image, or imagesTs/imagesTr folder")
@@ -94,7 +96,7 @@ def add_parser(sub) -> None:
     p.add_argument("--spacing", type=float, help="voxel size (µm) when the input does not say")
     p.add_argument("--overwrite", action="store_true", help="replace kidneys already in the output")
 
-    def run(a):
+    def run(a: argparse.Namespace) -> None:
         if a.model_folder is None and a.dataset_id is None:
             raise UserError("give -d ID (with -c/-tr/-p) or -m MODEL_FOLDER")
         folder = a.model_folder or model_folder_from_args(a.dataset_id, a.configuration, a.trainer, a.plans)

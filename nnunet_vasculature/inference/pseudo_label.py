@@ -7,6 +7,7 @@ nnU-Net's ignore label (excluded from the loss).
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,8 @@ from nnunet_vasculature.io.slices import IGNORE_VALUE, list_slices, read_label_s
 from nnunet_vasculature.io.volumes import SliceStack, open_probabilities
 
 
-def pseudo_label(prob_path, labels_dir: Path, threshold: float, out_dir: Path, uncertain: float | None = None,
-                 overwrite: bool = False) -> dict:
+def pseudo_label(prob_path: Path | str, labels_dir: Path, threshold: float, out_dir: Path,
+                 uncertain: float | None = None, overwrite: bool = False) -> dict:
     prob, _ = open_probabilities(prob_path)
     stack = SliceStack(list_slices(Path(labels_dir)))
     if tuple(prob.shape) != tuple(stack.shape):
@@ -46,7 +47,7 @@ def pseudo_label(prob_path, labels_dir: Path, threshold: float, out_dir: Path, u
     return counts
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pseudo-label", help="union of sparse labels and confident predictions")
     p.add_argument("-i", dest="input", type=Path, required=True, help="probabilities (zarr array of the kidney)")
     p.add_argument("--labels", type=Path, required=True, help="the kidney's sparse label slices")

@@ -7,6 +7,7 @@ imagesTs folder reads a kidney's chunks as one volume and has none.
 """
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def stitch(pred_dir: Path, raw_dataset: Path, out: Path, overwrite: bool = False
     return Path(out)
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stitch", help="stock nnU-Net .npz outputs of z-chunk cases -> one zarr array per kidney")
     p.add_argument("-i", dest="input", type=Path, required=True, help="folder of nnUNetv2_predict .npz outputs")
     p.add_argument("-d", dest="dataset_id", required=True, help="dataset ID (its sennet_cases.json gives the cut)")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -33,10 +33,12 @@ from nnunet_vasculature.inference import nnunet_compat as nc
 from nnunet_vasculature.io.sources import VolumeSource
 
 Sink = Callable[[int, np.ndarray], None]      # (first original z, probabilities (n, y, x) float32)
+Progress = Callable[[int], object]            # called with the number of tiles just predicted
+PlaneReader = Callable[[int, int], np.ndarray]   # planes [a, b) -> (b - a, y, x)
 
 
 class StreamingPredictor:
-    def __init__(self, model_folder: Path, folds, checkpoint_name: str = "checkpoint_final.pth",
+    def __init__(self, model_folder: Path, folds: Sequence[int | str], checkpoint_name: str = "checkpoint_final.pth",
                  device: torch.device = torch.device("cpu"), use_mirroring: bool = True,
                  tile_step_size: float = 0.5):
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -120,7 +122,7 @@ class StreamingPredictor:
         return plane.transpose([t - 1 for t in self.pm.transpose_backward[1:]])
 
     # ---- the stream ------------------------------------------------------------------------
-    def predict(self, src: VolumeSource, sink: Sink, start: int = 0, progress=None) -> None:
+    def predict(self, src: VolumeSource, sink: Sink, start: int = 0, progress: Progress | None = None) -> None:
         """Stream foreground probabilities of ``src`` to ``sink`` for original planes ``start``..Z-1."""
         from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
         from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
@@ -171,7 +173,9 @@ class StreamingPredictor:
         for z in range(max(start, bz1), Z):
             sink(z, np.zeros((1, Y, X), np.float32))
 
-    def _run_groups(self, groups, steps, padded, pad, mshape, model_planes, back, progress) -> None:
+    def _run_groups(self, groups: list[int], steps: list[list[int]], padded: list[int], pad: list[int],
+                    mshape: tuple[int, ...], model_planes: PlaneReader, back: _BackResampler,
+                    progress: Progress | None) -> None:
         pz, py, px = self.patch
         dev = self.device
         C = self.lm.num_segmentation_heads
@@ -196,7 +200,8 @@ class StreamingPredictor:
         self._finish(acc, wsum, lo, lo + pz, pad, mshape, back)
         back.flush()
 
-    def _input_window(self, s, pz, padded, pad, mshape, model_planes, cache) -> np.ndarray:
+    def _input_window(self, s: int, pz: int, padded: list[int], pad: list[int], mshape: tuple[int, ...],
+                      model_planes: PlaneReader, cache: dict[int, np.ndarray]) -> np.ndarray:
         """Padded model-space input planes [s, s + pz), zeros in the padding."""
         out = np.zeros((pz, padded[1], padded[2]), np.float32)
         a, b = max(0, s - pad[0]), min(mshape[0], s + pz - pad[0])
@@ -210,7 +215,8 @@ class StreamingPredictor:
             out[m + pad[0] - s, pad[1]:pad[1] + mshape[1], pad[2]:pad[2] + mshape[2]] = cache[m]
         return out
 
-    def _finish(self, acc, wsum, lo, hi, pad, mshape, back) -> None:
+    def _finish(self, acc: torch.Tensor, wsum: torch.Tensor, lo: int, hi: int, pad: list[int],
+                mshape: tuple[int, ...], back: _BackResampler) -> None:
         """Planes [lo, hi) (padded coordinates) are complete: divide and hand them on."""
         n = hi - lo
         logits = (acc[:, :n] / wsum[:n]).cpu().numpy()
@@ -237,8 +243,8 @@ class _BackResampler:
     """Model-space logit planes -> original planes: resample (like resampling_fn_probabilities),
     apply the inference nonlinearity, undo crop and transpose, hand to the sink."""
 
-    def __init__(self, pred: StreamingPredictor, crop_shape, mshape, rs: nc.Resampling, bbox, full_yx, sink,
-                 first_out):
+    def __init__(self, pred: StreamingPredictor, crop_shape: tuple[int, ...], mshape: tuple[int, ...],
+                 rs: nc.Resampling, bbox: nc.BBox, full_yx: tuple[int, int], sink: Sink, first_out: int):
         self.pred, self.crop_shape, self.mshape, self.rs = pred, crop_shape, mshape, rs
         self.bbox, self.full_yx, self.sink = bbox, full_yx, sink
         self.planes: dict[int, np.ndarray] = {}

@@ -13,9 +13,14 @@ of one plane, values from :func:`quantize`. Attributes:
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Sequence
+
 import numpy as np
 
 from nnunet_vasculature.errors import UserError
+
+if TYPE_CHECKING:      # zarr is imported by the code that opens stores
+    import zarr
 
 ENCODING = "uint8 = round(255 * foreground probability)"
 TOLERANCE = 1e-3      # float probabilities may overshoot [0, 1] by rounding this much, no more
@@ -46,8 +51,8 @@ class KidneyWriter:
     shape and source; a complete one is refused unless ``overwrite``.
     """
 
-    def __init__(self, group, kidney: str, shape: tuple[int, int, int], spacing, slice_ids: list[str],
-                 source: dict, overwrite: bool = False, flush_planes: int = 8):
+    def __init__(self, group: zarr.Group, kidney: str, shape: tuple[int, int, int], spacing: Sequence[float],
+                 slice_ids: list[str], source: dict, overwrite: bool = False, flush_planes: int = 8):
         if len(slice_ids) != shape[0]:
             raise ValueError(f"{kidney}: {len(slice_ids)} slice ids for {shape[0]} planes")
         self.kidney, self.flush_planes = kidney, flush_planes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import tifffile
@@ -11,6 +12,19 @@ import tifffile
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.io.slices import list_slices, read_label_slice, read_slice, slice_shape
 from nnunet_vasculature.io.store import quantize
+
+if TYPE_CHECKING:      # zarr is imported by the functions that open stores
+    import zarr
+
+
+class ZSliceable(Protocol):
+    """A (z, y, x) volume read a block of planes at a time, ``vol[z0:z1] -> (B, H, W)``: numpy and zarr
+    arrays and the volumes of this module."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def __getitem__(self, sl: slice, /) -> np.ndarray: ...
 
 
 class SliceStack:
@@ -26,7 +40,7 @@ class SliceStack:
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, sl) -> np.ndarray:
+    def __getitem__(self, sl: slice) -> np.ndarray:
         if not isinstance(sl, slice):
             raise TypeError("SliceStack supports z-slices only")
         return np.stack([read_slice(f, self.plane) for f in self.files[sl]])
@@ -41,7 +55,7 @@ def _is_zarr(path: Path) -> bool:
         any(p.suffix == ".zarr" for p in path.parents)
 
 
-def open_zarr_array(path: Path):
+def open_zarr_array(path: Path) -> zarr.Array:
     """Open a zarr array; a group holding exactly one array is accepted for it."""
     import zarr
     try:
@@ -80,14 +94,14 @@ def expand_probabilities(paths: list) -> list[str]:
 class CheckedU8:
     """Wrap a volume so that every block read is uint8 (floats in [0, 1] are quantised)."""
 
-    def __init__(self, vol, where: str):
+    def __init__(self, vol: ZSliceable, where: str):
         self.vol, self.where, self.shape = vol, where, tuple(vol.shape)
 
-    def __getitem__(self, sl):
+    def __getitem__(self, sl: slice) -> np.ndarray:
         return quantize(np.asarray(self.vol[sl]), self.where)
 
 
-def open_probabilities(path) -> tuple[object, dict]:
+def open_probabilities(path: Path | str) -> tuple[ZSliceable, dict]:
     """Foreground probabilities as a uint8 volume plus metadata (slice ids, kidney name)."""
     path = Path(path)
     if not path.exists():
@@ -116,14 +130,14 @@ def open_probabilities(path) -> tuple[object, dict]:
 
 
 class _Binary:
-    def __init__(self, vol):
+    def __init__(self, vol: ZSliceable):
         self.vol, self.shape = vol, tuple(vol.shape)
 
-    def __getitem__(self, sl):
+    def __getitem__(self, sl: slice) -> np.ndarray:
         return np.asarray(self.vol[sl]) > 0
 
 
-def open_labels(path) -> object:
+def open_labels(path: Path | str) -> ZSliceable:
     """Labels as a boolean volume: a folder of slices (or a Kaggle kidney folder), or a 3D file."""
     path = Path(path)
     if not path.exists():
@@ -153,7 +167,7 @@ class _LabelStack:
     def __init__(self, stack: SliceStack):
         self.stack, self.shape = stack, stack.shape
 
-    def __getitem__(self, sl):
+    def __getitem__(self, sl: slice) -> np.ndarray:
         return np.stack([read_label_slice(f, self.stack.plane) for f in self.stack.files[sl]]).astype(bool)
 
 

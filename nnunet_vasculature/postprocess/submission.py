@@ -34,7 +34,7 @@ def read_csv(path: Path, required: tuple[str, ...]) -> list[dict]:
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
 
 
-def submit(prob_paths: list, pp_path, out_csv: Path, sample: Path | None = None) -> Path:
+def submit(prob_paths: list, pp_path: Path | str, out_csv: Path, sample: Path | None = None) -> Path:
     """One row per slice, ``id,rle``; in the sample's order when a sample submission is given."""
     pp = load_postprocessing(pp_path)
     rows: "OrderedDict[str, str]" = OrderedDict()

@@ -8,10 +8,14 @@ streamed a few slices at a time: memory is O(slice), not O(volume).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from nnunet_vasculature.postprocess._area_table import AREA
+
+if TYPE_CHECKING:
+    from nnunet_vasculature.io.volumes import ZSliceable
 
 # every code but "all out" (0) and "all in" (255) is surface, and has a positive area
 assert AREA[0] == 0 and AREA[255] == 0 and (AREA[1:255] > 0).all()
@@ -65,7 +69,7 @@ class SurfaceDiceAccumulator:
         return empty_score if ag + ap == 0 else (mg + mp) / (ag + ap)
 
 
-def _as_array(x, what: str):
+def _as_array(x: object, what: str) -> ZSliceable:
     """The metric takes arrays (or anything with ``.shape`` and z-slicing); files are the caller's job."""
     if isinstance(x, (str, Path, list, tuple)) or not hasattr(x, "shape"):
         raise TypeError(f"{what}: expected an array or a z-sliceable volume, got {type(x).__name__} "
@@ -73,7 +77,7 @@ def _as_array(x, what: str):
     return x
 
 
-def _check_pair(a, b, what_a: str, what_b: str):
+def _check_pair(a: ZSliceable, b: ZSliceable, what_a: str, what_b: str) -> tuple[ZSliceable, ZSliceable]:
     a, b = _as_array(a, what_a), _as_array(b, what_b)
     if tuple(a.shape) != tuple(b.shape):
         raise ValueError(f"{what_a} shape {tuple(a.shape)} differs from {what_b} shape {tuple(b.shape)}")
@@ -90,7 +94,8 @@ def _accumulate(hist: np.ndarray, codes_g: np.ndarray, codes_p: np.ndarray) -> N
     hist += np.bincount(combined[combined != 0], minlength=65536)
 
 
-def surface_dice(pred, gt, empty_score: float = float("nan"), block: int = DEFAULT_BLOCK) -> float:
+def surface_dice(pred: ZSliceable, gt: ZSliceable, empty_score: float = float("nan"),
+                 block: int = DEFAULT_BLOCK) -> float:
     """Surface Dice at tolerance 0 of two 3D masks (z, y, x), spacing 1.
 
     Args:
@@ -109,7 +114,7 @@ def surface_dice(pred, gt, empty_score: float = float("nan"), block: int = DEFAU
     return acc.score(empty_score)
 
 
-def surface_dice_sweep(prob_u8, gt, block: int = DEFAULT_BLOCK) -> np.ndarray:
+def surface_dice_sweep(prob_u8: ZSliceable, gt: ZSliceable, block: int = DEFAULT_BLOCK) -> np.ndarray:
     """Surface Dice of ``prob_u8 >= k`` for every k in 0..255, in one pass over the volume.
 
     Args:

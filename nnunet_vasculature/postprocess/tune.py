@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import tifffile
@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from nnunet_vasculature.errors import UserError, atomic_dir, atomic_file
 from nnunet_vasculature.io.sennet import slice_id, split_slice_id
-from nnunet_vasculature.io.volumes import open_labels, open_probabilities
+from nnunet_vasculature.io.volumes import ZSliceable, open_labels, open_probabilities
 from nnunet_vasculature.postprocess.components import StreamingComponents, remove_small_components
 from nnunet_vasculature.postprocess.surface_dice import SurfaceDiceAccumulator, surface_dice_sweep
 
@@ -22,17 +22,17 @@ CC_CANDIDATES = (8, 32, 128, 512)
 BLOCK = 32
 
 
-def _name(path, attrs: dict) -> str:
+def _name(path: Path | str, attrs: dict) -> str:
     return str(attrs.get("kidney") or Path(str(path)).stem)
 
 
-def _check_shapes(prob, labels, p_path, l_path) -> None:
+def _check_shapes(prob: ZSliceable, labels: ZSliceable, p_path: Path | str, l_path: Path | str) -> None:
     if tuple(prob.shape) != tuple(labels.shape):
         raise UserError(f"{p_path}: probabilities of shape {tuple(prob.shape)} but labels {l_path} "
                         f"have shape {tuple(labels.shape)}")
 
 
-def determine(prob_paths: list, label_paths: list, cc_candidates=CC_CANDIDATES) -> dict:
+def determine(prob_paths: list, label_paths: list, cc_candidates: Sequence[int] = CC_CANDIDATES) -> dict:
     """Best threshold by mean surface Dice over kidneys, then whether small-component removal helps."""
     if len(prob_paths) != len(label_paths):
         raise UserError(f"{len(prob_paths)} probability volumes but {len(label_paths)} label volumes")
@@ -78,11 +78,11 @@ def determine(prob_paths: list, label_paths: list, cc_candidates=CC_CANDIDATES) 
     }
 
 
-def _any_foreground(vol) -> bool:
+def _any_foreground(vol: ZSliceable) -> bool:
     return any(np.asarray(vol[z:z + BLOCK]).any() for z in range(0, vol.shape[0], BLOCK))
 
 
-def _cc_scores(prob, labels, level: int, sizes: list[int]) -> np.ndarray:
+def _cc_scores(prob: ZSliceable, labels: ZSliceable, level: int, sizes: list[int]) -> np.ndarray:
     read = lambda a, b: np.asarray(prob[a:b]) >= level
     comps = StreamingComponents(read, prob.shape[0], BLOCK)
     accs = [SurfaceDiceAccumulator(prob.shape[1:]) for _ in sizes]
@@ -93,7 +93,7 @@ def _cc_scores(prob, labels, level: int, sizes: list[int]) -> np.ndarray:
     return np.array([acc.score(0.0) for acc in accs])
 
 
-def load_postprocessing(path) -> dict:
+def load_postprocessing(path: Path | str) -> dict:
     try:
         pp = json.loads(Path(path).read_text())
         level = int(pp["threshold_u8"])
@@ -105,14 +105,14 @@ def load_postprocessing(path) -> dict:
     return {"threshold_u8": level, "min_component_voxels": min_size}
 
 
-def masks(prob, pp: dict) -> Iterator[tuple[int, np.ndarray]]:
+def masks(prob: ZSliceable, pp: dict) -> Iterator[tuple[int, np.ndarray]]:
     """Stream (z0, boolean block) of the post-processed mask of a probability volume."""
     level = pp["threshold_u8"]
     read = lambda a, b: np.asarray(prob[a:b]) >= level
     yield from remove_small_components(read, prob.shape[0], pp["min_component_voxels"], BLOCK)
 
 
-def slice_ids(path, prob, attrs: dict) -> list[str]:
+def slice_ids(path: Path | str, prob: ZSliceable, attrs: dict) -> list[str]:
     """Kaggle ids (``kidney_5_0000``) of each slice of a probability volume."""
     if "slice_ids" in attrs:
         ids = list(attrs["slice_ids"])
@@ -124,7 +124,7 @@ def slice_ids(path, prob, attrs: dict) -> list[str]:
     return ids
 
 
-def apply_to_folder(prob_path, pp_path, out_dir: Path, overwrite: bool = False) -> Path:
+def apply_to_folder(prob_path: Path | str, pp_path: Path | str, out_dir: Path, overwrite: bool = False) -> Path:
     """Write the post-processed mask as per-slice TIFFs (0/255, the Kaggle label convention)."""
     prob, attrs = open_probabilities(prob_path)
     pp = load_postprocessing(pp_path)

@@ -1,6 +1,8 @@
 """v1 ``Generic_UNet`` plans and weights -> :class:`V1CompatibleUNet` (nnU-Net v2)."""
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 
 from nnunet_vasculature.errors import UserError
@@ -58,7 +60,7 @@ def build_network(architecture: dict, input_channels: int, num_classes: int,
                                   allow_init=True, deep_supervision=deep_supervision)
 
 
-def v1_conv_keys(n_stages: int, cps: int):
+def v1_conv_keys(n_stages: int, cps: int) -> Iterator[tuple[tuple[str, int, int], str]]:
     """(our module path, v1 key prefix) for every conv+instnorm pair, in network order."""
     num_pool = n_stages - 1
     for s in range(n_stages):

@@ -7,6 +7,7 @@ were millimetre CT). Because preprocessing is unchanged, the plans reuse the def
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 from pathlib import Path
@@ -35,7 +36,7 @@ def _target_plans(dataset_id: int) -> tuple[str, Path, Path, dict]:
     return name, raw / name, pre, json.loads(plans_file.read_text())
 
 
-def import_pretrained(source: Path, dataset_id: int, configuration: str = "3d_fullres", fold="0",
+def import_pretrained(source: Path, dataset_id: int, configuration: str = "3d_fullres", fold: int | str = "0",
                       plans_name: str = DEFAULT_PLANS_NAME, vessel_channel: int = 1) -> tuple[Path, Path]:
     import torch  # here, not at the top: `--help` starts without torch
 
@@ -88,7 +89,7 @@ def import_pretrained(source: Path, dataset_id: int, configuration: str = "3d_fu
     return plans_out, weights_out
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import-pretrained", help="import an nnU-Net v1 model (e.g. Task008 zip) for fine-tuning")
     p.add_argument("source", nargs="?", type=Path, help="v1 download zip or unpacked folder (or -i)")
     p.add_argument("-i", dest="input", type=Path, help="v1 download zip or unpacked folder")
@@ -99,7 +100,7 @@ def add_parser(sub) -> None:
     p.add_argument("--vessel_channel", type=int, default=1,
                    help="source class whose logit starts the vessel logit (Task008: 1 = vessel)")
 
-    def run(a):
+    def run(a: argparse.Namespace) -> None:
         src = a.input or a.source
         if src is None:
             raise UserError("give the v1 zip or folder: import-pretrained -i Task008_HepaticVessel.zip -d ID")

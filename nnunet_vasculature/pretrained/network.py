@@ -8,7 +8,7 @@ plans can name it (``network_class_name``), and exposes ``decoder.deep_supervisi
 """
 from __future__ import annotations
 
-from typing import List, Tuple, Type, Union
+from typing import List, Sequence, Tuple, Type, Union
 
 import torch
 from dynamic_network_architectures.building_blocks.helper import get_matching_convtransp
@@ -18,6 +18,7 @@ from dynamic_network_architectures.initialization.weight_init import InitWeights
 from torch import nn
 
 IntOrSeq = Union[int, List[int], Tuple[int, ...]]
+PerStageSizes = Union[int, Sequence[int], Sequence[Sequence[int]]]   # kernel sizes / strides: per stage, per axis
 
 
 class V1Decoder(nn.Module):
@@ -48,7 +49,7 @@ class V1Decoder(nn.Module):
         self.transpconvs = nn.ModuleList(transpconvs)
         self.seg_layers = nn.ModuleList(seg_layers)
 
-    def forward(self, skips: List[torch.Tensor]):
+    def forward(self, skips: List[torch.Tensor]) -> Union[torch.Tensor, List[torch.Tensor]]:
         lres = skips[-1]
         outputs = []
         last = len(self.stages) - 1
@@ -65,10 +66,11 @@ class V1CompatibleUNet(nn.Module):
     """U-Net with v1 ``Generic_UNet`` topology (strided-conv pooling, transposed-conv upsampling)."""
 
     def __init__(self, input_channels: int, n_stages: int, features_per_stage: IntOrSeq,
-                 conv_op: Type[nn.Module], kernel_sizes, strides, n_conv_per_stage: IntOrSeq,
-                 num_classes: int, n_conv_per_stage_decoder: IntOrSeq, conv_bias: bool = True,
-                 norm_op=None, norm_op_kwargs: dict = None, dropout_op=None, dropout_op_kwargs: dict = None,
-                 nonlin=None, nonlin_kwargs: dict = None, deep_supervision: bool = False):
+                 conv_op: Type[nn.Module], kernel_sizes: PerStageSizes, strides: PerStageSizes,
+                 n_conv_per_stage: IntOrSeq, num_classes: int, n_conv_per_stage_decoder: IntOrSeq,
+                 conv_bias: bool = True, norm_op: Type[nn.Module] | None = None, norm_op_kwargs: dict = None,
+                 dropout_op: Type[nn.Module] | None = None, dropout_op_kwargs: dict = None,
+                 nonlin: Type[nn.Module] | None = None, nonlin_kwargs: dict = None, deep_supervision: bool = False):
         super().__init__()
         self.encoder = PlainConvEncoder(
             input_channels=input_channels, n_stages=n_stages, features_per_stage=features_per_stage,
@@ -77,9 +79,9 @@ class V1CompatibleUNet(nn.Module):
             dropout_op_kwargs=dropout_op_kwargs, nonlin=nonlin, nonlin_kwargs=nonlin_kwargs, return_skips=True)
         self.decoder = V1Decoder(self.encoder, num_classes, n_conv_per_stage_decoder, deep_supervision)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
         return self.decoder(self.encoder(x))
 
     @staticmethod
-    def initialize(module):
+    def initialize(module: nn.Module) -> None:
         InitWeights_He(1e-2)(module)

@@ -12,6 +12,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ _ALLOWED = {
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that only builds plain containers, numbers, strings and numpy arrays."""
 
-    def find_class(self, module: str, name: str):
+    def find_class(self, module: str, name: str) -> Callable[..., object]:
         if (module, name) in _ALLOWED:
             return super().find_class(module, name)
         if module == "numpy" and name.endswith("DType") or (module.startswith("numpy") and name in
@@ -43,7 +44,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
-def restricted_loads(data: bytes, where: str):
+def restricted_loads(data: bytes, where: str) -> object:
     try:
         return RestrictedUnpickler(io.BytesIO(data)).load()
     except pickle.UnpicklingError as e:
@@ -142,7 +143,7 @@ def _torch_error_reason(e: Exception) -> str:
     return lines[0][:200] if lines else ""
 
 
-def read_v1_model(path: Path, configuration: str = "3d_fullres", folds=(0,)) -> V1Model:
+def read_v1_model(path: Path, configuration: str = "3d_fullres", folds: Sequence[int | str] = (0,)) -> V1Model:
     """Find and read a v1 model (plans + weights of the requested folds) in a zip or folder."""
     src = _Source(path)
     found = {}

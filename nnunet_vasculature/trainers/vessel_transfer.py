@@ -94,7 +94,7 @@ class VesselTransferTrainer(nnUNetTrainer):
         self.warmup_epochs = 2
         self.pretrained_loaded_from = None
 
-    def initialize(self):
+    def initialize(self) -> None:
         was = self.was_initialized
         super().initialize()
         if not was and self.use_pretrained:
@@ -153,12 +153,12 @@ class VesselTransferTrainer(nnUNetTrainer):
             return value
         return src[channels].clone()
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, WarmupPolyLRScheduler]:
         optimizer = torch.optim.SGD(encoder_param_groups(self.network), self.initial_lr,
                                     weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
         return optimizer, WarmupPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, self.warmup_epochs)
 
-    def on_train_epoch_start(self):
+    def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()          # the scheduler sets every group's learning rate
         if self.freeze_encoder_epochs:
             e = self.current_epoch
