@@ -115,3 +115,23 @@ def test_training_with_other_plans_names_the_imported_ones(tmp_path):
     with pytest.raises(TransferSetupError, match="plans 'nnUNetPlans' have no imported weights.*"
                                                  "pass -p nnUNetPlans_Task008"):
         trainer.load_transfer_weights()
+
+
+def test_score_names_the_kidney_and_submit_validate_say_what_they_skipped(tmp_path):
+    labels = tmp_path / "kidney_2" / "labels"
+    labels.mkdir(parents=True)
+    for z in range(4):
+        tifffile.imwrite(labels / f"{z:04d}.tif", np.full((6, 7), 255, np.uint8))
+    pp = tmp_path / "pp.json"
+    pp.write_text('{"threshold_u8": 128, "min_component_voxels": 0}')
+    r = subprocess.run(CLI + ["score", "--labels", str(labels), "--pred", str(_probs(tmp_path) / "kidney_2"),
+                              "-pp", str(pp)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.splitlines()[0].split()[0] == "kidney_2", r.stdout
+    r = subprocess.run(CLI + ["submit", "-i", str(tmp_path / "p.zarr"), "-pp", str(pp), "-o", str(tmp_path / "s.csv")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "not checked against a sample submission" in r.stdout, r.stdout
+    sample = tmp_path / "sample.csv"
+    sample.write_text("id,rle\n" + "".join(f"kidney_2_{z:04d},1 0\n" for z in range(4)))
+    r = subprocess.run(CLI + ["validate", str(tmp_path / "s.csv"), "--sample", str(sample)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and "runs were not checked against slice sizes" in r.stdout, r.stdout
