@@ -95,11 +95,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-step_size", type=float, default=0.5, help="sliding-window step (fraction of the patch)")
     p.add_argument("--spacing", type=float, help="voxel size (µm) when the input does not say")
     p.add_argument("--overwrite", action="store_true", help="replace kidneys already in the output")
+    many = p.add_argument_group("many workers (dask.distributed; default: one process)")
+    where = many.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N",
+                       help="start a local dask cluster of N worker processes (on CUDA: one per GPU)")
+    where.add_argument("--scheduler", metavar="ADDRESS", help="use the dask cluster at ADDRESS (tcp://host:8786)")
+    where.add_argument("--scheduler_file", type=Path, metavar="FILE",
+                       help="use the dask cluster of this scheduler file")
+    many.add_argument("--slab_planes", type=int, default=256,
+                      help="planes per task (default 256; part of the run's parameters: keep it to resume)")
 
     def run(a: argparse.Namespace) -> None:
         if a.model_folder is None and a.dataset_id is None:
             raise UserError("give -d ID (with -c/-tr/-p) or -m MODEL_FOLDER")
         folder = a.model_folder or model_folder_from_args(a.dataset_id, a.configuration, a.trainer, a.plans)
+        if a.workers is not None or a.scheduler is not None or a.scheduler_file is not None:
+            from nnunet_vasculature.inference.distributed import predict_distributed
+            predict_distributed(a.input, a.output, folder, a.folds, a.checkpoint, a.device, not a.disable_tta,
+                                a.step_size, a.spacing, a.overwrite, workers=a.workers, scheduler_address=a.scheduler,
+                                scheduler_file=a.scheduler_file, slab_planes=a.slab_planes)
+            return
         predict(a.input, a.output, folder, a.folds, a.checkpoint, a.device, not a.disable_tta, a.step_size,
                 a.spacing, a.overwrite)
 

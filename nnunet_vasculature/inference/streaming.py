@@ -35,6 +35,7 @@ from nnunet_vasculature.io.sources import VolumeSource
 Sink = Callable[[int, np.ndarray], None]      # (first original z, probabilities (n, y, x) float32)
 Progress = Callable[[int], object]            # called with the number of tiles just predicted
 PlaneReader = Callable[[int, int], np.ndarray]   # planes [a, b) -> (b - a, y, x)
+Scan = tuple  # (bbox [(z0, z1), (y0, y1), (x0, x1)] or None, intensity statistics dict or None)
 
 
 class StreamingPredictor:
@@ -122,14 +123,30 @@ class StreamingPredictor:
         return plane.transpose([t - 1 for t in self.pm.transpose_backward[1:]])
 
     # ---- the stream ------------------------------------------------------------------------
-    def predict(self, src: VolumeSource, sink: Sink, start: int = 0, progress: Progress | None = None) -> None:
-        """Stream foreground probabilities of ``src`` to ``sink`` for original planes ``start``..Z-1."""
+    @staticmethod
+    def scan(src: VolumeSource) -> Scan:
+        """Bounding box of the non-zero voxels and intensity statistics of the whole volume (one pass
+        over it): what every part of a prediction needs. Plain ints and floats, so it can be computed
+        once and handed to :meth:`predict` of other processes (``scan=``)."""
+        return nc.nonzero_bbox_and_stats(src.read, src.shape)
+
+    def predict(self, src: VolumeSource, sink: Sink, start: int = 0, progress: Progress | None = None,
+                end: int | None = None, scan: Scan | None = None) -> None:
+        """Stream foreground probabilities of ``src`` to ``sink`` for original planes [start, end)
+        (``end`` None: to the last plane), in z order.
+
+        The planes are bitwise those of a whole-volume run: the same tiles are accumulated in the same
+        order; the tile rows before the first one touching ``start`` and after the last one that
+        plane ``end - 1`` needs are skipped. ``scan``: the result of :meth:`scan` (computed if None)."""
         from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
         from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
         Z, Y, X = src.shape
-        bbox, stats = nc.nonzero_bbox_and_stats(src.read, src.shape)
+        end = Z if end is None else max(start, min(int(end), Z))
+        if start >= end:
+            return
+        bbox, stats = self.scan(src) if scan is None else scan
         if bbox is None:                     # nothing but zeros: stock nnU-Net predicts background
-            for z in range(start, Z):
+            for z in range(start, end):
                 sink(z, np.zeros((1, Y, X), np.float32))
             return
         (bz0, bz1), (by0, by1), (bx0, bx1) = bbox
@@ -161,21 +178,23 @@ class StreamingPredictor:
         padded, pad = nc.pad_to_patch(mshape, self.patch)
         steps = compute_steps_for_sliding_window(padded, self.patch, self.step)
         pz = self.patch[0]
-        back = _BackResampler(self, crop_shape, mshape, rs_p, bbox, (Y, X), sink, start - bz0)
+        first_out, end_out = max(0, start - bz0), min(end, bz1) - bz0      # crop planes [first_out, end_out)
+        back = _BackResampler(self, crop_shape, mshape, rs_p, bbox, (Y, X), sink, first_out, end_out)
         # original planes outside the bounding box are background
-        for z in range(start, min(bz0, Z)):
+        for z in range(start, min(bz0, end)):
             sink(z, np.zeros((1, Y, X), np.float32))
-        first_out = max(0, start - bz0)
-        if first_out < crop_shape[0]:
+        if first_out < end_out:
             need = back.first_model_plane(first_out)
-            groups = [s for s in steps[0] if s + pz > need + pad[0]]
-            self._run_groups(groups, steps, padded, pad, mshape, model_planes, back, progress)
-        for z in range(max(start, bz1), Z):
+            last = back.last_model_plane(end_out - 1) + pad[0]      # padded; later rows do not touch it
+            groups = [s for s in steps[0] if s + pz > need + pad[0] and s <= last]
+            self._run_groups(groups, steps, padded, pad, mshape, model_planes, back, progress, last)
+        for z in range(max(start, bz1), end):
             sink(z, np.zeros((1, Y, X), np.float32))
 
     def _run_groups(self, groups: list[int], steps: list[list[int]], padded: list[int], pad: list[int],
                     mshape: tuple[int, ...], model_planes: PlaneReader, back: _BackResampler,
-                    progress: Progress | None) -> None:
+                    progress: Progress | None, last: int) -> None:
+        """Predict the tile rows ``groups`` and hand on the finished model planes up to ``last`` (padded)."""
         pz, py, px = self.patch
         dev = self.device
         C = self.lm.num_segmentation_heads
@@ -183,12 +202,16 @@ class StreamingPredictor:
         wsum = torch.zeros((pz, padded[1], padded[2]), dtype=torch.float32, device=dev)
         lo = groups[0]
         cache: dict[int, np.ndarray] = {}
+        # model planes are prepared in the blocks a whole-volume run reads (each row's new planes), also
+        # when it starts at a later row: resampling a block depends (by float rounding) on its extent
+        ends = [min(mshape[0], max(0, s + pz - pad[0])) for s in steps[0]]
+        chunks = [(a, b) for a, b in zip([0] + ends[:-1], ends) if a < b]
         for s in groups:
             if s > lo:
                 self._finish(acc, wsum, lo, s, pad, mshape, back)
                 _shift_planes(acc, wsum, s - lo)
                 lo = s
-            window = self._input_window(s, pz, padded, pad, mshape, model_planes, cache)
+            window = self._input_window(s, pz, padded, pad, mshape, model_planes, cache, chunks)
             x = torch.from_numpy(window).to(dev)
             for ty in steps[1]:
                 for tx in steps[2]:
@@ -197,18 +220,21 @@ class StreamingPredictor:
                     wsum[:, ty:ty + py, tx:tx + px] += self.gaussian
                     if progress is not None:
                         progress(1)
-        self._finish(acc, wsum, lo, lo + pz, pad, mshape, back)
+        self._finish(acc, wsum, lo, min(lo + pz, last + 1), pad, mshape, back)
         back.flush()
 
     def _input_window(self, s: int, pz: int, padded: list[int], pad: list[int], mshape: tuple[int, ...],
-                      model_planes: PlaneReader, cache: dict[int, np.ndarray]) -> np.ndarray:
-        """Padded model-space input planes [s, s + pz), zeros in the padding."""
+                      model_planes: PlaneReader, cache: dict[int, np.ndarray], chunks: list[tuple[int, int]]
+                      ) -> np.ndarray:
+        """Padded model-space input planes [s, s + pz), zeros in the padding; missing planes are
+        prepared by whole ``chunks``."""
         out = np.zeros((pz, padded[1], padded[2]), np.float32)
         a, b = max(0, s - pad[0]), min(mshape[0], s + pz - pad[0])
         missing = [m for m in range(a, b) if m not in cache]
-        if missing:
-            new = model_planes(missing[0], missing[-1] + 1)
-            cache.update({m: new[i] for i, m in enumerate(range(missing[0], missing[-1] + 1))})
+        for ca, cb in chunks:
+            if missing and ca <= missing[-1] and cb > missing[0]:
+                new = model_planes(ca, cb)
+                cache.update({m: new[m - ca] for m in range(max(ca, a), cb) if m not in cache})
         for m in [m for m in cache if m < a]:
             del cache[m]
         for m in range(a, b):
@@ -244,11 +270,13 @@ class _BackResampler:
     apply the inference nonlinearity, undo crop and transpose, hand to the sink."""
 
     def __init__(self, pred: StreamingPredictor, crop_shape: tuple[int, ...], mshape: tuple[int, ...],
-                 rs: nc.Resampling, bbox: nc.BBox, full_yx: tuple[int, int], sink: Sink, first_out: int):
+                 rs: nc.Resampling, bbox: nc.BBox, full_yx: tuple[int, int], sink: Sink, first_out: int,
+                 end_out: int):
         self.pred, self.crop_shape, self.mshape, self.rs = pred, crop_shape, mshape, rs
         self.bbox, self.full_yx, self.sink = bbox, full_yx, sink
         self.planes: dict[int, np.ndarray] = {}
         self.next_out = max(0, first_out)
+        self.end_out = min(end_out, crop_shape[0])     # output planes [first_out, end_out) are emitted
         self.same = tuple(crop_shape) == tuple(mshape)
 
     def _needed(self, o: int) -> tuple[int, int]:
@@ -259,6 +287,9 @@ class _BackResampler:
 
     def first_model_plane(self, o: int) -> int:
         return self._needed(o)[0]
+
+    def last_model_plane(self, o: int) -> int:
+        return min(self._needed(o)[1], self.mshape[0]) - 1
 
     def add(self, m: int, logits: np.ndarray) -> None:
         if not self.same:
@@ -271,7 +302,7 @@ class _BackResampler:
         self._emit(last_available=self.mshape[0] - 1)
 
     def _emit(self, last_available: int) -> None:
-        while self.next_out < self.crop_shape[0]:
+        while self.next_out < self.end_out:
             a, b = self._needed(self.next_out)
             if min(b, self.mshape[0]) - 1 > last_available:
                 return

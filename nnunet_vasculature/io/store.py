@@ -44,6 +44,16 @@ def quantize(prob: np.ndarray, where: str) -> np.ndarray:
     return np.rint(np.clip(prob, 0, 1) * 255).astype(np.uint8)
 
 
+def create_kidney_array(group: zarr.Group, kidney: str, shape: tuple[int, int, int], spacing: Sequence[float],
+                        slice_ids: Sequence[str], source: dict, **extra: object) -> zarr.Array:
+    """A new (or replaced) kidney array of the store with the documented attributes, ``complete`` false,
+    ``planes_done`` 0, plus ``extra`` attributes of the writer."""
+    arr = group.create_array(kidney, shape=tuple(shape), chunks=(1, *shape[1:]), dtype="uint8", overwrite=True)
+    arr.attrs.update({"kidney": kidney, "spacing": [float(s) for s in spacing], "slice_ids": list(slice_ids),
+                      "encoding": ENCODING, "source": source, "complete": False, "planes_done": 0, **extra})
+    return arr
+
+
 class KidneyWriter:
     """Writes one kidney's planes into ``group[kidney]`` in z order, buffered, resumable.
 
@@ -67,11 +77,7 @@ class KidneyWriter:
                                 f"settings (pass --overwrite)")
             self.start = int(old.get("planes_done", 0))
         else:
-            arr = group.create_array(kidney, shape=tuple(shape), chunks=(1, *shape[1:]), dtype="uint8",
-                                     overwrite=True)
-            arr.attrs.update({"kidney": kidney, "spacing": [float(s) for s in spacing],
-                              "slice_ids": list(slice_ids), "encoding": ENCODING, "source": source,
-                              "complete": False, "planes_done": 0})
+            arr = create_kidney_array(group, kidney, shape, spacing, slice_ids, source)
         self.arr = arr
         self.buf: list[np.ndarray] = []
         self.buf_start = self.start
@@ -98,4 +104,4 @@ class KidneyWriter:
         self.arr.attrs["complete"] = True
 
 
-__all__ = ["ENCODING", "quantize", "KidneyWriter"]
+__all__ = ["ENCODING", "quantize", "create_kidney_array", "KidneyWriter"]

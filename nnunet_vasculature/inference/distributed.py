@@ -1,0 +1,289 @@
+"""``predict`` on many workers: z-slabs of every kidney as one dask.distributed task list.
+
+Each task opens its input itself (only the input path, spacing and kidney name travel through the
+scheduler), predicts original planes [z0, z1) with :meth:`StreamingPredictor.predict` (``start``/``end``;
+the predictor is built once per worker process and parameters) and writes them into the probability
+store. Slab borders are multiples of the store's one-plane chunks, so no two tasks write the same chunk
+and no lock is needed; a task finishes by setting its own one-element chunk of ``_slabs/<kidney>``
+(uint8, 1 = done). Only the client writes attributes.
+
+The store's kidney array also gets ``params_hash`` (model folder, folds, checkpoint, TTA, step size,
+input spacing and shape, slab size) and ``slab_planes``: a rerun with the same parameters computes only
+the slabs not marked done, a rerun with others is refused (unless ``overwrite``); once every slab is
+done ``complete`` is set and the store reads like one written by single-process ``predict``. dask's
+``retries`` re-run the slab of a failed task or lost worker. ``planes_done`` is kept at the planes
+done from plane 0 on, so an interrupted run can also be finished by single-process ``predict``.
+
+Each slab also predicts the tile rows overlapping its neighbours: about (patch depth - step) model
+planes more per slab, e.g. 1.25x the tiles of a single run for 256-plane slabs, a 128-plane patch and
+step 0.5 at the model's spacing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.io.sources import VolumeSource, open_inputs
+from nnunet_vasculature.io.store import create_kidney_array, quantize
+
+SLAB_PLANES = 256           # default slab depth (original planes); a multiple of the store's 1-plane chunks
+PROGRESS_GROUP = "_slabs"   # <store>/_slabs/<kidney>: one uint8 per slab, 1 = done
+WRITE_PLANES = 8            # a task writes its planes in blocks of this many
+SlabHook = Callable[[str, int], None]
+
+_WORKER_CACHE: dict[str, tuple[Any, Any]] = {}      # per worker process: "predictor" / "sources" -> (key, value)
+
+
+def slab_bounds(depth: int, slab_planes: int) -> list[tuple[int, int]]:
+    """Original planes [z0, z1) of each slab of a kidney ``depth`` planes deep."""
+    return [(z, min(depth, z + slab_planes)) for z in range(0, depth, slab_planes)]
+
+
+def params_hash(params: dict) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def predict_distributed(inputs: Path, out: Path, model_folder: Path, folds: Sequence[int | str],
+                        checkpoint: str = "checkpoint_final.pth", device: str = "cuda", tta: bool = True,
+                        step_size: float = 0.5, spacing: float | None = None, overwrite: bool = False,
+                        workers: int | None = None, scheduler_address: str | None = None,
+                        scheduler_file: Path | None = None, slab_planes: int = SLAB_PLANES, retries: int = 2,
+                        torch_threads: int | None = None, on_slab: SlabHook | None = None) -> dict[str, list[int]]:
+    """Predict every kidney of ``inputs`` into the store ``out`` on a dask cluster: a ``LocalCluster`` of
+    ``workers`` processes, or the cluster at ``scheduler_address`` / described by ``scheduler_file``.
+
+    ``torch_threads``: torch threads per worker (default: the cores divided among a local cluster's
+    workers; dask's own setting, one, on an existing cluster). ``on_slab(kidney, slab)`` is called in the
+    worker before each slab (tests use it to inject failures). Returns the slabs computed, per kidney."""
+    import zarr
+    if sum(x is not None for x in (workers, scheduler_address, scheduler_file)) != 1:
+        raise UserError("give one of --workers N, --scheduler ADDRESS, --scheduler_file FILE")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers {workers}: need at least 1")
+    if slab_planes < 1:
+        raise UserError(f"--slab_planes {slab_planes}: need at least 1")
+    model_folder = Path(model_folder).resolve()
+    folds = [str(f) for f in folds]
+    _check_model(model_folder, folds, checkpoint)
+    sources = open_inputs(inputs, spacing)
+    out = Path(out)
+    if out.exists() and not (out / "zarr.json").is_file():
+        raise UserError(f"{out}: exists and is not a zarr store")
+    model = {"folder": str(model_folder), "folds": folds, "checkpoint": checkpoint, "tta": tta,
+             "step_size": step_size}
+    source = {"tool": "predict", "model": model}
+    group = zarr.open_group(str(out), mode="a")
+    todo = {src.name: _prepare(group, src, source, slab_planes, overwrite) for src in sources}
+    jobs = {src.name: src for src in sources if todo[src.name]}
+    if not jobs:
+        print(f"{out}: every kidney is already complete")
+        return {}
+    if workers is not None and torch_threads is None and not device.startswith("cuda"):
+        torch_threads = max(1, (os.cpu_count() or 1) // workers)
+    base = {"inputs": str(Path(inputs).resolve()), "spacing": spacing, "out": str(out.resolve()), "model": model,
+            "device": device, "torch_threads": torch_threads, "on_slab": on_slab}
+    client, cluster = _connect(workers, scheduler_address, scheduler_file, device)
+    done: dict[str, list[int]] = {name: [] for name in jobs}
+    try:
+        errors = _run(client, group, jobs, todo, base, retries, done)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+        for name in jobs:
+            _finalize(group, name)
+    if errors:
+        raise UserError(f"{len(errors)} slab(s) failed ({errors[0]}); run the same command again to resume")
+    return {name: sorted(s) for name, s in done.items()}
+
+
+def _check_model(folder: Path, folds: list[str], checkpoint: str) -> None:
+    if not (folder / "plans.json").is_file():
+        raise UserError(f"{folder}: not an nnU-Net model folder (no plans.json)")
+    for f in folds:
+        if not (folder / f"fold_{f}" / checkpoint).is_file():
+            raise UserError(f"{folder}: no fold_{f}/{checkpoint}")
+
+
+def _prepare(group: Any, src: VolumeSource, source: dict, slab_planes: int, overwrite: bool) -> list[int]:
+    """Create (or check) the kidney's array and slab marks; the slabs still to compute."""
+    params = {**source["model"], "spacing": [float(s) for s in src.spacing], "shape": list(src.shape),
+              "slab_planes": slab_planes}
+    h = params_hash(params)
+    n = len(slab_bounds(src.shape[0], slab_planes))
+    progress = group.require_group(PROGRESS_GROUP)
+    if src.name in group and not overwrite:
+        attrs = dict(group[src.name].attrs)
+        if attrs.get("params_hash") != h:
+            how = "with other settings" if "params_hash" in attrs else "without --workers/--scheduler"
+            raise UserError(f"{group.store}: '{src.name}' holds a prediction made {how} (pass --overwrite)")
+        if attrs.get("complete"):
+            print(f"{src.name}: already complete, skipped")
+            return []
+        marks = progress[src.name][:] if src.name in progress else np.zeros(n, np.uint8)
+        todo = [i for i in range(n) if not marks[i]]
+        print(f"resuming {src.name}: {n - len(todo)} of {n} slabs already done")
+        return todo
+    create_kidney_array(group, src.name, src.shape, src.spacing, src.slice_ids, source, params_hash=h,
+                        slab_planes=slab_planes)
+    progress.create_array(src.name, shape=(n,), chunks=(1,), dtype="uint8", fill_value=0, overwrite=True)
+    return list(range(n))
+
+
+def _connect(workers: int | None, address: str | None, scheduler_file: Path | None, device: str) -> tuple:
+    """(client, cluster started here or None)."""
+    from distributed import Client, LocalCluster
+    try:
+        if address is not None:
+            return Client(address, timeout="30s"), None
+        if scheduler_file is not None:
+            if not Path(scheduler_file).is_file():
+                raise UserError(f"{scheduler_file}: no such scheduler file")
+            return Client(scheduler_file=str(scheduler_file), timeout="30s"), None
+    except OSError as e:
+        raise UserError(f"cannot reach the dask scheduler {address or scheduler_file}: {e}") from None
+    if device.startswith("cuda"):
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            print("note: dask_cuda is not installed: the workers choose GPU (worker number) modulo (GPUs "
+                  "visible) themselves; `pip install dask-cuda` pins one GPU per worker")
+        else:
+            cluster = LocalCUDACluster(n_workers=workers, threads_per_worker=1, dashboard_address=None)
+            return Client(cluster), cluster
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    return Client(cluster), cluster
+
+
+def _run(client: Any, group: Any, jobs: dict[str, VolumeSource], todo: dict[str, list[int]], base: dict,
+         retries: int, done: dict[str, list[int]]) -> list[str]:
+    """Scan each kidney once (crop box, intensity statistics), then every slab; error messages."""
+    from distributed import as_completed
+    from tqdm import tqdm
+    scans = {}
+    for name in jobs:
+        old = group[name].attrs.get("scan")
+        scans[name] = old if old is not None else client.submit(_scan_task, base, name, retries=retries, pure=False)
+    for name, s in scans.items():
+        if not isinstance(s, list):
+            scans[name] = s = json.loads(json.dumps(s.result()))      # plain lists, as the store keeps it
+            group[name].attrs["scan"] = s
+    futures = []
+    for name, src in jobs.items():
+        bounds = slab_bounds(src.shape[0], group[name].attrs["slab_planes"])
+        for i in todo[name]:
+            task = {**base, "kidney": name, "slab": i, "z0": bounds[i][0], "z1": bounds[i][1], "scan": scans[name]}
+            futures.append(client.submit(_slab_task, task, retries=retries, pure=False))
+    errors = []
+    with tqdm(total=len(futures), desc="predict slabs", unit="slab") as bar:
+        for f in as_completed(futures):
+            if f.status == "error":
+                e = f.exception()
+                errors.append(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
+            else:
+                name, slab, _ = f.result()
+                done[name].append(slab)
+            bar.update(1)
+    return errors
+
+
+def _finalize(group: Any, name: str) -> None:
+    """``complete`` once every slab is done; ``planes_done``: planes done from plane 0 on."""
+    arr = group[name]
+    marks = group[PROGRESS_GROUP][name][:]
+    bounds = slab_bounds(arr.shape[0], arr.attrs["slab_planes"])
+    first_missing = next((i for i, m in enumerate(marks) if not m), len(marks))
+    planes = bounds[first_missing - 1][1] if first_missing else 0
+    arr.attrs.update({"planes_done": planes, "complete": bool(marks.all())})
+
+
+# ---- in the workers ---------------------------------------------------------------------------
+def _cached(kind: str, key: Any, make: Callable[[], Any]) -> Any:
+    """One value per kind and worker process, rebuilt when its key changes."""
+    old = _WORKER_CACHE.get(kind)
+    if old is None or old[0] != key:
+        _WORKER_CACHE.pop(kind, None)
+        _WORKER_CACHE[kind] = (key, make())
+    return _WORKER_CACHE[kind][1]
+
+
+def _source(base: dict, name: str) -> VolumeSource:
+    srcs = _cached("sources", (base["inputs"], base["spacing"]),
+                   lambda: {s.name: s for s in open_inputs(Path(base["inputs"]), base["spacing"])})
+    if name not in srcs:
+        raise UserError(f"{base['inputs']}: no kidney '{name}' (any more)")
+    return srcs[name]
+
+
+def _scan_task(base: dict, name: str) -> tuple:
+    from nnunet_vasculature.inference.streaming import StreamingPredictor
+    return StreamingPredictor.scan(_source(base, name))
+
+
+def _worker_device(device: str) -> str:
+    """``cuda`` on a worker that sees several GPUs: GPU (worker number) modulo their number."""
+    import torch
+    if device != "cuda" or torch.cuda.device_count() < 2:
+        return device
+    from distributed import get_worker
+    try:
+        return f"cuda:{int(get_worker().name) % torch.cuda.device_count()}"
+    except (ValueError, TypeError):
+        return device
+
+
+def _predictor(base: dict) -> Any:
+    import torch
+
+    from nnunet_vasculature.inference.streaming import StreamingPredictor
+    from nnunet_vasculature.trainers import ext_trainer_value
+    os.environ["nnUNet_extTrainer"] = ext_trainer_value()
+    m, device = base["model"], _worker_device(base["device"])
+    if base["torch_threads"]:
+        torch.set_num_threads(base["torch_threads"])
+    key = json.dumps([m, device, base["torch_threads"]], sort_keys=True)
+    return _cached("predictor", key, lambda: StreamingPredictor(Path(m["folder"]), m["folds"], m["checkpoint"],
+                                                                torch.device(device), m["tta"], m["step_size"]))
+
+
+def _slab_task(task: dict) -> tuple[str, int, float]:
+    """Predict planes [z0, z1) of one kidney into the store and mark the slab done."""
+    import zarr
+    t0 = time.time()
+    name, slab, z0, z1 = task["kidney"], task["slab"], task["z0"], task["z1"]
+    if task["on_slab"] is not None:
+        task["on_slab"](name, slab)
+    src = _source(task, name)
+    predictor = _predictor(task)
+    group = zarr.open_group(task["out"], mode="r+")
+    arr = group[name]
+    buf: list[np.ndarray] = []
+    first = [z0]
+
+    def flush() -> None:
+        if buf:
+            arr[first[0]:first[0] + len(buf)] = np.stack(buf)
+            first[0] += len(buf)
+            buf.clear()
+
+    def sink(z: int, planes: np.ndarray) -> None:
+        if z != first[0] + len(buf):
+            raise RuntimeError(f"{name}: plane {z} out of order")
+        buf.extend(quantize(planes, f"{name} plane {z}"))
+        if len(buf) >= WRITE_PLANES:
+            flush()
+
+    scan = task["scan"]
+    predictor.predict(src, sink, z0, end=z1, scan=(scan[0], scan[1]))
+    flush()
+    if first[0] != z1:
+        raise RuntimeError(f"{name}: slab {slab} wrote planes {z0}..{first[0]} of {z0}..{z1}")
+    group[PROGRESS_GROUP][name][slab] = 1
+    return name, slab, time.time() - t0

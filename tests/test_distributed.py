@@ -1,0 +1,175 @@
+"""Prediction of slabs [start, end) and on several dask workers: same bytes as one process, resume by
+slab, parameter check, a lost worker. Small volumes, tiny networks, CPU, one torch thread per worker."""
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from model_helpers import make_model_folder
+from test_predict import _image, _kaggle_kidney
+
+from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.inference.streaming import StreamingPredictor
+from nnunet_vasculature.io.sources import VolumeSource
+
+CLI = [str(Path(sys.executable).parent / "nnunet-vasculature")]
+
+
+def _planes(pred, img, spacing, start=0, end=None, scan=None):
+    src = VolumeSource("v", img.shape, spacing, [str(i) for i in range(img.shape[0])],
+                       [(0, img.shape[0], lambda a, b: img[a:b])])
+    out = {}
+
+    def sink(z, p):
+        for i, plane in enumerate(p):
+            assert z + i not in out
+            out[z + i] = plane
+    pred.predict(src, sink, start, end=end, scan=scan)
+    stop = img.shape[0] if end is None else min(end, img.shape[0])
+    assert sorted(out) == list(range(start, stop))
+    return np.stack([out[z] for z in sorted(out)]) if out else np.zeros((0, *img.shape[1:]), np.float32)
+
+
+@pytest.mark.parametrize("model_spacing", [(50.0, 50.0, 50.0), (63.08, 63.08, 63.08)])
+def test_end_gives_the_planes_of_a_full_run(tmp_path, model_spacing):
+    """[start, end) slabs, put together, are bitwise the whole-volume run (same grid and resampled)."""
+    folder = make_model_folder(tmp_path / "m", spacing=model_spacing)
+    pred = StreamingPredictor(folder, [0], device=torch.device("cpu"), use_mirroring=False)
+    img = _image((40, 36, 34), seed=7)
+    img[:5] = 0          # zero planes outside the crop box on both ends
+    img[-3:] = 0
+    sp = (50.0,) * 3
+    full = _planes(pred, img, sp)
+    scan = pred.scan(VolumeSource("v", img.shape, sp, [], [(0, 40, lambda a, b: img[a:b])]))
+    for a, b in [(0, 3), (3, 11), (11, 23), (23, 38), (38, 40), (17, 18), (0, 40), (30, 99)]:
+        np.testing.assert_array_equal(_planes(pred, img, sp, a, b, scan), full[a:b], err_msg=f"[{a}, {b})")
+    assert _planes(pred, img, sp, 12, 12).shape[0] == 0
+
+
+# ---- on dask workers ---------------------------------------------------------------------------
+def _warm():
+    import nnunetv2.inference.predict_from_raw_data  # noqa: F401
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    """Two worker processes, one thread each: what `predict --workers 2` starts on CPU. Started with the
+    module, the workers import torch and nnU-Net while the first tests run."""
+    from nnunet_vasculature.inference.distributed import _connect
+    client, cluster = _connect(2, None, None, "cpu")
+    warm = [client.submit(_warm, workers=[w], pure=False) for w in client.scheduler_info()["workers"]]
+    yield cluster.scheduler_address
+    del warm
+    client.close()
+    cluster.close()
+
+
+def _fail_on(kidney, slab, fail):
+    if slab == fail:
+        raise RuntimeError(f"injected failure in slab {slab}")
+
+
+def _kill_once(kidney, slab, marker, victim):
+    """Kill this worker process the first time slab `victim` runs."""
+    if slab == victim and not Path(marker).exists():
+        Path(marker).touch()
+        os._exit(1)
+
+
+def _reference(tmp_path, kidney, folder):
+    from nnunet_vasculature.inference.predict import predict
+    out = predict(kidney, tmp_path / "ref.zarr", folder, [0], device="cpu", tta=False)
+    return zarr.open_group(str(out), mode="r")
+
+
+def _run(kidney, out, folder, address, **kw):
+    from nnunet_vasculature.inference.distributed import predict_distributed
+    kw = {"slab_planes": 8, "retries": 0, "torch_threads": 1, **kw}
+    return predict_distributed(kidney, out, folder, [0], device="cpu", tta=False, scheduler_address=address, **kw)
+
+
+def test_cli_two_workers_equal_one_process(tmp_path, cluster):
+    """Two kidneys as one task list (slabs of 8 planes): the same store bytes as single-process predict."""
+    from nnunet_vasculature.cli import main
+    from nnunet_vasculature.io.volumes import open_probabilities
+    folder = make_model_folder(tmp_path / "m")
+    _kaggle_kidney(tmp_path / "k", _image((30, 36, 32), seed=5), "kidney_5")
+    test = _kaggle_kidney(tmp_path / "k", _image((21, 34, 36), seed=6), "kidney_6").parent
+    args = ["-m", str(folder), "-device", "cpu", "--disable_tta"]
+    assert main(["predict", "-i", str(test), "-o", str(tmp_path / "one.zarr"), *args]) == 0
+    assert main(["predict", "-i", str(test), "-o", str(tmp_path / "many.zarr"), *args, "--scheduler", cluster,
+                 "--slab_planes", "8"]) == 0
+    one, many = (zarr.open_group(str(tmp_path / f"{n}.zarr"), mode="r") for n in ("one", "many"))
+    for k in ("kidney_5", "kidney_6"):
+        np.testing.assert_array_equal(many[k][:], one[k][:])
+        assert many[k].attrs["complete"] and many[k].attrs["planes_done"] == one[k].shape[0]
+        for a in ("slice_ids", "spacing", "source", "encoding"):
+            assert many[k].attrs[a] == one[k].attrs[a]
+        open_probabilities(tmp_path / "many.zarr" / k)      # readers accept it
+    assert list(many["_slabs"]["kidney_6"][:]) == [1, 1, 1]
+
+
+def test_interrupted_run_resumes_only_missing_slabs(tmp_path, cluster):
+    import shutil
+    from functools import partial
+
+    from nnunet_vasculature.inference.predict import predict
+    from nnunet_vasculature.io.volumes import open_probabilities
+    folder = make_model_folder(tmp_path / "m")
+    kidney = _kaggle_kidney(tmp_path / "k", _image((30, 36, 32), seed=5))
+    ref = _reference(tmp_path, kidney, folder)["kidney_5"][:]
+    out = tmp_path / "p.zarr"
+    with pytest.raises(UserError, match=r"1 slab\(s\) failed .*injected failure in slab 2.*run the same command again"):
+        _run(kidney, out, folder, cluster, on_slab=partial(_fail_on, fail=2))
+    arr = zarr.open_group(str(out), mode="r")["kidney_5"]
+    assert not arr.attrs["complete"] and arr.attrs["planes_done"] == 16
+    with pytest.raises(UserError, match="incomplete"):
+        open_probabilities(out / "kidney_5")
+    # single-process predict finishes it from planes_done
+    shutil.copytree(out, tmp_path / "copy.zarr")
+    predict(kidney, tmp_path / "copy.zarr", folder, [0], device="cpu", tta=False)
+    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "copy.zarr"), mode="r")["kidney_5"][:], ref)
+    # the rerun computes slab 2 only
+    assert _run(kidney, out, folder, cluster) == {"kidney_5": [2]}
+    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["kidney_5"][:], ref)
+    # a lost slab (mark and planes): only it is computed again
+    g = zarr.open_group(str(out), mode="a")
+    g["kidney_5"][8:16] = 0
+    g["_slabs"]["kidney_5"][1] = 0
+    g["kidney_5"].attrs["complete"] = False
+    assert _run(kidney, out, folder, cluster) == {"kidney_5": [1]}
+    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["kidney_5"][:], ref)
+    assert _run(kidney, out, folder, cluster) == {}      # complete: nothing to do
+
+
+def test_changed_parameters_are_refused(tmp_path, cluster):
+    folder = make_model_folder(tmp_path / "m")
+    kidney = _kaggle_kidney(tmp_path / "k", _image((10, 36, 32), seed=1))
+    out = tmp_path / "p.zarr"
+    assert _run(kidney, out, folder, cluster) == {"kidney_5": [0, 1]}
+    for kw in ({"slab_planes": 5}, {"step_size": 0.75}, {"spacing": 40.0}):
+        with pytest.raises(UserError, match="'kidney_5' holds a prediction made with other settings"):
+            _run(kidney, out, folder, cluster, **kw)
+    assert _run(kidney, out, folder, cluster, slab_planes=5, overwrite=True) == {"kidney_5": [0, 1]}
+    assert zarr.open_group(str(out), mode="r")["kidney_5"].attrs["complete"]
+    from nnunet_vasculature.inference.predict import predict
+    predict(kidney, tmp_path / "one.zarr", folder, [0], device="cpu", tta=False)
+    with pytest.raises(UserError, match="made without --workers"):
+        _run(kidney, tmp_path / "one.zarr", folder, cluster)
+
+
+def test_killed_worker_costs_only_its_slab(tmp_path, cluster):
+    """A worker process that dies mid-run: dask reschedules its slab on a (restarted) worker."""
+    from functools import partial
+    folder = make_model_folder(tmp_path / "m")
+    kidney = _kaggle_kidney(tmp_path / "k", _image((30, 36, 32), seed=5))
+    ref = _reference(tmp_path, kidney, folder)["kidney_5"][:]
+    marker = tmp_path / "killed"
+    out = tmp_path / "p.zarr"
+    assert _run(kidney, out, folder, cluster, retries=2,
+                on_slab=partial(_kill_once, marker=str(marker), victim=1)) == {"kidney_5": [0, 1, 2, 3]}
+    assert marker.exists()
+    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["kidney_5"][:], ref)
