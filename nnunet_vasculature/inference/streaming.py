@@ -51,7 +51,7 @@ class StreamingPredictor:
             if not (model_folder / f"fold_{f}" / checkpoint_name).is_file():
                 raise UserError(f"{model_folder}: no fold_{f}/{checkpoint_name}")
         pred = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
-                               perform_everything_on_device=True, device=device, verbose=False,
+                               perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
                                verbose_preprocessing=False, allow_tqdm=False)
         pred.initialize_from_trained_model_folder(str(model_folder), folds, checkpoint_name)
         self.device, self.step = device, tile_step_size
@@ -243,13 +243,13 @@ class StreamingPredictor:
 
     def _finish(self, acc: torch.Tensor, wsum: torch.Tensor, lo: int, hi: int, pad: list[int],
                 mshape: tuple[int, ...], back: _BackResampler) -> None:
-        """Planes [lo, hi) (padded coordinates) are complete: divide and hand them on."""
-        n = hi - lo
-        logits = (acc[:, :n] / wsum[:n]).cpu().numpy()
-        for i in range(n):
+        """Planes [lo, hi) (padded coordinates) are complete: divide and hand them on, one plane at a
+        time (dividing the whole block at once would allocate a second accumulator-sized buffer)."""
+        ys, xs = slice(pad[1], pad[1] + mshape[1]), slice(pad[2], pad[2] + mshape[2])
+        for i in range(hi - lo):
             m = lo + i - pad[0]
             if 0 <= m < mshape[0]:
-                back.add(m, logits[:, i, pad[1]:pad[1] + mshape[1], pad[2]:pad[2] + mshape[2]])
+                back.add(m, (acc[:, i, ys, xs] / wsum[i, ys, xs]).cpu().numpy())
 
 
 def _shift_planes(acc: torch.Tensor, wsum: torch.Tensor, k: int) -> None:
