@@ -9,7 +9,7 @@ import pytest
 import torch
 import zarr
 from model_helpers import make_model_folder
-from test_predict import _image, _kaggle_kidney
+from test_predict import _image, _kaggle_kidney, _ours
 
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.inference.streaming import StreamingPredictor
@@ -19,18 +19,7 @@ CLI = [str(Path(sys.executable).parent / "nnunet-vasculature")]
 
 
 def _planes(pred, img, spacing, start=0, end=None, scan=None):
-    src = VolumeSource("v", img.shape, spacing, [str(i) for i in range(img.shape[0])],
-                       [(0, img.shape[0], lambda a, b: img[a:b])])
-    out = {}
-
-    def sink(z, p):
-        for i, plane in enumerate(p):
-            assert z + i not in out
-            out[z + i] = plane
-    pred.predict(src, sink, start, end=end, scan=scan)
-    stop = img.shape[0] if end is None else min(end, img.shape[0])
-    assert sorted(out) == list(range(start, stop))
-    return np.stack([out[z] for z in sorted(out)]) if out else np.zeros((0, *img.shape[1:]), np.float32)
+    return _ours(None, img, spacing, None, False, start, predictor=pred, end=end, scan=scan)
 
 
 @pytest.mark.parametrize("model_spacing", [(50.0, 50.0, 50.0), (63.08, 63.08, 63.08)])

@@ -31,7 +31,8 @@ def _stock(folder, img, spacing, folds, tta):
     return probs[1]
 
 
-def _ours(folder, img, spacing, folds, tta, start=0, predictor=None):
+def _ours(folder, img, spacing, folds, tta, start=0, predictor=None, end=None, scan=None):
+    """Planes [start, end) of the streaming prediction of ``img``, each emitted exactly once."""
     src = VolumeSource("v", img.shape, spacing, [str(i) for i in range(img.shape[0])],
                        [(0, img.shape[0], lambda a, b: img[a:b])])
     out = {}
@@ -41,9 +42,10 @@ def _ours(folder, img, spacing, folds, tta, start=0, predictor=None):
             assert z + i not in out
             out[z + i] = plane
     predictor = predictor or StreamingPredictor(folder, list(folds), device=torch.device("cpu"), use_mirroring=tta)
-    predictor.predict(src, sink, start)
-    assert sorted(out) == list(range(start, img.shape[0]))
-    return np.stack([out[z] for z in sorted(out)])
+    predictor.predict(src, sink, start, end=end, scan=scan)
+    stop = img.shape[0] if end is None else min(end, img.shape[0])
+    assert sorted(out) == list(range(start, stop))
+    return np.stack([out[z] for z in sorted(out)]) if out else np.zeros((0, *img.shape[1:]), np.float32)
 
 
 def _compare(ours, stock):
