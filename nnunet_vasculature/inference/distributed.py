@@ -71,7 +71,8 @@ def predict_distributed(inputs: Path, out: Path, model_folder: Path, folds: Sequ
         raise UserError(f"--slab_planes {slab_planes}: need at least 1")
     model_folder = Path(model_folder).resolve()
     folds = [str(f) for f in folds]
-    _check_model(model_folder, folds, checkpoint)
+    from nnunet_vasculature.inference.streaming import check_model_folder
+    check_model_folder(model_folder, folds, checkpoint)
     sources = open_inputs(inputs, spacing)
     out = Path(out)
     if out.exists() and not (out / "zarr.json").is_file():
@@ -102,14 +103,6 @@ def predict_distributed(inputs: Path, out: Path, model_folder: Path, folds: Sequ
     if errors:
         raise UserError(f"{len(errors)} slab(s) failed ({errors[0]}); run the same command again to resume")
     return {name: sorted(s) for name, s in done.items()}
-
-
-def _check_model(folder: Path, folds: list[str], checkpoint: str) -> None:
-    if not (folder / "plans.json").is_file():
-        raise UserError(f"{folder}: not an nnU-Net model folder (no plans.json)")
-    for f in folds:
-        if not (folder / f"fold_{f}" / checkpoint).is_file():
-            raise UserError(f"{folder}: no fold_{f}/{checkpoint}")
 
 
 def _prepare(group: Any, src: VolumeSource, source: dict, slab_planes: int, overwrite: bool) -> list[int]:

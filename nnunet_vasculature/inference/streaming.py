@@ -38,18 +38,23 @@ PlaneReader = Callable[[int, int], np.ndarray]   # planes [a, b) -> (b - a, y, x
 Scan = tuple  # (bbox [(z0, z1), (y0, y1), (x0, x1)] or None, intensity statistics dict or None)
 
 
+def check_model_folder(folder: Path, folds: Sequence[int | str], checkpoint: str) -> None:
+    """A one-line UserError unless ``folder`` holds plans.json and every ``fold_F/checkpoint``."""
+    if not (folder / "plans.json").is_file():
+        raise UserError(f"{folder}: not an nnU-Net model folder (no plans.json)")
+    for f in folds:
+        if not (folder / f"fold_{f}" / checkpoint).is_file():
+            raise UserError(f"{folder}: no fold_{f}/{checkpoint}")
+
+
 class StreamingPredictor:
     def __init__(self, model_folder: Path, folds: Sequence[int | str], checkpoint_name: str = "checkpoint_final.pth",
                  device: torch.device = torch.device("cpu"), use_mirroring: bool = True,
                  tile_step_size: float = 0.5):
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         model_folder = Path(model_folder)
-        if not (model_folder / "plans.json").is_file():
-            raise UserError(f"{model_folder}: not an nnU-Net model folder (no plans.json)")
+        check_model_folder(model_folder, folds, checkpoint_name)
         folds = [f if f == "all" else int(f) for f in folds]
-        for f in folds:
-            if not (model_folder / f"fold_{f}" / checkpoint_name).is_file():
-                raise UserError(f"{model_folder}: no fold_{f}/{checkpoint_name}")
         pred = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
                                perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
                                verbose_preprocessing=False, allow_tqdm=False)
