@@ -24,7 +24,7 @@ test: lint
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	$(VENV)/bin/nnunet-vasculature demo -o $(DEMO_OUT)
+	$(VENV)/bin/nnunet-vasculature demo sennet -o $(DEMO_OUT)
 
 bench: $(STAMP)
 	$(PY) benchmarks/metric.py

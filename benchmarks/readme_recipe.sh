@@ -11,7 +11,7 @@ export nnUNet_raw=$PWD/nnUNet_raw nnUNet_preprocessed=$PWD/nnUNet_preprocessed n
 export nnUNet_vasculature_demo_schedule=${SCHEDULE:-4x20} nnUNet_n_proc_DA=1
 eval "$(nnunet-vasculature env)"
 K=blood-vessel-segmentation
-nnunet-vasculature synthesize -o $K
+nnunet-vasculature synthesize sennet -o $K
 nnunet-vasculature standin -o Task008_standin.zip
 # 1.-6. as in the README
 nnunet-vasculature convert sennet $K/ -d 501

@@ -203,7 +203,7 @@ def make_data(a: argparse.Namespace, out: Path, run) -> tuple[list, Path, list[s
     if kaggle.is_dir():
         rows.append([f"2a. synthesize --scale {scale}", f"reused {kaggle}", ""])
     else:
-        s = run("synth", "nnunet-vasculature", "synthesize", "-o", str(kaggle), "--scale", scale)
+        s = run("synth", "nnunet-vasculature", "synthesize", "sennet", "-o", str(kaggle), "--scale", scale)
         rows.append([f"2a. synthesize --scale {scale}", f"{s['seconds']:.0f} s; {mem(s)}", ""])
     src = kaggle / "train" / "kidney_1_dense"
     names = sorted(p.name for p in (src / "images").iterdir())

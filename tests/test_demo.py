@@ -15,7 +15,7 @@ from nnunet_vasculature.postprocess.surface_dice import surface_dice
 def test_quick_demo(tmp_path):
     out = tmp_path / "demo"
     cli = str(Path(sys.executable).parent / "nnunet-vasculature")
-    r = subprocess.run([cli, "demo", "-o", str(out), "--quick"], capture_output=True, text=True, timeout=1200)
+    r = subprocess.run([cli, "demo", "sennet", "-o", str(out), "--quick"], capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     for name in ("submission.csv", "postprocessing.json", "threshold_curve.png", "overlay.png", "summary.json"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name

@@ -266,8 +266,8 @@ def _parse_spacing(items: list[str]) -> dict[str, float]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="convert a dataset to nnU-Net raw format")
-    p.add_argument("source", choices=["sennet"], help="dataset kind")
+    """``convert sennet``: ``sub`` is the ``convert`` command's sub-parsers."""
+    p = sub.add_parser("sennet", help="SenNet + HOA 3D HiP-CT kidneys -> nnU-Net raw (3D)")
     p.add_argument("kaggle_dir", nargs="?", type=Path, help="Kaggle download folder (or use -i)")
     p.add_argument("-i", dest="input", type=Path, help="Kaggle download folder")
     p.add_argument("-d", dest="dataset_id", type=int, required=True, help="nnU-Net dataset ID, e.g. 501")
@@ -298,13 +298,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        _parse_spacing(a.spacing), a.overwrite, label_dirs)
 
     p.set_defaults(func=run)
+
+
+def add_splits_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("splits", help="install the leave-one-kidney-out splits_final.json in nnUNet_preprocessed")
     s.add_argument("-d", dest="dataset_id", type=int, required=True)
     s.set_defaults(func=lambda a: install_splits(find_raw_dataset(a.dataset_id), required=True))
 
-
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    add_parser(ap.add_subparsers(required=True))
-    args = ap.parse_args()
-    args.func(args)

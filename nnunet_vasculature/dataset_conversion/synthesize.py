@@ -241,7 +241,8 @@ def _write_csv(path: Path, header: tuple, rows: list) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("synthesize", help="write synthetic HiP-CT-like kidneys in the Kaggle layout")
+    """``synthesize sennet``: ``sub`` is the ``synthesize`` command's sub-parsers."""
+    p = sub.add_parser("sennet", help="synthetic HiP-CT-like kidneys in the SenNet Kaggle layout")
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder (Kaggle layout)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", choices=("small", "full"), default="small",
@@ -250,9 +251,3 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=lambda a: print(f"wrote {synthesize(a.output, a.seed, a.scale, a.overwrite)}"))
 
-
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    add_parser(ap.add_subparsers(required=True))
-    args = ap.parse_args()
-    args.func(args)

@@ -172,12 +172,16 @@ def _overlay(kidney: Path, prob_path: str, level: int, png: Path) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the whole chain on synthetic kidneys (CPU, ~10 minutes)")
+    """``demo sennet``: ``sub`` is the ``demo`` command's sub-parsers."""
+    p = sub.add_parser("sennet", help="the SenNet chain on synthetic 3D kidneys (CPU, ~10 minutes)")
     p.add_argument("-o", dest="output", type=Path, default=Path("demo-output"))
     p.add_argument("--pretrained", type=Path, help="the real Task008_HepaticVessel.zip instead of the stand-in")
     p.add_argument("--quick", action="store_true", help="tiny schedule (for CI): checks the chain, not the model")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=lambda a: run_demo(a.output, a.pretrained, a.quick, a.seed))
+
+
+def add_standin_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("standin", help="train the demo's stand-in Task008 source model on CPU and write it as a "
                                        "v1 download zip (to try the real-data recipe before downloading)")
     s.add_argument("-o", dest="output", type=Path, default=Path("Task008_HepaticVessel_standin.zip"))

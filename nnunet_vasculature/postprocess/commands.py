@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -91,6 +92,30 @@ def _validate(a: argparse.Namespace) -> None:
     validate(a.submission, a.sample, shapes)
 
 
+COMPETITIONS = ("sennet", "hubmap-kidney", "hubmap-vasculature")
+
+
+def _competition_module(name: str):  # noqa: ANN202 - a module
+    from nnunet_vasculature.postprocess import hubmap_kidney, hubmap_vasculature
+    return {"hubmap-kidney": hubmap_kidney, "hubmap-vasculature": hubmap_vasculature}[name]
+
+
+def _with_competition(command: str, parser: argparse.ArgumentParser, sennet: Callable) -> None:
+    """``--competition`` (default sennet) on a shared command; the other competitions add their own flags
+    and take over the run."""
+    parser.add_argument("--competition", choices=COMPETITIONS, default="sennet",
+                        help="which Kaggle competition's data, metric and CSV format (default sennet)")
+    for name in COMPETITIONS[1:]:
+        _competition_module(name).add_arguments(command, parser)
+
+    def run(a: argparse.Namespace) -> None:
+        if a.competition == "sennet":
+            sennet(a)
+        else:
+            _competition_module(a.competition).run(command, a)
+    parser.set_defaults(func=run)
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add score, tune, apply, submit and validate to a sub-command parser (both CLIs call this)."""
     s = sub.add_parser("score", help="surface Dice per kidney and mean")
@@ -99,7 +124,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--labels", type=Path, help="label slice folder (or Kaggle kidney folder / 3D file)")
     s.add_argument("--pred", type=Path, help="mask slice folder, or probabilities with -pp")
     s.add_argument("-pp", type=Path, help="postprocessing.json to turn --pred probabilities into a mask")
-    s.set_defaults(func=_score)
+    _with_competition("score", s, _score)
     t = sub.add_parser("tune", help="best threshold (and component removal) by mean surface Dice")
     t.add_argument("-i", dest="input", nargs="+", required=True, help="probabilities (zarr, slice folder, .npz)")
     t.add_argument("--labels", nargs="+", required=True, help="labels, one per probability volume, same order")
@@ -107,7 +132,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--plot", type=Path, help="write the surface Dice vs threshold curve (PNG)")
     t.add_argument("--cc_sizes", nargs="+", default=[8, 32, 128, 512], help="component sizes to try (voxels)")
     t.add_argument("--no_cc", action="store_true", help="do not try removing small components")
-    t.set_defaults(func=_tune)
+    _with_competition("tune", t, _tune)
     ap = sub.add_parser("apply", help="write the post-processed mask as per-slice TIFFs")
     ap.add_argument("-i", dest="input", type=Path, required=True,
                     help="probabilities of one kidney, or a predict zarr (then a folder per kidney under -o)")
@@ -121,12 +146,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     sm.add_argument("-pp", type=Path, required=True)
     sm.add_argument("-o", dest="output", type=Path, required=True)
     sm.add_argument("--sample", type=Path, help="sample_submission.csv: row order and the ids that must be present")
-    sm.set_defaults(func=_submit)
+    _with_competition("submit", sm, _submit)
     v = sub.add_parser("validate", help="check a submission against the sample submission")
     v.add_argument("submission", type=Path)
     v.add_argument("--sample", type=Path, required=True)
     v.add_argument("--images", type=Path, help="Kaggle test/ folder: check runs against slice sizes")
-    v.set_defaults(func=_validate)
+    _with_competition("validate", v, _validate)
 
 
 __all__ = ["add_parsers"]
