@@ -1,4 +1,5 @@
 """Entry module for nnU-Net's ``nnUNet_extTrainer`` search (imported as a top-level module)."""
+from nnunet_vasculature.trainers.short_schedule import nnUNetTrainer_demo
 from nnunet_vasculature.trainers.vessel_transfer import (
                                                          VesselScratchTrainer,
                                                          VesselScratchTrainer_demo,
@@ -12,4 +13,4 @@ from nnunet_vasculature.trainers.vessel_transfer import (
 
 __all__ = ["VesselTransferTrainer", "VesselTransferTrainer_sourceHead", "VesselTransferTrainer_frozenEncoder",
            "VesselTransferTrainer_50epochs", "VesselScratchTrainer", "VesselTransferTrainer_demo",
-           "VesselScratchTrainer_demo", "VesselTransferTrainer_sourceHead_demo"]
+           "VesselScratchTrainer_demo", "VesselTransferTrainer_sourceHead_demo", "nnUNetTrainer_demo"]
