@@ -54,12 +54,15 @@ def _tune(a: argparse.Namespace) -> None:
     from nnunet_vasculature.io.volumes import expand_probabilities
     from nnunet_vasculature.postprocess.tune import determine, plot_curve, write_json
     probs = expand_probabilities(a.input)
-    res = determine(probs, a.labels, [] if a.no_cc else [int(s) for s in a.cc_sizes])
+    res = determine(probs, a.labels, [] if a.no_cc else [int(s) for s in a.cc_sizes], a.closing, a.by_fraction)
     write_json(res, a.output)
     print(f"{'kidney':<20s} {'@0.5':>8s} {'@best':>8s}")
     for k in res["kidneys"]:
         print(f"{k:<20s} {res['per_kidney_at_0.5'][k]:8.4f} {res['per_kidney_at_threshold'][k]:8.4f}")
-    print(f"threshold {res['threshold']:.4f} (u8 {res['threshold_u8']}), "
+    if res["threshold_mode"] == "fraction":
+        print(f"vessel fraction {res['vessel_fraction']:.6f} (levels {res['per_kidney_levels']}; one threshold "
+              f"{res['threshold']:.4f} would give {res['mean_surface_dice_at_threshold']:.4f})")
+    print(f"threshold {res['threshold']:.4f} (u8 {res['threshold_u8']}), closing radius {res['closing_radius']}, "
           f"min component {res['min_component_voxels']} voxels, mean surface Dice "
           f"{res['mean_surface_dice']:.4f} (at 0.5: {res['mean_surface_dice_at_0.5']:.4f})")
     if a.plot:
@@ -132,6 +135,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--plot", type=Path, help="write the surface Dice vs threshold curve (PNG)")
     t.add_argument("--cc_sizes", nargs="+", default=[8, 32, 128, 512], help="component sizes to try (voxels)")
     t.add_argument("--no_cc", action="store_true", help="do not try removing small components")
+    t.add_argument("--closing", nargs="+", type=int, default=[], metavar="R",
+                   help="also try a 3D closing with a ball of these voxel radii (kept only if it helps)")
+    t.add_argument("--by_fraction", action="store_true",
+                   help="threshold each kidney at the tuned fraction of foreground voxels instead of one probability")
     _with_competition("tune", t, _tune)
     ap = sub.add_parser("apply", help="write the post-processed mask as per-slice TIFFs")
     ap.add_argument("-i", dest="input", type=Path, required=True,
