@@ -12,15 +12,22 @@ from v1_download import write_task008_zip
 from nnunet_vasculature.trainers import ext_trainer_value
 
 TEST_TRAINER = '''
+from nnunet_vasculature.trainers.levers import _Boundary, _ScaleAug
 from nnunet_vasculature.trainers.vessel_transfer import VesselTransferTrainer_sourceHead
 
 
-class VesselTransferTrainer_ci(VesselTransferTrainer_sourceHead):
+# the two training levers ride along (their effect on the first steps is small): the log shows that
+# stock nnUNetv2_train used them
+class VesselTransferTrainer_ci(_ScaleAug, _Boundary, VesselTransferTrainer_sourceHead):
     def __init__(self, plans, configuration, fold, dataset_json, device=None):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 1
         self.num_iterations_per_epoch = 2
         self.num_val_iterations_per_epoch = 1
+
+    def on_train_start(self):
+        super().on_train_start()
+        self.print_to_log_file(f"ci loss: {type(self.loss.loss).__name__}")
 '''
 
 
@@ -80,3 +87,4 @@ def test_import_preprocess_train(tmp_path, nnunet_dirs, kaggle_small):
     assert torch.allclose(trained[seg], imported[seg][[0, 1]], atol=0.05)
     log = next(p for p in fold.iterdir() if p.name.startswith("training_log"))
     assert "loaded transfer weights" in log.read_text()
+    assert "ci loss: _PlusBoundary" in log.read_text()
