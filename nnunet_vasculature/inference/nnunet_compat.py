@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = ["NNUNET_VERSION", "HALO", "SUPPORTED_NORMALIZATION", "Resampling", "nonzero_bbox_and_stats",
            "zscore_normalizer", "make_normalizer", "normalized_range", "pad_to_patch", "z_coord", "input_range",
-           "inplane", "along_z", "resample_slab"]
+           "inplane", "along_z", "resample_slab", "resample_inplane", "resample_along_z"]
 
 NNUNET_VERSION = "2.8.1"
 HALO = 12   # input planes beyond the interpolation support for cubic splines (0.27^12 < 1e-6)
@@ -218,9 +218,24 @@ def resample_slab(planes: np.ndarray, first: int, n_in: int, out: range, out_sha
     """Output planes ``out`` of ``resample_data_or_seg(volume, out_shape, ...)`` (one channel), from the
     input planes ``planes`` = volume[first:first+n], which must cover
     ``input_range(out.start, out.stop, n_in, out_shape[0], rs.z_order)``. ``value_range``: min and max of the
-    whole input, which stock clips to without separate z (skimage ``resize``)."""
-    x = inplane(np.asarray(planes, dtype=np.float64), tuple(out_shape[1:]), rs.order, clip=rs.separate_z)
-    x = along_z(x, first, n_in, np.arange(out.start, out.stop), out_shape[0], rs.z_order)
+    whole input, which stock clips to without separate z (skimage ``resize``).
+
+    The two steps are also available apart: :func:`resample_inplane` works plane by plane (its planes can be
+    computed once and shared by neighbouring slabs), :func:`resample_along_z` on the slab."""
+    x = resample_inplane(planes, tuple(out_shape[1:]), rs)
+    return resample_along_z(x, first, n_in, out, out_shape[0], rs, value_range)
+
+
+def resample_inplane(planes: np.ndarray, out_yx: tuple[int, int], rs: Resampling) -> np.ndarray:
+    """First step of :func:`resample_slab`: each input plane as float64, resized in-plane."""
+    return inplane(np.asarray(planes, dtype=np.float64), tuple(out_yx), rs.order, clip=rs.separate_z)
+
+
+def resample_along_z(x: np.ndarray, first: int, n_in: int, out: range, n_out: int, rs: Resampling,
+                     value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Second step of :func:`resample_slab`: output planes ``out`` from the in-plane resized input planes
+    ``x`` = input[first:first+n] (the result depends, by float rounding, on the slab's extent)."""
+    x = along_z(x, first, n_in, np.arange(out.start, out.stop), n_out, rs.z_order)
     if not rs.separate_z and rs.order > 1 and value_range is not None:
         x = np.clip(x, *value_range)
     return x

@@ -40,7 +40,10 @@ def model_folder_from_args(dataset_id: str, configuration: str, trainer: str, pl
 
 def predict(inputs: Path, out: Path, model_folder: Path, folds: Sequence[int | str],
             checkpoint: str = "checkpoint_final.pth", device: str = "cuda", tta: bool = True,
-            step_size: float = 0.5, spacing: float | None = None, overwrite: bool = False) -> Path:
+            step_size: float = 0.5, spacing: float | None = None, overwrite: bool = False,
+            overlap: bool = True) -> Path:
+    """``overlap``: read/prepare input and write planes in background threads while the network runs
+    (False: all in this thread, in turn; the same planes)."""
     import torch  # here, not at the top: `--help` and `env` start without torch
     import zarr
 
@@ -50,7 +53,7 @@ def predict(inputs: Path, out: Path, model_folder: Path, folds: Sequence[int | s
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError("CUDA is not available here; pass -device cpu")
-    predictor = StreamingPredictor(model_folder, folds, checkpoint, dev, tta, step_size)
+    predictor = StreamingPredictor(model_folder, folds, checkpoint, dev, tta, step_size, overlap=overlap)
     out = Path(out)
     if out.exists() and not (out / "zarr.json").is_file():
         raise UserError(f"{out}: exists and is not a zarr store")
@@ -95,6 +98,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-step_size", type=float, default=0.5, help="sliding-window step (fraction of the patch)")
     p.add_argument("--spacing", type=float, help="voxel size (µm) when the input does not say")
     p.add_argument("--overwrite", action="store_true", help="replace kidneys already in the output")
+    p.add_argument("--no_overlap", action="store_true",
+                   help="read, predict and write in turn in one thread (debugging, timing); same output")
     many = p.add_argument_group("many workers (dask.distributed; default: one process)")
     where = many.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, metavar="N",
@@ -116,6 +121,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                 scheduler_file=a.scheduler_file, slab_planes=a.slab_planes)
             return
         predict(a.input, a.output, folder, a.folds, a.checkpoint, a.device, not a.disable_tta, a.step_size,
-                a.spacing, a.overwrite)
+                a.spacing, a.overwrite, overlap=not a.no_overlap)
 
     p.set_defaults(func=run)

@@ -6,6 +6,17 @@ just visited in z order, and a model-space plane is finished (divided, resampled
 probability and written) as soon as no later tile touches it. Memory: one row of tiles
 (patch depth x padded height x width, per class) plus the resampling halo.
 
+Overlap (``overlap=True``, the default): the next rows' input is read, cropped, normalised and resampled
+in one background thread and finished planes are resampled back, converted and written in another
+(:mod:`nnunet_vasculature.inference.pipeline`), while the calling thread runs the network; on CUDA the
+input windows are in pinned host memory and copied with ``non_blocking``. Each model-space input plane
+is prepared once, and each input plane is read, normalised and resized in-plane once (the resampling
+halo shared by neighbouring blocks is kept, not recomputed). The planes are bitwise those of
+``overlap=False`` (everything in the calling thread, in order). Memory added by the overlap, with queue
+depth d: d + 1 input windows (patch depth x padded height x width, float32: d queued, one being built)
+and d + 1 blocks of finished model planes (step planes x classes x height x width, float32: d queued,
+one being written) beyond the one of each a serial run holds.
+
 nnU-Net's own code is called wherever the streaming design allows it (the predictor's model loading
 and mirroring TTA, ``compute_new_shape``, ``compute_steps_for_sliding_window``, ``compute_gaussian``,
 the CT/no normalisation classes, the label manager's nonlinearity); what needs the whole volume in stock
@@ -22,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -30,11 +42,13 @@ import torch
 
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.inference import nnunet_compat as nc
+from nnunet_vasculature.inference.pipeline import Prefetch, Writer
 from nnunet_vasculature.io.sources import VolumeSource
 
 Sink = Callable[[int, np.ndarray], None]      # (first original z, probabilities (n, y, x) float32)
 Progress = Callable[[int], object]            # called with the number of tiles just predicted
 PlaneReader = Callable[[int, int], np.ndarray]   # planes [a, b) -> (b - a, y, x)
+Normalizer = Callable[[np.ndarray], np.ndarray]
 Scan = tuple  # (bbox [(z0, z1), (y0, y1), (x0, x1)] or None, intensity statistics dict or None)
 
 
@@ -50,7 +64,10 @@ def check_model_folder(folder: Path, folds: Sequence[int | str], checkpoint: str
 class StreamingPredictor:
     def __init__(self, model_folder: Path, folds: Sequence[int | str], checkpoint_name: str = "checkpoint_final.pth",
                  device: torch.device = torch.device("cpu"), use_mirroring: bool = True,
-                 tile_step_size: float = 0.5):
+                 tile_step_size: float = 0.5, overlap: bool = True, queue_depth: int = 1):
+        """``overlap``: prepare input and write planes in background threads (False: everything in the
+        calling thread, in order; same planes). ``queue_depth``: rows of input prepared ahead, blocks of
+        finished planes waiting to be written."""
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         model_folder = Path(model_folder)
         check_model_folder(model_folder, folds, checkpoint_name)
@@ -60,6 +77,11 @@ class StreamingPredictor:
                                verbose_preprocessing=False, allow_tqdm=False)
         pred.initialize_from_trained_model_folder(str(model_folder), folds, checkpoint_name)
         self.device, self.step = device, tile_step_size
+        self.overlap, self.queue_depth = overlap, max(1, int(queue_depth))
+        # seconds of the last predict(): wall (tile rows, after the scan), scan, prepare (input thread busy),
+        # network (forward passes incl. TTA; on CUDA without synchronising), main (calling thread busy),
+        # write (writer thread busy)
+        self.timings: dict[str, float] = {}
         self.cm, self.pm, self.lm = pred.configuration_manager, pred.plans_manager, pred.label_manager
         # with nnUNet_compile=1 stock nnU-Net hands over a compiled module: copy and load the module
         # underneath (plain keys), and compile each copy the same way
@@ -149,7 +171,9 @@ class StreamingPredictor:
         end = Z if end is None else max(start, min(int(end), Z))
         if start >= end:
             return
+        t0 = time.perf_counter()
         bbox, stats = self.scan(src) if scan is None else scan
+        self.timings = {"scan": time.perf_counter() - t0}
         if bbox is None:                     # nothing but zeros: stock nnU-Net predicts background
             for z in range(start, end):
                 sink(z, np.zeros((1, Y, X), np.float32))
@@ -166,19 +190,10 @@ class StreamingPredictor:
         rs_p = nc.Resampling.from_kwargs(self.cm.configuration["resampling_fn_probabilities_kwargs"], target, sp)
         if (rs_d.separate_z and rs_d.axis != 0) or (rs_p.separate_z and rs_p.axis != 0):
             raise UserError(f"{src.name}: anisotropic resampling along a non-z axis is not supported")
-        same = mshape == crop_shape
         value_range = nc.normalized_range(norm, stats)
 
         def read_crop(a: int, b: int) -> np.ndarray:
             return self._plane_t(src.read(bz0 + a, bz0 + b)[:, by0:by1, bx0:bx1])
-
-        def model_planes(a: int, b: int) -> np.ndarray:
-            """Preprocessed model-space planes [a, b) (float32)."""
-            if same:
-                return norm(read_crop(a, b))
-            i0, i1 = nc.input_range(a, b, crop_shape[0], mshape[0], rs_d.z_order)
-            x = nc.resample_slab(norm(read_crop(i0, i1)), i0, crop_shape[0], range(a, b), mshape, rs_d, value_range)
-            return x.astype(np.float32)
 
         padded, pad = nc.pad_to_patch(mshape, self.patch)
         steps = compute_steps_for_sliding_window(padded, self.patch, self.step)
@@ -192,69 +207,138 @@ class StreamingPredictor:
             need = back.first_model_plane(first_out)
             last = back.last_model_plane(end_out - 1) + pad[0]      # padded; later rows do not touch it
             groups = [s for s in steps[0] if s + pz > need + pad[0] and s <= last]
-            self._run_groups(groups, steps, padded, pad, mshape, model_planes, back, progress, last)
+            inputs = _ModelInput(read_crop, norm, crop_shape, mshape, rs_d, value_range, steps[0], self.patch[0],
+                                 padded, pad, pin=self.device.type == "cuda")
+            self._run_groups(groups, steps, padded, pad, mshape, inputs, back, progress, last)
         for z in range(max(start, bz1), end):
             sink(z, np.zeros((1, Y, X), np.float32))
 
     def _run_groups(self, groups: list[int], steps: list[list[int]], padded: list[int], pad: list[int],
-                    mshape: tuple[int, ...], model_planes: PlaneReader, back: _BackResampler,
+                    mshape: tuple[int, ...], inputs: _ModelInput, back: _BackResampler,
                     progress: Progress | None, last: int) -> None:
-        """Predict the tile rows ``groups`` and hand on the finished model planes up to ``last`` (padded)."""
+        """Predict the tile rows ``groups`` and hand on the finished model planes up to ``last`` (padded).
+
+        The network runs here; the rows' input windows come from a :class:`Prefetch` thread and the
+        finished planes go to a :class:`Writer` thread (both in this thread without ``overlap``)."""
         pz, py, px = self.patch
         dev = self.device
         C = self.lm.num_segmentation_heads
         acc = torch.zeros((C, pz, padded[1], padded[2]), dtype=torch.float32, device=dev)
         wsum = torch.zeros((pz, padded[1], padded[2]), dtype=torch.float32, device=dev)
         lo = groups[0]
-        cache: dict[int, np.ndarray] = {}
-        # model planes are prepared in the blocks a whole-volume run reads (each row's new planes), also
-        # when it starts at a later row: resampling a block depends (by float rounding) on its extent
-        ends = [min(mshape[0], max(0, s + pz - pad[0])) for s in steps[0]]
-        chunks = [(a, b) for a, b in zip([0] + ends[:-1], ends) if a < b]
-        for s in groups:
-            if s > lo:
-                self._finish(acc, wsum, lo, s, pad, mshape, back)
-                _shift_planes(acc, wsum, s - lo)
-                lo = s
-            window = self._input_window(s, pz, padded, pad, mshape, model_planes, cache, chunks)
-            x = torch.from_numpy(window).to(dev)
-            for ty in steps[1]:
-                for tx in steps[2]:
-                    tile = x[None, None, :, ty:ty + py, tx:tx + px]
-                    acc[:, :, ty:ty + py, tx:tx + px] += self.predict_tile(tile) * self.gaussian
-                    wsum[:, ty:ty + py, tx:tx + px] += self.gaussian
-                    if progress is not None:
-                        progress(1)
-        self._finish(acc, wsum, lo, min(lo + pz, last + 1), pad, mshape, back)
-        back.flush()
+        t0, net = time.perf_counter(), 0.0
+        windows = writer = None
+        try:
+            writer = Writer(back.write, self.queue_depth, self.overlap, "streaming-writer")
+            windows = Prefetch(lambda: (inputs.window(s) for s in groups), self.queue_depth, self.overlap,
+                               "streaming-input")
+            for s, window in zip(groups, windows):
+                if s > lo:
+                    writer.put(self._finish(acc, wsum, lo, s, pad, mshape))
+                    _shift_planes(acc, wsum, s - lo)
+                    lo = s
+                x = window.to(dev, non_blocking=True)     # pinned on CUDA: the copy overlaps the host work
+                for ty in steps[1]:
+                    for tx in steps[2]:
+                        tile = x[None, None, :, ty:ty + py, tx:tx + px]
+                        t = time.perf_counter()
+                        logits = self.predict_tile(tile)
+                        net += time.perf_counter() - t
+                        acc[:, :, ty:ty + py, tx:tx + px] += logits * self.gaussian
+                        wsum[:, ty:ty + py, tx:tx + px] += self.gaussian
+                        if progress is not None:
+                            progress(1)
+            writer.put(self._finish(acc, wsum, lo, min(lo + pz, last + 1), pad, mshape))
+            writer.put(None)
+            writer.finish()
+        finally:
+            try:
+                if windows is not None:
+                    windows.close()
+            finally:                  # also when a second Ctrl-C interrupts the first join
+                if writer is not None:
+                    writer.close()
+            if windows is not None and writer is not None:
+                wall = time.perf_counter() - t0
+                waited = windows.waited + writer.waited if self.overlap else windows.busy + writer.busy
+                self.timings.update(wall=wall, prepare=windows.busy, network=net, main=wall - waited,
+                                    write=writer.busy)
 
-    def _input_window(self, s: int, pz: int, padded: list[int], pad: list[int], mshape: tuple[int, ...],
-                      model_planes: PlaneReader, cache: dict[int, np.ndarray], chunks: list[tuple[int, int]]
-                      ) -> np.ndarray:
-        """Padded model-space input planes [s, s + pz), zeros in the padding; missing planes are
-        prepared by whole ``chunks``."""
-        out = np.zeros((pz, padded[1], padded[2]), np.float32)
-        a, b = max(0, s - pad[0]), min(mshape[0], s + pz - pad[0])
-        missing = [m for m in range(a, b) if m not in cache]
-        for ca, cb in chunks:
+    @staticmethod
+    def _finish(acc: torch.Tensor, wsum: torch.Tensor, lo: int, hi: int, pad: list[int],
+                mshape: tuple[int, ...]) -> list[tuple[int, np.ndarray]]:
+        """Planes [lo, hi) (padded coordinates) are complete: (model plane, logits (C, y, x)) of each,
+        divided one plane at a time (dividing the whole block at once would allocate a second
+        accumulator-sized buffer on the device)."""
+        ys, xs = slice(pad[1], pad[1] + mshape[1]), slice(pad[2], pad[2] + mshape[2])
+        return [(lo + i - pad[0], (acc[:, i, ys, xs] / wsum[i, ys, xs]).cpu().numpy())
+                for i in range(hi - lo) if 0 <= lo + i - pad[0] < mshape[0]]
+
+
+class _ModelInput:
+    """Padded model-space input windows of tile rows, each plane prepared once.
+
+    Model planes are prepared in the blocks (``chunks``) a whole-volume run prepares them (each row's
+    new planes), also when a run starts at a later row: resampling along z depends (by float rounding) on
+    a block's extent. They are kept until no later row needs them. The input planes a block is
+    interpolated from (its own plus a halo on each side) are read, cropped, normalised and resized
+    in-plane once each (float64, as the resampling computes them) and the halo is kept for the next
+    block: between blocks at most 2 x (``nc.HALO`` + 1) such planes are held."""
+
+    def __init__(self, read_crop: PlaneReader, norm: Normalizer, crop_shape: tuple[int, ...],
+                 mshape: tuple[int, ...], rs: nc.Resampling, value_range: tuple[float, float], starts: list[int],
+                 pz: int, padded: list[int], pad: list[int], pin: bool = False):
+        self.read_crop, self.norm, self.crop_shape, self.mshape = read_crop, norm, crop_shape, mshape
+        self.rs, self.value_range, self.pz, self.padded, self.pad, self.pin = rs, value_range, pz, padded, pad, pin
+        self.same = tuple(crop_shape) == tuple(mshape)
+        ends = [min(mshape[0], max(0, s + pz - pad[0])) for s in starts]
+        self.chunks = [(a, b) for a, b in zip([0] + ends[:-1], ends) if a < b]
+        self.model: dict[int, np.ndarray] = {}       # model plane -> float32 (y, x)
+        self.resized: dict[int, np.ndarray] = {}     # input plane -> normalised, resized in-plane, float64
+
+    def window(self, s: int) -> torch.Tensor:
+        """Padded model-space input planes [s, s + pz) (padded coordinates), zeros in the padding; a
+        pinned tensor when ``pin``."""
+        pad, mshape = self.pad, self.mshape
+        out = torch.zeros((self.pz, self.padded[1], self.padded[2]), dtype=torch.float32, pin_memory=self.pin)
+        view = out.numpy()
+        a, b = max(0, s - pad[0]), min(mshape[0], s + self.pz - pad[0])
+        missing = [m for m in range(a, b) if m not in self.model]
+        for ca, cb in self.chunks:
             if missing and ca <= missing[-1] and cb > missing[0]:
-                new = model_planes(ca, cb)
-                cache.update({m: new[m - ca] for m in range(max(ca, a), cb) if m not in cache})
-        for m in [m for m in cache if m < a]:
-            del cache[m]
+                new = self._block(ca, cb)
+                self.model.update({m: new[m - ca] for m in range(max(ca, a), cb) if m not in self.model})
+        for m in [m for m in self.model if m < a]:
+            del self.model[m]
         for m in range(a, b):
-            out[m + pad[0] - s, pad[1]:pad[1] + mshape[1], pad[2]:pad[2] + mshape[2]] = cache[m]
+            view[m + pad[0] - s, pad[1]:pad[1] + mshape[1], pad[2]:pad[2] + mshape[2]] = self.model[m]
         return out
 
-    def _finish(self, acc: torch.Tensor, wsum: torch.Tensor, lo: int, hi: int, pad: list[int],
-                mshape: tuple[int, ...], back: _BackResampler) -> None:
-        """Planes [lo, hi) (padded coordinates) are complete: divide and hand them on, one plane at a
-        time (dividing the whole block at once would allocate a second accumulator-sized buffer)."""
-        ys, xs = slice(pad[1], pad[1] + mshape[1]), slice(pad[2], pad[2] + mshape[2])
-        for i in range(hi - lo):
-            m = lo + i - pad[0]
-            if 0 <= m < mshape[0]:
-                back.add(m, (acc[:, i, ys, xs] / wsum[i, ys, xs]).cpu().numpy())
+    def _block(self, a: int, b: int) -> np.ndarray:
+        """Model planes [a, b) (float32)."""
+        if self.same:
+            return self.norm(self.read_crop(a, b))
+        n_in, z_order = self.crop_shape[0], self.rs.z_order
+        i0, i1 = nc.input_range(a, b, n_in, self.mshape[0], z_order)
+        x = nc.resample_along_z(self._resized(i0, i1), i0, n_in, range(a, b), self.mshape[0], self.rs,
+                                self.value_range)
+        keep = nc.input_range(b, b + 1, n_in, self.mshape[0], z_order)[0]    # the next block's first input plane
+        for i in [i for i in self.resized if i < keep]:
+            del self.resized[i]
+        return x.astype(np.float32)
+
+    def _resized(self, i0: int, i1: int) -> np.ndarray:
+        """Input planes [i0, i1) normalised and resized in-plane; those not kept are computed, in runs."""
+        i = i0
+        while i < i1:
+            j = i
+            while j < i1 and j not in self.resized:
+                j += 1
+            if j > i:
+                new = nc.resample_inplane(self.norm(self.read_crop(i, j)), self.mshape[1:], self.rs)
+                self.resized.update(zip(range(i, j), new))
+            i = j + 1
+        return np.stack([self.resized[i] for i in range(i0, i1)])
 
 
 def _shift_planes(acc: torch.Tensor, wsum: torch.Tensor, k: int) -> None:
@@ -305,6 +389,14 @@ class _BackResampler:
 
     def flush(self) -> None:
         self._emit(last_available=self.mshape[0] - 1)
+
+    def write(self, block: list[tuple[int, np.ndarray]] | None) -> None:
+        """Add a block of finished model planes from :meth:`StreamingPredictor._finish`; None: flush."""
+        if block is None:
+            self.flush()
+            return
+        for m, logits in block:
+            self.add(m, logits)
 
     def _emit(self, last_available: int) -> None:
         while self.next_out < self.end_out:
