@@ -1,8 +1,20 @@
-"""Transfer benchmark at demo scale (CPU): after `make demo` (random 2-class head, and from scratch),
-train the same budget with the head initialised from the source's background/vessel logits and compare
-held-out surface Dice.
+"""Transfer benchmark at demo scale (CPU): fine-tuned from the stand-in source model vs from scratch,
+over several seeds and two budgets, plus the frozen-encoder and source-head variants.
 
-    make demo && .venv/bin/python benchmarks/transfer.py [--demo demo-output]
+Needs a finished `make demo` (it reuses the demo's converted, imported and preprocessed dataset 501 and
+its synthetic kidneys). Every (variant, budget, seed) trains fold 0 into its own results folder under
+--work, predicts the held-out kidney_1_dense and scores it with surface Dice at 0.5 and at the best
+threshold of its own curve. Runs are appended to --work/runs.jsonl as they finish, and runs already
+there are skipped, so an interrupted or partial run can be continued and subsets combined:
+
+    make demo                                             # its two models are seed "demo" (--no-with-demo-run)
+    nice -n 15 .venv/bin/python benchmarks/transfer.py [--demo demo-output] [--work bench-transfer] \\
+        [--seeds 0 1 2] [--budgets demo long] [--variants transfer scratch frozenEncoder sourceHead]
+    .venv/bin/python benchmarks/transfer.py --report      # the table from runs.jsonl, nothing trained
+
+A "seed" seeds Python, numpy and torch in the training process (network initialisation, the order of
+nnU-Net's first batches); nnU-Net's data-augmentation workers draw their own randomness, so two runs
+of one seed are not identical: seeds are repetitions, not exact replays.
 """
 from __future__ import annotations
 
@@ -11,49 +23,165 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import table  # noqa: E402
 
-from nnunet_vasculature.demo.run import DATASET_ID, HELD_OUT  # noqa: E402
-from nnunet_vasculature.inference.predict import predict  # noqa: E402
-from nnunet_vasculature.io.volumes import open_labels, open_probabilities  # noqa: E402
-from nnunet_vasculature.postprocess.surface_dice import surface_dice_sweep  # noqa: E402
-from nnunet_vasculature.postprocess.tune import LEVEL_HALF  # noqa: E402
-from nnunet_vasculature.trainers import ext_trainer_value  # noqa: E402
+from nnunet_vasculature.demo.run import DATASET_ID, HELD_OUT, SCHEDULE  # noqa: E402
+
+VARIANTS = {"transfer": "VesselTransferTrainer_demo", "scratch": "VesselScratchTrainer_demo",
+            "frozenEncoder": "VesselTransferTrainer_frozenEncoder_demo",
+            "sourceHead": "VesselTransferTrainer_sourceHead_demo"}
+_epochs, _iters = (int(v) for v in SCHEDULE.split("x"))
+BUDGETS = {"demo": SCHEDULE, "long": f"{3 * _epochs}x{_iters}"}
+
+TRAIN = """
+import random, sys
+import numpy as np, torch
+seed = int(sys.argv[1])
+random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
+sys.argv = ["nnUNetv2_train"] + sys.argv[2:]
+from nnunetv2.run.run_training import run_training_entry
+run_training_entry()
+"""
+
+
+def run_one(demo: Path, work: Path, variant: str, budget: str, seed: int) -> dict:
+    from nnunet_vasculature.inference.predict import predict
+    from nnunet_vasculature.io.volumes import open_labels, open_probabilities
+    from nnunet_vasculature.postprocess.surface_dice import surface_dice_sweep
+    from nnunet_vasculature.postprocess.tune import LEVEL_HALF
+    from nnunet_vasculature.trainers import ext_trainer_value
+    from nnunet_vasculature.trainers.vessel_transfer import DEMO_ENV
+
+    trainer, schedule = VARIANTS[variant], BUDGETS[budget]
+    tag = f"{variant}_{budget}_seed{seed}"
+    results = work / "results" / tag
+    env = dict(os.environ, nnUNet_raw=str(demo / "nnUNet_raw"), nnUNet_preprocessed=str(demo / "nnUNet_preprocessed"),
+               nnUNet_results=str(results), nnUNet_extTrainer=ext_trainer_value(),
+               nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "2"), **{DEMO_ENV: schedule})
+    log = work / "logs" / f"{tag}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t = time.time()
+    with open(log, "w") as f:
+        subprocess.run([sys.executable, "-c", TRAIN, str(seed), str(DATASET_ID), "3d_fullres", "0", "-tr", trainer,
+                        "-p", "nnUNetPlans_Task008", "-device", "cpu"], env=env, stdout=f, stderr=subprocess.STDOUT,
+                       check=True)
+    train_s = time.time() - t
+    os.environ.update({k: v for k, v in env.items() if k.startswith("nnUNet")})
+    folder = results / "Dataset501_SenNetDemo" / f"{trainer}__nnUNetPlans_Task008__3d_fullres"
+    held = demo / "kaggle" / "train" / HELD_OUT
+    probs = work / "probs" / f"{tag}.zarr"
+    predict(held, probs, folder, ["0"], device="cpu", overwrite=True)
+    sweep = surface_dice_sweep(open_probabilities(f"{probs}/{HELD_OUT}")[0], open_labels(held / "labels"))
+    return {"variant": variant, "trainer": trainer, "budget": budget, "schedule": schedule, "seed": seed,
+            "surface_dice_at_0.5": float(sweep[LEVEL_HALF]), "surface_dice_at_best_threshold": float(sweep.max()),
+            "best_threshold": float(np.argmax(sweep) / 255), "train_seconds": round(train_s),
+            "total_seconds": round(time.time() - t),
+            "source_model_sha256": json.loads((demo / "summary.json").read_text())["source_model"].get("sha256")}
+
+
+def demo_runs(demo: Path) -> list[dict]:
+    """The fine-tuned and from-scratch models `make demo` itself trained (same trainers and schedule, not
+    seeded): one more repetition of the demo budget, scored from the demo's held-out probabilities."""
+    from nnunet_vasculature.io.volumes import open_labels, open_probabilities
+    from nnunet_vasculature.postprocess.surface_dice import surface_dice_sweep
+    from nnunet_vasculature.postprocess.tune import LEVEL_HALF
+    summary = json.loads((demo / "summary.json").read_text())
+    held = demo / "kaggle" / "train" / HELD_OUT
+    runs = []
+    for variant, name in (("transfer", "fine-tuned"), ("scratch", "from_scratch")):
+        sweep = surface_dice_sweep(open_probabilities(f"{demo}/probs_heldout_{name}.zarr/{HELD_OUT}")[0],
+                                   open_labels(held / "labels"))
+        runs.append({"variant": variant, "trainer": VARIANTS[variant], "budget": "demo",
+                     "schedule": summary["schedule_epochs_x_iterations"], "seed": "demo",
+                     "surface_dice_at_0.5": float(sweep[LEVEL_HALF]),
+                     "surface_dice_at_best_threshold": float(sweep.max()),
+                     "best_threshold": float(np.argmax(sweep) / 255),
+                     "source_model_sha256": summary["source_model"].get("sha256")})
+    return runs
+
+
+def report(runs: list[dict]) -> str:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["budget"], r["variant"]), []).append(r)
+    rows = []
+    for (budget, variant), rs in sorted(groups.items(), key=lambda kv: (list(BUDGETS).index(kv[0][0]),
+                                                                         list(VARIANTS).index(kv[0][1]))):
+        cells = []
+        for key in ("surface_dice_at_0.5", "surface_dice_at_best_threshold"):
+            v = np.array([r[key] for r in rs])
+            sd = f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else ""
+            cells.append(f"{v.mean():.3f}{sd} [{v.min():.3f}–{v.max():.3f}]")
+        rows.append([budget, rs[0]["schedule"], variant, ",".join(str(r["seed"]) for r in rs), *cells,
+                     f"{np.mean([r['best_threshold'] for r in rs]):.2f}"])
+    head = ["budget", "epochs x it.", "variant", "seeds", "surface Dice @0.5 mean ± sd [min–max]",
+            "@best threshold mean ± sd [min–max]", "mean best thr."]
+    out = f"held-out {HELD_OUT}, CPU\n" + table(rows, head)
+    # paired by seed: each variant minus scratch of the same budget and seed
+    prow = []
+    for (budget, variant), rs in groups.items():
+        if variant == "scratch":
+            continue
+        base = {r["seed"]: r for r in groups.get((budget, "scratch"), [])}
+        pairs = [(r, base[r["seed"]]) for r in rs if r["seed"] in base]
+        if not pairs:
+            continue
+        cells = []
+        for key in ("surface_dice_at_0.5", "surface_dice_at_best_threshold"):
+            d = np.array([a[key] - b[key] for a, b in pairs])
+            cells.append(" ".join(f"{x:+.3f}" for x in d) + f" (mean {d.mean():+.3f})")
+        prow.append([budget, f"{variant} - scratch", ",".join(str(a["seed"]) for a, _ in pairs), *cells])
+    if prow:
+        out += "\n\npaired by seed\n" + table(prow, ["budget", "difference", "seeds", "@0.5 per seed",
+                                                       "@best threshold per seed"])
+    return out
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--demo", type=Path, default=Path("demo-output"))
+    ap.add_argument("--work", type=Path, default=Path("bench-transfer"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--budgets", nargs="+", choices=list(BUDGETS), default=list(BUDGETS))
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--report", action="store_true", help="train nothing: print the table of the runs done so far "
+                                                           "(adding the demo's own pair if not there yet)")
+    ap.add_argument("--with-demo-run", action=argparse.BooleanOptionalAction, default=True,
+                    help="count the two models `make demo` trained as one more (unseeded) demo-budget repetition")
     a = ap.parse_args()
-    demo = a.demo.resolve()
-    summary = json.loads((demo / "summary.json").read_text())
-    env = dict(os.environ, nnUNet_raw=str(demo / "nnUNet_raw"), nnUNet_preprocessed=str(demo / "nnUNet_preprocessed"),
-               nnUNet_results=str(demo / "nnUNet_results"), nnUNet_extTrainer=ext_trainer_value(),
-               nnUNet_vasculature_demo_schedule=summary["schedule_epochs_x_iterations"])
-    os.environ.update(env)
-    trainer = "VesselTransferTrainer_sourceHead_demo"
-    subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-tr",
-                    trainer, "-p", "nnUNetPlans_Task008", "-device", "cpu"], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    folder = demo / "nnUNet_results" / "Dataset501_SenNetDemo" / f"{trainer}__nnUNetPlans_Task008__3d_fullres"
-    held = demo / "kaggle" / "train" / HELD_OUT
-    out = demo / "probs_heldout_source_head.zarr"
-    predict(held, out, folder, ["0"], device="cpu", overwrite=True)
-    sweep = surface_dice_sweep(open_probabilities(f"{out}/{HELD_OUT}")[0], open_labels(held / "labels"))
-    ft, sc = summary["fine_tuned"], summary["from_scratch_same_budget"]
-    rows = [["imported weights, random head (default)", f"{ft['surface_dice_at_0.5']:.4f}",
-             f"{max(summary_curve(demo)):.4f}"],
-            ["imported weights, head from source bg/vessel", f"{sweep[LEVEL_HALF]:.4f}", f"{sweep.max():.4f}"],
-            ["from scratch", f"{sc['surface_dice_at_0.5']:.4f}", f"{sc['surface_dice_at_best_threshold']:.4f}"]]
-    print(f"held-out {HELD_OUT}, schedule {summary['schedule_epochs_x_iterations']} (epochs x iterations), CPU")
-    print(table(rows, ["start", "surface Dice @0.5", "surface Dice @best threshold"]))
-
-
-def summary_curve(demo: Path) -> list[float]:
-    return json.loads((demo / "postprocessing.json").read_text())["mean_curve"]
+    demo, work = a.demo.resolve(), a.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    runs_file = work / "runs.jsonl"
+    runs = [json.loads(line) for line in runs_file.read_text().splitlines()] if runs_file.exists() else []
+    have_demo = (demo / "summary.json").is_file()
+    done = {(r["variant"], r["budget"], r["seed"]) for r in runs}
+    if have_demo and a.with_demo_run and ("transfer", "demo", "demo") not in done and SCHEDULE == json.loads(
+            (demo / "summary.json").read_text())["schedule_epochs_x_iterations"]:
+        with open(runs_file, "a") as f:
+            for r in demo_runs(demo):
+                runs.append(r)
+                f.write(json.dumps(r) + "\n")
+    if not a.report:
+        if not have_demo:
+            sys.exit(f"{demo}/summary.json not found: run `make demo` (or --demo DIR) first")
+        # seed-major order: a cut-short run still has matched transfer/scratch pairs
+        todo = [(v, b, s) for b in a.budgets for s in a.seeds for v in a.variants
+                if (v, b, s) not in done and not (b != "demo" and v in ("frozenEncoder", "sourceHead"))]
+        for i, (v, b, s) in enumerate(todo):
+            print(f"[{i + 1}/{len(todo)}] {v} {b} ({BUDGETS[b]}) seed {s} ...", flush=True)
+            r = run_one(demo, work, v, b, s)
+            runs.append(r)
+            with open(runs_file, "a") as f:
+                f.write(json.dumps(r) + "\n")
+            print(f"   surface Dice {r['surface_dice_at_0.5']:.3f} @0.5, {r['surface_dice_at_best_threshold']:.3f} "
+                  f"@{r['best_threshold']:.2f}; {r['total_seconds']} s", flush=True)
+    print(report(runs))
 
 
 if __name__ == "__main__":

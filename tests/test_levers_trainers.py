@@ -80,3 +80,16 @@ def test_scale_augmentation_reaches_a_055_zoom_in_nnunets_pipeline():
     out = ours(image=img, segmentation=(img > 0).to(torch.int16))
     width = (out["image"][0, 8, 16] > 0.5).sum().item()
     assert 5 <= width <= 7
+
+
+def test_every_trainer_is_visible_to_stock_nnunet():
+    """nnU-Net finds our trainers through nnUNet_extTrainer in the ext module: each public trainer class of
+    the package must be exported there."""
+    import inspect
+
+    from nnunet_vasculature.trainers import levers, short_schedule, vessel_transfer
+    from nnunet_vasculature.trainers.ext import nnunet_vasculature_ext_trainers as ext
+    for mod in (levers, short_schedule, vessel_transfer):
+        for name, cls in inspect.getmembers(mod, inspect.isclass):
+            if issubclass(cls, nnUNetTrainer) and cls.__module__ == mod.__name__ and not name.startswith("_"):
+                assert getattr(ext, name, None) is cls and name in ext.__all__, name

@@ -1,8 +1,9 @@
 """``nnunet-vasculature demo`` / ``make demo``: the whole chain on CPU from data the project makes.
 
-synthesize -> convert -> stand-in Task008 model (v1 zip layout) -> import-pretrained -> preprocess ->
-fine-tune (and the same budget from scratch) -> predict held-out and test kidneys -> tune -> submit ->
-validate -> score against the hidden test labels. One line per step; tools' own output goes to logs/.
+synthesize -> convert -> the shipped stand-in Task008 model (v1 zip layout, trained once to convergence on
+a synthetic liver-CT source task by ``demo build-source``) -> import-pretrained -> preprocess -> fine-tune
+(and the same budget from scratch) -> predict held-out and test kidneys -> tune -> submit -> validate ->
+score against the hidden test labels. One line per step; tools' own output goes to logs/.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from nnunet_vasculature.errors import UserError
 
 DATASET_ID = 501
 HELD_OUT = "kidney_1_dense"       # fold 0 of the leave-one-kidney-out splits
+SCHEDULE, QUICK_SCHEDULE = "8x30", "2x4"   # epochs x iterations of both demo trainings
 
 T = TypeVar("T")
 
@@ -53,7 +55,6 @@ def _bin(name: str) -> str:
 def run_demo(out: Path, pretrained: Path | None = None, quick: bool = False, seed: int = 0) -> dict:
     from nnunet_vasculature.dataset_conversion.sennet import convert_sennet
     from nnunet_vasculature.dataset_conversion.synthesize import synthesize
-    from nnunet_vasculature.demo.standin import train_standin
     from nnunet_vasculature.inference.predict import predict
     from nnunet_vasculature.io.volumes import open_labels, open_probabilities
     from nnunet_vasculature.postprocess.submission import score_csv, submit, validate
@@ -71,7 +72,7 @@ def run_demo(out: Path, pretrained: Path | None = None, quick: bool = False, see
         d.mkdir(exist_ok=True)
     env = dict(os.environ, **{k: str(v) for k, v in dirs.items()}, nnUNet_extTrainer=ext_trainer_value(),
                nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "2"),
-               **{DEMO_ENV: "2x4" if quick else "6x30"})
+               **{DEMO_ENV: QUICK_SCHEDULE if quick else SCHEDULE})
     os.environ.update({k: v for k, v in env.items() if k.startswith("nnUNet")})
     steps = _Steps(10, logs)
     kaggle = out / "kaggle"
@@ -81,12 +82,8 @@ def run_demo(out: Path, pretrained: Path | None = None, quick: bool = False, see
         steps.run("synthesize small kidneys (kept from an earlier run)", lambda: None)
     steps.run("convert sennet -> nnU-Net raw", convert_sennet, kaggle, DATASET_ID, "SenNetDemo",
               dirs["nnUNet_raw"], overwrite=True)
-    source = pretrained
-    if source is None:
-        source = steps.run("train the stand-in Task008 source model (v1 zip)", train_standin,
-                           out / "Task008_HepaticVessel_standin.zip", 20 if quick else 240, seed)
-    else:
-        steps.run(f"use the real source model {source}", lambda: None)
+    source_info = steps.run("check the source model (shipped stand-in unless --pretrained)", source_model, pretrained)
+    source = Path(source_info["path"])
     steps.run("import-pretrained (fingerprint + plan + convert weights)", import_pretrained, source, DATASET_ID)
     steps.run("nnUNetv2_preprocess (imported plans)", steps.shell, "preprocess",
               [_bin("nnUNetv2_preprocess"), "-d", str(DATASET_ID), "-plans_name", "nnUNetPlans_Task008", "-c",
@@ -137,13 +134,47 @@ def run_demo(out: Path, pretrained: Path | None = None, quick: bool = False, see
                                      "surface_dice_at_best_threshold": float(scratch.max()),
                                      "best_threshold": float(np.argmax(scratch) / 255)},
         "test_kidneys_tuned_threshold": test_tuned, "test_kidneys_at_0.5": test_half,
-        "schedule_epochs_x_iterations": env[DEMO_ENV], "source_model": str(source),
+        "schedule_epochs_x_iterations": env[DEMO_ENV], "source_model": source_info,
         "minutes": round((time.time() - steps.t0) / 60, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
     print(f"outputs in {out}: submission.csv postprocessing.json threshold_curve.png overlay.png summary.json")
     return summary
+
+
+def source_model(pretrained: Path | None) -> dict:
+    """Which source model the demo imports: the shipped stand-in (``pretrained`` None) or the given zip,
+    with its sha256 and, where a ``build-source`` record is known for it, its held-out source-task score."""
+    from nnunet_vasculature.demo.standin import record_path, sha256, shipped_standin
+    if pretrained is None:
+        try:
+            path, record = shipped_standin()
+        except FileNotFoundError as e:
+            raise UserError(f"{e}; build one with 'nnunet-vasculature demo build-source -o FILE.zip' and pass "
+                            f"--pretrained FILE.zip") from None
+        kind = "shipped stand-in (nnunet_vasculature/demo/data)"
+    else:
+        path = Path(pretrained)
+        if not path.exists():
+            raise UserError(f"{path}: not found")
+        rec = record_path(path)
+        record = json.loads(rec.read_text()) if path.is_file() and rec.is_file() else None
+        kind = "given with --pretrained"
+    info = {"path": str(path.resolve()), "kind": kind, "sha256": sha256(path) if path.is_file() else None}
+    if record is not None:
+        held = record["held_out"]
+        info.update({"matches_its_record": record.get("sha256") == info["sha256"],
+                     "source_task_held_out_dice_vessel": held["mean_dice_vessel"],
+                     "source_task_held_out_dice_tumour": held["mean_dice_tumour"],
+                     "source_task_held_out_cases": len(held["cases"]),
+                     "built_by": record.get("command"), "training_iterations": record.get("iterations")})
+    else:
+        info["source_task_held_out_dice_vessel"] = None   # e.g. the real Task008 zip: not scored here
+    score = info["source_task_held_out_dice_vessel"]
+    print(f"  source model: {info['path']} ({kind}), sha256 {str(info['sha256'])[:12]}..., held-out source-task "
+          f"vessel Dice {'not known' if score is None else f'{score:.3f}'}")
+    return info
 
 
 def _overlay(kidney: Path, prob_path: str, level: int, png: Path) -> None:
@@ -179,19 +210,55 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="tiny schedule (for CI): checks the chain, not the model")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=lambda a: run_demo(a.output, a.pretrained, a.quick, a.seed))
+    add_build_source_parser(sub)
+
+
+def add_build_source_parser(sub: argparse._SubParsersAction) -> None:
+    """``demo build-source``: train the stand-in source model on its source task (what the package ships)."""
+    b = sub.add_parser("build-source", help="train the stand-in Task008 source model on the synthetic liver-CT "
+                                            "source task (CPU; the shipped 250 iterations took 27 min on a busy "
+                                            "2-core machine) and write it as a v1 download zip plus a .json "
+                                            "record with its held-out source-task score")
+    b.add_argument("-o", dest="output", type=Path, required=True, help="the zip to write (record: same name .json)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--iterations", type=int, default=250, help="training iterations (default 250: the shipped model)")
+
+    def build(a: argparse.Namespace) -> None:
+        if a.iterations < 1:
+            raise UserError("--iterations must be at least 1")
+        if a.output.suffix != ".zip":
+            raise UserError(f"{a.output}: the output must be a .zip file")
+        from nnunet_vasculature.demo.standin import build_source, record_path
+        build_source(a.output, a.seed, a.iterations)
+        print(f"wrote {a.output} and {record_path(a.output)}\nnext: nnunet-vasculature import-pretrained "
+              f"-i {a.output} -d ID")
+    b.set_defaults(func=build)
 
 
 def add_standin_parser(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("standin", help="train the demo's stand-in Task008 source model on CPU and write it as a "
-                                       "v1 download zip (to try the real-data recipe before downloading)")
+    s = sub.add_parser("standin", help="write the demo's stand-in Task008 source model (the shipped one, or with "
+                                       "--iterations a new short build) as a v1 download zip, to try the "
+                                       "real-data recipe before downloading")
     s.add_argument("-o", dest="output", type=Path, default=Path("Task008_HepaticVessel_standin.zip"))
-    s.add_argument("--iterations", type=int, default=240, help="training iterations (default 240, ~2 min)")
+    s.add_argument("--iterations", type=int, help="train a new one for this many iterations instead of copying "
+                                                  "the shipped, converged one (see 'demo build-source')")
     s.add_argument("--seed", type=int, default=0)
 
     def standin(a: argparse.Namespace) -> None:
-        from nnunet_vasculature.demo.standin import train_standin
-        if a.iterations < 1:
+        import shutil
+
+        from nnunet_vasculature.demo.standin import build_source, record_path, shipped_standin
+        from nnunet_vasculature.errors import atomic_file
+        if a.iterations is not None and a.iterations < 1:
             raise UserError("--iterations must be at least 1")
-        train_standin(a.output, a.iterations, a.seed)
-        print(f"next: nnunet-vasculature import-pretrained -i {a.output} -d ID")
+        if a.output.suffix != ".zip":
+            raise UserError(f"{a.output}: the output must be a .zip file")
+        if a.iterations is None:
+            path, _ = shipped_standin()
+            for src, dst in ((record_path(path), record_path(a.output)), (path, a.output)):
+                with atomic_file(dst) as tmp:
+                    shutil.copyfile(src, tmp)
+        else:
+            build_source(a.output, a.seed, a.iterations, evaluations=5)
+        print(f"wrote {a.output}\nnext: nnunet-vasculature import-pretrained -i {a.output} -d ID")
     s.set_defaults(func=standin)

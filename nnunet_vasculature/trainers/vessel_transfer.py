@@ -221,3 +221,13 @@ class VesselScratchTrainer_demo(VesselTransferTrainer_demo):
 class VesselTransferTrainer_sourceHead_demo(VesselTransferTrainer_demo):
     """The demo schedule with the head from the source's bg/vessel logits (measures the head init)."""
     head_init = "source"
+
+
+class VesselTransferTrainer_frozenEncoder_demo(VesselTransferTrainer_demo):
+    """The demo schedule with the encoder frozen for the first third of the epochs (5 of 15 in
+    ``_frozenEncoder``; at least 1)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.freeze_encoder_epochs = max(1, self.num_epochs // 3)
