@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-output
 PIP := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: venv lint test demo bench clean
+.PHONY: venv lint test demo demo-hubmap-kidney demo-hubmap-vasculature bench clean
 
 venv: $(STAMP)
 
@@ -26,10 +26,16 @@ test: lint
 demo: $(STAMP)
 	$(VENV)/bin/nnunet-vasculature demo sennet -o $(DEMO_OUT)
 
+demo-hubmap-kidney: $(STAMP)
+	$(VENV)/bin/nnunet-vasculature demo hubmap-kidney -o demo-hubmap-kidney
+
+demo-hubmap-vasculature: $(STAMP)
+	$(VENV)/bin/nnunet-vasculature demo hubmap-vasculature -o demo-hubmap-vasculature
+
 bench: $(STAMP)
 	$(PY) benchmarks/metric.py
 	$(PY) benchmarks/convert.py
 	$(PY) benchmarks/predict_memory.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info
+	rm -rf $(VENV) $(DEMO_OUT) demo-hubmap-kidney demo-hubmap-vasculature build *.egg-info
