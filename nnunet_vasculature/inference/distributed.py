@@ -7,12 +7,13 @@ store. Slab borders are multiples of the store's one-plane chunks, so no two tas
 and no lock is needed; a task finishes by setting its own one-element chunk of ``_slabs/<kidney>``
 (uint8, 1 = done). Only the client writes attributes.
 
-The store's kidney array also gets ``params_hash`` (model folder, folds, checkpoint, TTA, step size,
-input spacing and shape, slab size) and ``slab_planes``: a rerun with the same parameters computes only
-the slabs not marked done, a rerun with others is refused (unless ``overwrite``); once every slab is
-done ``complete`` is set and the store reads like one written by single-process ``predict``. dask's
-``retries`` re-run the slab of a failed task or lost worker. ``planes_done`` is kept at the planes
-done from plane 0 on, so an interrupted run can also be finished by single-process ``predict``.
+The store's kidney array also gets ``params_hash`` (model folder, folds, checkpoint, TTA and its
+options, step size, input spacing and shape, slab size) and ``slab_planes``: a rerun with the same
+parameters computes only the slabs not marked done, a rerun with others is refused (unless
+``overwrite``); once every slab is done ``complete`` is set and the store reads like one written by
+single-process ``predict``. dask's ``retries`` re-run the slab of a failed task or lost worker.
+``planes_done`` is kept at the planes done from plane 0 on, so an interrupted run can also be finished
+by single-process ``predict``.
 
 Each slab also predicts the tile rows overlapping its neighbours: about (patch depth - step) model
 planes more per slab, e.g. 1.25x the tiles of a single run for 256-plane slabs, a 128-plane patch and
@@ -55,13 +56,16 @@ def predict_distributed(inputs: Path, out: Path, model_folder: Path, folds: Sequ
                         step_size: float = 0.5, spacing: float | None = None, overwrite: bool = False,
                         workers: int | None = None, scheduler_address: str | None = None,
                         scheduler_file: Path | None = None, slab_planes: int = SLAB_PLANES, retries: int = 2,
-                        torch_threads: int | None = None, on_slab: SlabHook | None = None) -> dict[str, list[int]]:
+                        torch_threads: int | None = None, on_slab: SlabHook | None = None,
+                        tta_rotations: bool = False, tta_permutations: bool = False,
+                        tta_scale: float = 1.0) -> dict[str, list[int]]:
     """Predict every kidney of ``inputs`` into the store ``out`` on a dask cluster: a ``LocalCluster`` of
     ``workers`` processes, or the cluster at ``scheduler_address`` / described by ``scheduler_file``.
 
     ``torch_threads``: torch threads per worker (default: the cores divided among a local cluster's
     workers; dask's own setting, one, on an existing cluster). ``on_slab(kidney, slab)`` is called in the
-    worker before each slab (tests use it to inject failures). Returns the slabs computed, per kidney."""
+    worker before each slab (tests use it to inject failures). ``tta_*``: as in single-process ``predict``
+    (in the parameter hash when on). Returns the slabs computed, per kidney."""
     import zarr
     if sum(x is not None for x in (workers, scheduler_address, scheduler_file)) != 1:
         raise UserError("give one of --workers N, --scheduler ADDRESS, --scheduler_file FILE")
@@ -72,13 +76,15 @@ def predict_distributed(inputs: Path, out: Path, model_folder: Path, folds: Sequ
     model_folder = Path(model_folder).resolve()
     folds = [str(f) for f in folds]
     from nnunet_vasculature.inference.streaming import check_model_folder
+    from nnunet_vasculature.inference.tta import check_scale, tta_options
     check_model_folder(model_folder, folds, checkpoint)
+    tta_scale = check_scale(tta_scale)
     sources = open_inputs(inputs, spacing)
     out = Path(out)
     if out.exists() and not (out / "zarr.json").is_file():
         raise UserError(f"{out}: exists and is not a zarr store")
     model = {"folder": str(model_folder), "folds": folds, "checkpoint": checkpoint, "tta": tta,
-             "step_size": step_size}
+             "step_size": step_size, **tta_options(tta_rotations, tta_permutations, tta_scale)}
     source = {"tool": "predict", "model": model}
     group = zarr.open_group(str(out), mode="a")
     todo = {src.name: _prepare(group, src, source, slab_planes, overwrite) for src in sources}
@@ -242,8 +248,10 @@ def _predictor(base: dict) -> Any:
     if base["torch_threads"]:
         torch.set_num_threads(base["torch_threads"])
     key = json.dumps([m, device, base["torch_threads"]], sort_keys=True)
-    return _cached("predictor", key, lambda: StreamingPredictor(Path(m["folder"]), m["folds"], m["checkpoint"],
-                                                                torch.device(device), m["tta"], m["step_size"]))
+    return _cached("predictor", key, lambda: StreamingPredictor(
+        Path(m["folder"]), m["folds"], m["checkpoint"], torch.device(device), m["tta"], m["step_size"],
+        tta_rotations=m.get("tta_rotations", False), tta_permutations=m.get("tta_permutations", False),
+        tta_scale=m.get("tta_scale", 1.0)))
 
 
 def _slab_task(task: dict) -> tuple[str, int, float]:

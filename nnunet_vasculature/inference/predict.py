@@ -41,26 +41,32 @@ def model_folder_from_args(dataset_id: str, configuration: str, trainer: str, pl
 def predict(inputs: Path, out: Path, model_folder: Path, folds: Sequence[int | str],
             checkpoint: str = "checkpoint_final.pth", device: str = "cuda", tta: bool = True,
             step_size: float = 0.5, spacing: float | None = None, overwrite: bool = False,
-            overlap: bool = True) -> Path:
+            overlap: bool = True, tta_rotations: bool = False, tta_permutations: bool = False,
+            tta_scale: float = 1.0) -> Path:
     """``overlap``: read/prepare input and write planes in background threads while the network runs
-    (False: all in this thread, in turn; the same planes)."""
+    (False: all in this thread, in turn; the same planes). ``tta_rotations``, ``tta_permutations``,
+    ``tta_scale``: see :mod:`nnunet_vasculature.inference.tta` (recorded in the store's ``source`` when on)."""
     import torch  # here, not at the top: `--help` and `env` start without torch
     import zarr
 
     from nnunet_vasculature.inference.streaming import StreamingPredictor
+    from nnunet_vasculature.inference.tta import check_scale, tta_options
+    tta_scale = check_scale(tta_scale)
     os.environ["nnUNet_extTrainer"] = ext_trainer_value()
     sources = open_inputs(inputs, spacing)
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError("CUDA is not available here; pass -device cpu")
-    predictor = StreamingPredictor(model_folder, folds, checkpoint, dev, tta, step_size, overlap=overlap)
+    predictor = StreamingPredictor(model_folder, folds, checkpoint, dev, tta, step_size, overlap=overlap,
+                                   tta_rotations=tta_rotations, tta_permutations=tta_permutations, tta_scale=tta_scale)
     out = Path(out)
     if out.exists() and not (out / "zarr.json").is_file():
         raise UserError(f"{out}: exists and is not a zarr store")
     group = zarr.open_group(str(out), mode="a")
     source = {"tool": "predict", "model": {"folder": str(Path(model_folder).resolve()),
                                            "folds": [str(f) for f in folds], "checkpoint": checkpoint,
-                                           "tta": tta, "step_size": step_size}}
+                                           "tta": tta, "step_size": step_size,
+                                           **tta_options(tta_rotations, tta_permutations, tta_scale)}}
     for src in sources:
         sink = KidneyWriter(group, src.name, src.shape, src.spacing, src.slice_ids, source, overwrite)
         if sink.start:
@@ -95,6 +101,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth")
     p.add_argument("-device", dest="device", default="cuda", choices=("cuda", "cpu", "mps"))
     p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
+    p.add_argument("--tta_rotations", action="store_true",
+                   help="also predict each tile rotated by 90/180/270 degrees in-plane (patch square in y/x); "
+                        "with mirroring 2x the network passes")
+    p.add_argument("--tta_permutations", action="store_true",
+                   help="also predict each tile with its axes permuted (cubic patch, isotropic spacing); "
+                        "6x the network passes")
+    p.add_argument("--tta_scale", type=float, default=1.0, metavar="F",
+                   help="test-time up-scaling: predict at the model's spacing / F (e.g. 1.5 or 2; about F^3 the "
+                        "time), probabilities resampled back to the input grid")
     p.add_argument("-step_size", type=float, default=0.5, help="sliding-window step (fraction of the patch)")
     p.add_argument("--spacing", type=float, help="voxel size (µm) when the input does not say")
     p.add_argument("--overwrite", action="store_true", help="replace kidneys already in the output")
@@ -118,9 +133,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             from nnunet_vasculature.inference.distributed import predict_distributed
             predict_distributed(a.input, a.output, folder, a.folds, a.checkpoint, a.device, not a.disable_tta,
                                 a.step_size, a.spacing, a.overwrite, workers=a.workers, scheduler_address=a.scheduler,
-                                scheduler_file=a.scheduler_file, slab_planes=a.slab_planes)
+                                scheduler_file=a.scheduler_file, slab_planes=a.slab_planes,
+                                tta_rotations=a.tta_rotations, tta_permutations=a.tta_permutations,
+                                tta_scale=a.tta_scale)
             return
         predict(a.input, a.output, folder, a.folds, a.checkpoint, a.device, not a.disable_tta, a.step_size,
-                a.spacing, a.overwrite, overlap=not a.no_overlap)
+                a.spacing, a.overwrite, overlap=not a.no_overlap, tta_rotations=a.tta_rotations,
+                tta_permutations=a.tta_permutations, tta_scale=a.tta_scale)
 
     p.set_defaults(func=run)

@@ -4,7 +4,9 @@ The tiles are exactly those stock nnU-Net places on the whole (cropped, resample
 (``compute_steps_for_sliding_window``) and are aggregated with the same Gaussian weights; they are
 just visited in z order, and a model-space plane is finished (divided, resampled back, converted to a
 probability and written) as soon as no later tile touches it. Memory: one row of tiles
-(patch depth x padded height x width, per class) plus the resampling halo.
+(patch depth x padded height x width, per class) plus the resampling halo. With ``tta_scale`` s the
+model-space grid is s times finer along each axis (configuration spacing / s): s² the row buffers and
+about s³ the tiles; the halo (in input planes) is unchanged.
 
 Overlap (``overlap=True``, the default): the next rows' input is read, cropped, normalised and resampled
 in one background thread and finished planes are resampled back, converted and written in another
@@ -43,6 +45,7 @@ import torch
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.inference import nnunet_compat as nc
 from nnunet_vasculature.inference.pipeline import Prefetch, Writer
+from nnunet_vasculature.inference.tta import TileTTA, check_scale
 from nnunet_vasculature.io.sources import VolumeSource
 
 Sink = Callable[[int, np.ndarray], None]      # (first original z, probabilities (n, y, x) float32)
@@ -64,10 +67,13 @@ def check_model_folder(folder: Path, folds: Sequence[int | str], checkpoint: str
 class StreamingPredictor:
     def __init__(self, model_folder: Path, folds: Sequence[int | str], checkpoint_name: str = "checkpoint_final.pth",
                  device: torch.device = torch.device("cpu"), use_mirroring: bool = True,
-                 tile_step_size: float = 0.5, overlap: bool = True, queue_depth: int = 1):
+                 tile_step_size: float = 0.5, overlap: bool = True, queue_depth: int = 1,
+                 tta_rotations: bool = False, tta_permutations: bool = False, tta_scale: float = 1.0):
         """``overlap``: prepare input and write planes in background threads (False: everything in the
         calling thread, in order; same planes). ``queue_depth``: rows of input prepared ahead, blocks of
-        finished planes waiting to be written."""
+        finished planes waiting to be written. ``tta_rotations``, ``tta_permutations``: 90° in-plane
+        rotations / axis permutations of each tile on top of mirroring; ``tta_scale``: predict at the
+        configuration's spacing divided by this factor (:mod:`nnunet_vasculature.inference.tta`)."""
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         model_folder = Path(model_folder)
         check_model_folder(model_folder, folds, checkpoint_name)
@@ -100,6 +106,11 @@ class StreamingPredictor:
         self._stock = pred
         self.patch = tuple(int(p) for p in self.cm.patch_size)
         self._check_supported(model_folder)
+        # the model-space grid: the configuration's spacing, finer by tta_scale (tile grid, padding, halo
+        # and both resamplings all derive from it)
+        self.spacing = [float(s) / check_scale(tta_scale) for s in self.cm.spacing]
+        self.tta = TileTTA(self.patch, self.cm.spacing, pred.allowed_mirroring_axes if use_mirroring else None,
+                           tta_rotations, tta_permutations, str(model_folder))
         self.gaussian = self._gaussian()
 
     def _check_supported(self, folder: Path) -> None:
@@ -130,13 +141,14 @@ class StreamingPredictor:
     @torch.inference_mode()
     def predict_tile(self, tile: torch.Tensor) -> torch.Tensor:
         """Fold-averaged logits (C, *patch) of one tile (1, 1, *patch), each fold mirror-averaged by
-        nnU-Net's ``nnUNetPredictor._internal_maybe_mirror_and_predict``."""
+        nnU-Net's ``nnUNetPredictor._internal_maybe_mirror_and_predict`` (and, with rotations or
+        permutations, averaged over those by :class:`~nnunet_vasculature.inference.tta.TileTTA`)."""
         ctx = torch.autocast(self.device.type) if self.device.type == "cuda" else contextlib.nullcontext()
         with ctx:
             total = None
             for net in self.nets:
                 self._stock.network = net
-                pred = self._stock._internal_maybe_mirror_and_predict(tile)
+                pred = self.tta(self._stock._internal_maybe_mirror_and_predict, tile)
                 total = pred if total is None else total + pred
         return (total / len(self.nets))[0].float()
 
@@ -183,7 +195,7 @@ class StreamingPredictor:
         norm = nc.make_normalizer(self.cm.normalization_schemes[0], props, stats)
         tf = list(self.pm.transpose_forward)
         sp = [src.spacing[i] for i in tf]
-        target = list(self.cm.spacing)
+        target = list(self.spacing)
         crop_shape = tuple(int(n) for n in np.array([bz1 - bz0, by1 - by0, bx1 - bx0])[tf])
         mshape = tuple(int(s) for s in compute_new_shape(crop_shape, sp, target))
         rs_d = nc.Resampling.from_kwargs(self.cm.configuration["resampling_fn_data_kwargs"], sp, target)
