@@ -1,15 +1,143 @@
-"""The HuBMAP Kidney chain on synthetic slides."""
+"""``nnunet-vasculature demo hubmap-kidney``: the HuBMAP Hacking the Kidney chain on CPU.
+
+synthesize small slides -> convert (2D tissue tiles, leave-one-patient-out folds) -> stock
+``nnUNetv2_plan_and_preprocess -c 2d`` -> a CPU-sized copy of the plans (``demo.cpu_plans``: fewer stages,
+at most 32 features; the same preprocessed data) -> stock ``nnUNetv2_train ... 2d 0 -tr nnUNetTrainer_demo
+-p nnUNetPlans_cpu`` -> predict-slide on the held-out (fold 0 validation) slides and the test slides -> tune
+the threshold on the held-out slides -> submit -> validate -> score against the hidden ``solution.csv``;
+writes ``overlay.png`` (thumbnail, truth, prediction of a test slide) and ``summary.json``.
+"""
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
 
-from nnunet_vasculature.errors import UserError
+import numpy as np
+
+DATASET_ID = 612
+PLANS = "nnUNetPlans_cpu"
+# quick (the test suite's run) / full: synthetic slides (train, test, side in px), downscale, epochs x iterations,
+# network stages, batch size. Cases are 128 px tiles and the patch 128 x 128 (what nnU-Net plans for them).
+SETTINGS = {True: {"slides": (4, 1, 384), "downscale": 2, "schedule": "1x4", "stages": 4, "batch": 2},
+            False: {"slides": (6, 2, 1600), "downscale": 4, "schedule": "10x25", "stages": 5, "batch": 4}}
+
+
+def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
+    from nnunet_vasculature.dataset_conversion.hubmap_kidney import CASES_FILE, convert_hubmap_kidney
+    from nnunet_vasculature.dataset_conversion.synthesize_hubmap_kidney import synthesize
+    from nnunet_vasculature.demo.cpu_plans import write_small_plans
+    from nnunet_vasculature.demo.run import _bin, _Steps
+    from nnunet_vasculature.inference.slide import SlidePredictor, predict_slides
+    from nnunet_vasculature.postprocess import hubmap_kidney as pp
+    from nnunet_vasculature.postprocess.tune import write_json
+    from nnunet_vasculature.trainers import ext_trainer_value
+    from nnunet_vasculature.trainers.vessel_transfer import DEMO_ENV
+
+    t_start = time.time()
+    cfg = SETTINGS[bool(quick)]
+    out = Path(out).resolve()
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    dirs = {k: out / k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    for d in dirs.values():
+        d.mkdir(exist_ok=True)
+    # few worker processes: every spawned nnU-Net worker re-imports torch (seconds on a busy 2-core machine);
+    # nnUNet_def_n_proc bounds the export pool of nnU-Net's end-of-training validation. The quick run trains
+    # with nnUNet_n_proc_DA=0 (nnU-Net's single-threaded augmenter; the planner needs >= 1, so only for training).
+    train_env = {"nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0" if quick else "2")}
+    env = dict(os.environ, **{k: str(v) for k, v in dirs.items()}, nnUNet_extTrainer=ext_trainer_value(),
+               nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "2"),
+               nnUNet_def_n_proc=os.environ.get("nnUNet_def_n_proc", "1"), **{DEMO_ENV: cfg["schedule"]})
+    os.environ.update({k: v for k, v in env.items() if k.startswith("nnUNet")})
+    steps = _Steps(10, logs)
+    kaggle = out / "kaggle"
+    n_train, n_test, size = cfg["slides"]
+    if not (kaggle / "train.csv").exists():
+        steps.run("synthesize slides (Kaggle layout)", synthesize, kaggle, seed, "small", False, n_train, n_test, size)
+    else:
+        steps.run("synthesize slides (kept from an earlier run)", lambda: None)
+    raw = steps.run(f"convert to nnU-Net raw ({cfg['downscale']}x downscaled 128 px tiles)", convert_hubmap_kidney,
+                    kaggle, DATASET_ID, raw_root=dirs["nnUNet_raw"], downscale=cfg["downscale"], tile=128,
+                    overwrite=True)
+    pre = dirs["nnUNet_preprocessed"] / raw.name
+    # --quick skips nnU-Net's dataset check (one more spawned worker); tests/test_hubmap_kidney.py runs it
+    steps.run("nnUNetv2_plan_and_preprocess -c 2d", steps.shell, "plan_and_preprocess",
+              [_bin("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", "1", "-npfp", "1"]
+              + ([] if quick else ["--verify_dataset_integrity"]), env)
+    shutil.copy(raw / "splits_final.json", pre / "splits_final.json")
+    steps.run(f"CPU-sized plans {PLANS} ({cfg['stages']} stages, <= 32 features, patch 128 x 128)",
+              write_small_plans, pre, "2d", source="nnUNetPlans", target=PLANS, n_stages=cfg["stages"],
+              max_features=32, patch=(128, 128), batch_size=cfg["batch"])
+    steps.run(f"nnUNetv2_train fold 0 -tr nnUNetTrainer_demo -p {PLANS} ({cfg['schedule']} epochs x iterations)",
+              steps.shell, "train", [_bin("nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", "nnUNetTrainer_demo",
+                                     "-p", PLANS, "-device", "cpu"], dict(env, **train_env))
+    model = dirs["nnUNet_results"] / raw.name / f"nnUNetTrainer_demo__{PLANS}__2d"
+    meta = json.loads((raw / CASES_FILE).read_text())
+    val_cases = set(json.loads((raw / "splits_final.json").read_text())[0]["val"])
+    held = sorted(s for s, k in meta["kidneys"].items() if any(c["case"] in val_cases for c in k["cases"]))
+    val_dir, test_dir = out / "pred_val", out / "pred_test"
+    tta = not quick          # the quick run skips flip TTA (the tests compare TTA with nnU-Net's predictor)
+    sp = SlidePredictor(model, ["0"], "checkpoint_final.pth", "cpu", tta, 0.5)        # loaded once for both
+    steps.run("predict-slide held-out slides", predict_slides, [kaggle / "train" / f"{s}.tiff" for s in held],
+              val_dir, model, ["0"], "checkpoint_final.pth", "cpu", tta, 0.5, overwrite=True, predictor=sp)
+    steps.run("predict-slide test slides", predict_slides, [kaggle / "test"], test_dir, model, ["0"],
+              "checkpoint_final.pth", "cpu", tta, 0.5, overwrite=True, predictor=sp)
+    res = steps.run("tune threshold on held-out slides", pp.determine, pp._stores([val_dir]), kaggle / "train.csv",
+                    [] if quick else pp.CC_PIXELS)
+    write_json(res, out / "postprocessing.json")
+    sub = out / "submission.csv"
+    steps.run("submit + validate", lambda: (pp.submit(pp._stores([test_dir]), out / "postprocessing.json", sub,
+                                                      kaggle / "sample_submission.csv"),
+                                            pp.validate(sub, kaggle / "sample_submission.csv", kaggle / "test")))
+    test_scores = steps.run("score against hidden labels", pp.score_csv, kaggle / "solution.csv", sub)
+    _overlay(kaggle, sub, out / "overlay.png")
+    summary = {"held_out_slides": held, "held_out_dice_at_0.5": res["mean_dice_at_0.5"],
+               "held_out_dice_tuned": res["mean_dice"], "threshold": res["threshold"],
+               "min_component_pixels": res["min_component_pixels"],
+               "test_dice_per_slide": test_scores, "test_dice_mean": float(np.mean(list(test_scores.values()))),
+               "schedule": cfg["schedule"], "plans": PLANS, "quick": bool(quick), "seed": seed,
+               "seconds": round(time.time() - t_start, 1)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+    return summary
+
+
+def _overlay(kaggle: Path, sub_csv: Path, png: Path) -> None:
+    """Thumbnail | truth | prediction of the first test slide."""
+    import csv
+
+    from PIL import Image
+
+    from nnunet_vasculature.io.rle import allow_long_csv_fields, rle_decode
+    from nnunet_vasculature.io.slide import Slide, read_info
+    allow_long_csv_fields()
+    info = read_info(kaggle)
+    sol = list(csv.DictReader(open(kaggle / "solution.csv")))[0]
+    pred = {r["id"]: r["predicted"] for r in csv.DictReader(open(sub_csv))}[sol["id"]]
+    h, w = int(sol["height"]), int(sol["width"])
+    f = max(1, max(h, w) // 512)
+    with Slide(kaggle / "test" / f"{sol['id']}.tiff", info[sol["id"]]["height"], info[sol["id"]]["width"]) as s:
+        thumb = s.thumbnail(f)
+    panels = [thumb]
+    for rle in (sol["encoding"], pred):
+        m = rle_decode(rle, (h, w), order="F")[::f, ::f].astype(bool)
+        p = thumb.copy()
+        p[m] = (0.5 * p[m] + [0, 127, 0]).astype(np.uint8)
+        panels.append(p)
+    Image.fromarray(np.concatenate(panels, axis=1)).save(png)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """``demo hubmap-kidney``: registers the command in ``sub``."""
-    p = sub.add_parser("hubmap-kidney", help="the HuBMAP Kidney chain on synthetic slides (CPU)")
+    p = sub.add_parser("hubmap-kidney", help="HuBMAP Hacking the Kidney chain on synthetic slides (CPU)")
+    p.add_argument("-o", dest="output", type=Path, default=Path("demo-hubmap-kidney"))
+    p.add_argument("--quick", action="store_true", help="tiny slides and schedule (the test suite's run)")
+    p.add_argument("--seed", type=int, default=0)
 
     def run(a: argparse.Namespace) -> None:
-        raise UserError("demo hubmap-kidney: not implemented yet")
+        run_demo(a.output, a.quick, a.seed)
     p.set_defaults(func=run)

@@ -1,0 +1,146 @@
+"""HuBMAP Hacking the Kidney: RLE speed, conversion throughput / peak RSS, predict-slide peak RSS vs slide size.
+
+    nice -n 10 .venv/bin/python benchmarks/hubmap_kidney.py [--shape 25000 34000] [--model MODEL_FOLDER] [--work DIR]
+
+Each measurement prints its reference measured in the same run:
+  rle      column-major RLE of a full-size mask: the usual Kaggle snippet vs ``rle_encode(order="F")`` vs the
+           strip encoder (1024-column strips) - same string asserted;
+  convert  ``convert hubmap-kidney`` of a synthetic slide of --shape (written tile by tile) vs of a small one:
+           time, megapixels/s and peak RSS of the converting process;
+  predict  ``predict-slide`` (no TTA) of the big slide vs the small one with the 2D model of --model (e.g. the
+           demo's), peak RSS of each process, and of a process that only loads the model.
+Peak RSS is ``ru_maxrss`` of a fresh child process per measurement.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def _child(code: str) -> dict:
+    """Run ``code`` in a fresh interpreter; it must set ``result`` (a dict); adds peak RSS and wall time."""
+    wrapper = (f"import json, resource, time\nt0 = time.time()\n{code}\n"
+               "result['seconds'] = time.time() - t0\n"
+               "result['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+               "print('RESULT ' + json.dumps(result))")
+    r = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"child failed:\n{r.stderr[-2000:]}")
+    line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    return json.loads(line[7:])
+
+
+def kaggle_snippet(img: np.ndarray) -> str:
+    pixels = img.T.flatten()
+    pixels = np.concatenate([[0], pixels, [0]])
+    runs = np.where(pixels[1:] != pixels[:-1])[0] + 1
+    runs[1::2] -= runs[::2]
+    return " ".join(str(x) for x in runs)
+
+
+def bench_rle(shape: tuple[int, int]) -> None:
+    from nnunet_vasculature.io.rle import ColumnStripEncoder, rle_encode
+    h, w = shape
+    rng = np.random.default_rng(0)
+    mask = np.zeros(shape, np.uint8)
+    yy, xx = np.ogrid[-120:121, -120:121]
+    disc = (yy ** 2 + xx ** 2 <= 120 ** 2).astype(np.uint8)
+    for _ in range(h * w // 400_000):                       # glomerulus-like discs, ~10 % of the pixels
+        y, x = rng.integers(0, h - 241), rng.integers(0, w - 241)
+        mask[y:y + 241, x:x + 241] |= disc
+    t = time.perf_counter()
+    ref = kaggle_snippet(mask)
+    t_ref = time.perf_counter() - t
+    t = time.perf_counter()
+    ours = rle_encode(mask, order="F", empty="")
+    t_ours = time.perf_counter() - t
+    t = time.perf_counter()
+    enc = ColumnStripEncoder(h, empty="")
+    for x in range(0, w, 1024):
+        enc.add(mask[:, x:x + 1024])
+    strips = enc.finish()
+    t_strip = time.perf_counter() - t
+    assert ours == ref == strips
+    print(f"rle  {w} x {h} mask ({mask.mean():.1%} foreground, {len(ref.split()) // 2} runs): Kaggle snippet "
+          f"{t_ref:.2f} s | rle_encode(order='F') {t_ours:.2f} s ({t_ref / t_ours:.1f}x) | strip encoder "
+          f"{t_strip:.2f} s ({t_ref / t_strip:.1f}x); identical strings")
+
+
+def _slides(work: Path, shape: tuple[int, int]) -> dict[str, Path]:
+    """A Kaggle-layout folder with one small (~1.6k px) training slide and one of ``shape`` (written tile by
+    tile); kept between runs (the big one under a name with its shape)."""
+    kaggle = {}
+    for name, full in (("small", False), ("big", True)):
+        k = work / (f"kaggle_big_{shape[0]}x{shape[1]}" if full else "kaggle_small")
+        if not (k / "train.csv").exists():
+            r = _child(f"from nnunet_vasculature.dataset_conversion.synthesize_hubmap_kidney import synthesize\n"
+                       f"synthesize({str(k)!r}, 0, {'full' if full else 'small'!r}, True, n_train=1, n_test=0, "
+                       f"full_shape={tuple(shape)!r})\nresult = {{}}")
+            print(f"synthesize {name}: {r['seconds']:.0f} s, peak RSS {r['peak_rss_mb']:.0f} MB")
+        kaggle[name] = k
+    return kaggle
+
+
+def bench_convert(work: Path, kaggle: dict[str, Path]) -> None:
+    for name, k in kaggle.items():
+        r = _child(f"from nnunet_vasculature.dataset_conversion.hubmap_kidney import convert_hubmap_kidney\n"
+                   f"from nnunet_vasculature.io.slide import read_info\n"
+                   f"convert_hubmap_kidney({str(k)!r}, 650, raw_root={str(work / ('raw_' + name))!r}, downscale=4, "
+                   f"overwrite=True)\ni = list(read_info({str(k)!r}).values())[0]\n"
+                   f"result = {{'mpx': i['width'] * i['height'] / 1e6}}")
+        print(f"convert {name:5s}: {r['mpx']:8.1f} Mpx in {r['seconds']:6.1f} s = "
+              f"{r['mpx'] / r['seconds']:6.1f} Mpx/s, peak RSS {r['peak_rss_mb']:6.0f} MB")
+
+
+def bench_predict(work: Path, kaggle: dict[str, Path], model: Path) -> None:
+    r = _child(f"from nnunet_vasculature.inference.slide import SlidePredictor\n"
+               f"SlidePredictor({str(model)!r}, ['0'], device='cpu', use_mirroring=False)\nresult = {{}}")
+    print(f"predict-slide model only (loaded, no slide): peak RSS {r['peak_rss_mb']:.0f} MB")
+    for name, k in kaggle.items():
+        slide = sorted((k / "train").glob("*.tiff"))[0]
+        r = _child(f"from nnunet_vasculature.inference.slide import predict_slides\n"
+                   f"predict_slides([{str(slide)!r}], {str(work / ('pred_' + name))!r}, {str(model)!r}, ['0'], "
+                   f"'checkpoint_final.pth', 'cpu', False, 0.5, overwrite=True)\n"
+                   f"import zarr\na = zarr.open_array({str(work / ('pred_' + name) / (slide.stem + '.zarr'))!r})\n"
+                   f"result = {{'shape': list(a.shape), "
+                   f"**{{k: a.attrs[k] for k in ('tiles', 'skipped_without_tissue')}}}}")
+        h, w = r["shape"]
+        print(f"predict-slide {name:5s}: {w} x {h} px, {r['tiles']} tiles ({r['skipped_without_tissue']} skipped, no "
+              f"tissue), {r['seconds']:.0f} s, peak RSS {r['peak_rss_mb']:.0f} MB")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", type=int, nargs=2, default=[25000, 34000], help="big slide height width")
+    ap.add_argument("--model", type=Path, help="a trained 2D model folder from convert hubmap-kidney data")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/bench_hubmap_kidney"))
+    ap.add_argument("--only", choices=("rle", "convert", "predict"), nargs="+", default=["rle", "convert", "predict"])
+    a = ap.parse_args()
+    a.work.mkdir(parents=True, exist_ok=True)
+    print(f"python {sys.version.split()[0]}, numpy {np.__version__}, "
+          f"max RSS of this process so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    if "rle" in a.only:
+        bench_rle(tuple(a.shape))
+    if "convert" in a.only or "predict" in a.only:
+        kaggle = _slides(a.work, tuple(a.shape))
+        if "convert" in a.only:
+            bench_convert(a.work, kaggle)
+        if "predict" in a.only:
+            if a.model is None:
+                print("predict-slide: skipped (pass --model, e.g. the demo's "
+                      "nnUNet_results/.../nnUNetTrainer_demo__nnUNetPlans_cpu__2d)")
+            else:
+                bench_predict(a.work, kaggle, a.model)
+
+
+if __name__ == "__main__":
+    main()
