@@ -250,7 +250,7 @@ def install_splits(raw_dataset: Path, required: bool = False) -> Path | None:
     dst = Path(pre) / raw_dataset.name / "splits_final.json"
     dst.parent.mkdir(parents=True, exist_ok=True)
     dst.write_text(json.dumps(splits, indent=1))
-    print(f"wrote {dst} ({len(splits)} leave-one-kidney-out folds)")
+    print(f"wrote {dst} ({len(splits)} folds)")
     return dst
 
 

@@ -227,13 +227,14 @@ def synthesize(out: Path, seed: int = 0, scale: str = "small", overwrite: bool =
         for index, spec in enumerate(specs):
             kid = SyntheticKidney(spec, seed, index, full=scale == "full")
             _write_kidney(kid, tmp, rle_rows, solution_rows, block)
-        _write_csv(tmp / "train_rles.csv", ("id", "rle"), rle_rows)
-        _write_csv(tmp / "sample_submission.csv", ("id", "rle"), [(r[0], EMPTY_RLE) for r in solution_rows])
-        _write_csv(tmp / "solution.csv", ("id", "rle", "width", "height"), solution_rows)
+        write_csv(tmp / "train_rles.csv", ("id", "rle"), rle_rows)
+        write_csv(tmp / "sample_submission.csv", ("id", "rle"), [(r[0], EMPTY_RLE) for r in solution_rows])
+        write_csv(tmp / "solution.csv", ("id", "rle", "width", "height"), solution_rows)
     return Path(out)
 
 
-def _write_csv(path: Path, header: tuple, rows: list) -> None:
+def write_csv(path: Path, header: tuple, rows: list) -> None:
+    """A CSV file with a header row."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)

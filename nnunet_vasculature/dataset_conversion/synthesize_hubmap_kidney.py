@@ -14,13 +14,13 @@ on white glass. ``--scale full`` writes one training slide of real size tile by 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from nnunet_vasculature.dataset_conversion.synthesize import write_csv
 from nnunet_vasculature.errors import atomic_dir
 from nnunet_vasculature.io.rle import ColumnStripEncoder, rle_encode
 from nnunet_vasculature.io.slide import INFO_CSV
@@ -222,19 +222,12 @@ def synthesize(out: Path, seed: int = 0, scale: str = "small", overwrite: bool =
                          "sex": "Male", "age": 50 + i, "weight_kilograms": 80, "height_centimeters": 175,
                          "bmi_kg/m^2": 26.1, "laterality": "Left", "percent_cortex": 80, "percent_medulla": 20,
                          "width_pixels": w, "height_pixels": h})
-        _write_csv(tmp / "train.csv", ("id", "encoding"), [r[:2] for r in train_rows])
-        _write_csv(tmp / "sample_submission.csv", ("id", "predicted"), [(r[0], "") for r in sol_rows])
-        _write_csv(tmp / "solution.csv", ("id", "encoding", "width", "height"), sol_rows)
-        _write_csv(tmp / INFO_CSV, tuple(info[0]), [tuple(r.values()) for r in info])
+        write_csv(tmp / "train.csv", ("id", "encoding"), [r[:2] for r in train_rows])
+        write_csv(tmp / "sample_submission.csv", ("id", "predicted"), [(r[0], "") for r in sol_rows])
+        write_csv(tmp / "solution.csv", ("id", "encoding", "width", "height"), sol_rows)
+        write_csv(tmp / INFO_CSV, tuple(info[0]), [tuple(r.values()) for r in info])
     print(f"wrote {out}: {n_train} train and {n_test} test slides")
     return Path(out)
-
-
-def _write_csv(path: Path, header: tuple, rows: list) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -30,30 +30,20 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     from nnunet_vasculature.dataset_conversion.hubmap_kidney import CASES_FILE, convert_hubmap_kidney
     from nnunet_vasculature.dataset_conversion.synthesize_hubmap_kidney import synthesize
     from nnunet_vasculature.demo.cpu_plans import write_small_plans
-    from nnunet_vasculature.demo.run import _bin, _Steps
+    from nnunet_vasculature.demo.run import Steps, bin_path, demo_workspace
     from nnunet_vasculature.inference.slide import SlidePredictor, predict_slides
     from nnunet_vasculature.postprocess import hubmap_kidney as pp
     from nnunet_vasculature.postprocess.tune import write_json
-    from nnunet_vasculature.trainers import ext_trainer_value
-    from nnunet_vasculature.trainers.vessel_transfer import DEMO_ENV
 
     t_start = time.time()
     cfg = SETTINGS[bool(quick)]
-    out = Path(out).resolve()
-    logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    dirs = {k: out / k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    for d in dirs.values():
-        d.mkdir(exist_ok=True)
     # few worker processes: every spawned nnU-Net worker re-imports torch (seconds on a busy 2-core machine);
     # nnUNet_def_n_proc bounds the export pool of nnU-Net's end-of-training validation. The quick run trains
     # with nnUNet_n_proc_DA=0 (nnU-Net's single-threaded augmenter; the planner needs >= 1, so only for training).
     train_env = {"nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0" if quick else "2")}
-    env = dict(os.environ, **{k: str(v) for k, v in dirs.items()}, nnUNet_extTrainer=ext_trainer_value(),
-               nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "2"),
-               nnUNet_def_n_proc=os.environ.get("nnUNet_def_n_proc", "1"), **{DEMO_ENV: cfg["schedule"]})
-    os.environ.update({k: v for k, v in env.items() if k.startswith("nnUNet")})
-    steps = _Steps(10, logs)
+    out, logs, dirs, env = demo_workspace(out, cfg["schedule"],
+                                          nnUNet_def_n_proc=os.environ.get("nnUNet_def_n_proc", "1"))
+    steps = Steps(10, logs)
     kaggle = out / "kaggle"
     n_train, n_test, size = cfg["slides"]
     if not (kaggle / "train.csv").exists():
@@ -66,14 +56,15 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     pre = dirs["nnUNet_preprocessed"] / raw.name
     # --quick skips nnU-Net's dataset check (one more spawned worker); tests/test_hubmap_kidney.py runs it
     steps.run("nnUNetv2_plan_and_preprocess -c 2d", steps.shell, "plan_and_preprocess",
-              [_bin("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", "1", "-npfp", "1"]
+              [bin_path("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", "1", "-npfp", "1"]
               + ([] if quick else ["--verify_dataset_integrity"]), env)
     shutil.copy(raw / "splits_final.json", pre / "splits_final.json")
     steps.run(f"CPU-sized plans {PLANS} ({cfg['stages']} stages, <= 32 features, patch 128 x 128)",
               write_small_plans, pre, "2d", source="nnUNetPlans", target=PLANS, n_stages=cfg["stages"],
               max_features=32, patch=(128, 128), batch_size=cfg["batch"])
     steps.run(f"nnUNetv2_train fold 0 -tr nnUNetTrainer_demo -p {PLANS} ({cfg['schedule']} epochs x iterations)",
-              steps.shell, "train", [_bin("nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", "nnUNetTrainer_demo",
+              steps.shell, "train", [bin_path("nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr",
+                                     "nnUNetTrainer_demo",
                                      "-p", PLANS, "-device", "cpu"], dict(env, **train_env))
     model = dirs["nnUNet_results"] / raw.name / f"nnUNetTrainer_demo__{PLANS}__2d"
     meta = json.loads((raw / CASES_FILE).read_text())

@@ -60,33 +60,23 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     from nnunet_vasculature.dataset_conversion.hubmap_vasculature import CASES_FILE, convert_vasculature
     from nnunet_vasculature.dataset_conversion.synthesize_hubmap_vasculature import synthesize_vasculature
     from nnunet_vasculature.demo.cpu_plans import write_small_plans
-    from nnunet_vasculature.demo.run import _bin, _Steps
+    from nnunet_vasculature.demo.run import Steps, bin_path, demo_workspace
     from nnunet_vasculature.errors import atomic_file
     from nnunet_vasculature.postprocess.hubmap_vasculature import determine, read_polygons, score_csv, submit, validate
     from nnunet_vasculature.postprocess.instances import load_params, write_instances
-    from nnunet_vasculature.trainers import ext_trainer_value
     from nnunet_vasculature.trainers.short_schedule import VALIDATION_ENV
-    from nnunet_vasculature.trainers.vessel_transfer import DEMO_ENV
 
     t_start = time.time()
     cfg = SETTINGS[bool(quick)]
-    out = Path(out).resolve()
-    logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    dirs = {k: out / k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    for d in dirs.values():
-        d.mkdir(exist_ok=True)
     # few worker processes: every spawned nnU-Net worker re-imports torch (seconds on a busy 2-core machine);
     # nnUNet_def_n_proc bounds the export pool of nnU-Net's final validation. The quick run trains with
     # nnUNet_n_proc_DA=0 (nnU-Net's single-threaded augmenter; the planner needs >= 1, so only for training).
     train_env = {"nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0" if quick else "2")}
     if quick:   # the demo scores held-out tiles itself; nnU-Net's final validation would only repeat it
         train_env[VALIDATION_ENV] = "0"
-    env = dict(os.environ, **{k: str(v) for k, v in dirs.items()}, nnUNet_extTrainer=ext_trainer_value(),
-               nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "2"),
-               nnUNet_def_n_proc=os.environ.get("nnUNet_def_n_proc", "1"), **{DEMO_ENV: cfg["schedule"]})
-    os.environ.update({k: v for k, v in env.items() if k.startswith("nnUNet")})
-    steps = _Steps(10, logs)
+    out, logs, dirs, env = demo_workspace(out, cfg["schedule"],
+                                          nnUNet_def_n_proc=os.environ.get("nnUNet_def_n_proc", "1"))
+    steps = Steps(10, logs)
     kaggle = out / "kaggle"
     steps.run("synthesize tiles (Kaggle layout)", synthesize_vasculature, kaggle, seed, cfg["tiles"], True)
     raw = steps.run("convert hubmap-vasculature -> nnU-Net raw", convert_vasculature, kaggle, DATASET_ID,
@@ -94,14 +84,15 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     pre = dirs["nnUNet_preprocessed"] / raw.name
     # --quick skips nnU-Net's dataset check (one more spawned worker); tests/test_hubmap_vasculature_convert runs it
     steps.run("nnUNetv2_plan_and_preprocess -c 2d (target spacing 2: 256² cases)", steps.shell, "plan_and_preprocess",
-              [_bin("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", "1", "-npfp", "1",
+              [bin_path("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", "1", "-npfp", "1",
                "-overwrite_target_spacing", "999", "2", "2"] + ([] if quick else ["--verify_dataset_integrity"]), env)
     shutil.copy(raw / "splits_final.json", pre / "splits_final.json")
     steps.run(f"CPU-sized plans {PLANS} ({cfg['stages']} stages, <= 32 features, patch {cfg['patch']})",
               write_small_plans, pre, "2d", source="nnUNetPlans", target=PLANS, n_stages=cfg["stages"],
               max_features=32, patch=cfg["patch"], batch_size=cfg["batch"])
     steps.run(f"nnUNetv2_train fold 0 nnUNetTrainer_demo -p {PLANS} ({cfg['schedule']} epochs x iterations, CPU)",
-              steps.shell, "train", [_bin("nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", "nnUNetTrainer_demo",
+              steps.shell, "train", [bin_path("nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr",
+                                     "nnUNetTrainer_demo",
                                      "-p", PLANS, "-device", "cpu"],
               dict(env, **train_env))
     cases = json.loads((raw / CASES_FILE).read_text())
@@ -116,7 +107,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
         shutil.copy(raw / "imagesTs" / f"{c}_0000.png", pred_in)
     shutil.rmtree(probs, ignore_errors=True)
     steps.run(f"nnUNetv2_predict --save_probabilities: {len(held)} held-out tiles (WSI 1) + {len(tests)} test tiles",
-              steps.shell, "predict", [_bin("nnUNetv2_predict"), "-i", str(pred_in), "-o", str(probs), "-d",
+              steps.shell, "predict", [bin_path("nnUNetv2_predict"), "-i", str(pred_in), "-o", str(probs), "-d",
                                        str(DATASET_ID), "-c", "2d", "-f", "0", "-tr", "nnUNetTrainer_demo", "-p",
                                        PLANS, "-device", "cpu", "--save_probabilities", "--disable_tta",
                                        "-npp", "1", "-nps", "1"], env)

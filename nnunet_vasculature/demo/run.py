@@ -27,7 +27,7 @@ SCHEDULE, QUICK_SCHEDULE = "8x30", "2x4"   # epochs x iterations of both demo tr
 T = TypeVar("T")
 
 
-class _Steps:
+class Steps:
     def __init__(self, total: int, logs: Path):
         self.n, self.total, self.logs, self.t0 = 0, total, logs, time.time()
 
@@ -48,8 +48,27 @@ class _Steps:
             raise UserError(f"{' '.join(cmd[:2])} failed (see {log}): {tail[0][:300]}")
 
 
-def _bin(name: str) -> str:
+def bin_path(name: str) -> str:
     return str(Path(sys.executable).parent / name)
+
+
+def demo_workspace(out: Path, schedule: str, **extra: str) -> tuple[Path, Path, dict[str, Path], dict[str, str]]:
+    """A demo's folders and the environment of its stock nnU-Net commands: ``out/logs`` and the three
+    nnU-Net folders under ``out`` (created), our trainers on ``nnUNet_extTrainer``, the demo schedule, at
+    most 2 augmentation workers unless set, plus ``extra``. nnU-Net's variables are also set in this
+    process (for the steps that call nnU-Net in-process). Returns (out, logs, dirs, env)."""
+    from nnunet_vasculature.trainers import ext_trainer_value
+    from nnunet_vasculature.trainers.vessel_transfer import DEMO_ENV
+    out = Path(out).resolve()
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    dirs = {k: out / k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    for d in dirs.values():
+        d.mkdir(exist_ok=True)
+    env = dict(os.environ, **{k: str(v) for k, v in dirs.items()}, nnUNet_extTrainer=ext_trainer_value(),
+               nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "2"), **{DEMO_ENV: schedule}, **extra)
+    os.environ.update({k: v for k, v in env.items() if k.startswith("nnUNet")})
+    return out, logs, dirs, env
 
 
 def run_demo(out: Path, pretrained: Path | None = None, quick: bool = False, seed: int = 0) -> dict:
@@ -61,20 +80,10 @@ def run_demo(out: Path, pretrained: Path | None = None, quick: bool = False, see
     from nnunet_vasculature.postprocess.surface_dice import surface_dice_sweep
     from nnunet_vasculature.postprocess.tune import LEVEL_HALF, determine, plot_curve, write_json
     from nnunet_vasculature.pretrained.import_pretrained import import_pretrained
-    from nnunet_vasculature.trainers import ext_trainer_value
     from nnunet_vasculature.trainers.vessel_transfer import DEMO_ENV
 
-    out = Path(out).resolve()
-    logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    dirs = {k: out / k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    for d in dirs.values():
-        d.mkdir(exist_ok=True)
-    env = dict(os.environ, **{k: str(v) for k, v in dirs.items()}, nnUNet_extTrainer=ext_trainer_value(),
-               nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "2"),
-               **{DEMO_ENV: QUICK_SCHEDULE if quick else SCHEDULE})
-    os.environ.update({k: v for k, v in env.items() if k.startswith("nnUNet")})
-    steps = _Steps(10, logs)
+    out, logs, dirs, env = demo_workspace(out, QUICK_SCHEDULE if quick else SCHEDULE)
+    steps = Steps(10, logs)
     kaggle = out / "kaggle"
     if not (kaggle / "train_rles.csv").exists():
         steps.run("synthesize small kidneys (Kaggle layout)", synthesize, kaggle, seed)
@@ -86,12 +95,12 @@ def run_demo(out: Path, pretrained: Path | None = None, quick: bool = False, see
     source = Path(source_info["path"])
     steps.run("import-pretrained (fingerprint + plan + convert weights)", import_pretrained, source, DATASET_ID)
     steps.run("nnUNetv2_preprocess (imported plans)", steps.shell, "preprocess",
-              [_bin("nnUNetv2_preprocess"), "-d", str(DATASET_ID), "-plans_name", "nnUNetPlans_Task008", "-c",
+              [bin_path("nnUNetv2_preprocess"), "-d", str(DATASET_ID), "-plans_name", "nnUNetPlans_Task008", "-c",
                "3d_fullres", "-np", "2"], env)
     models = {}
     for tag, trainer in (("fine-tuned", "VesselTransferTrainer_demo"), ("from scratch", "VesselScratchTrainer_demo")):
         steps.run(f"nnUNetv2_train fold 0 {trainer} ({env[DEMO_ENV]} epochs x iterations, CPU)", steps.shell,
-                  f"train_{trainer}", [_bin("nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-tr", trainer,
+                  f"train_{trainer}", [bin_path("nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-tr", trainer,
                                        "-p", "nnUNetPlans_Task008", "-device", "cpu"], env)
         models[tag] = dirs["nnUNet_results"] / "Dataset501_SenNetDemo" / f"{trainer}__nnUNetPlans_Task008__3d_fullres"
     held = kaggle / "train" / HELD_OUT
