@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 
 def best_of(fn, repeat: int = 3) -> float:
     times = []
@@ -41,3 +43,10 @@ def table(rows: list[list], header: list[str]) -> str:
     w = [max(len(r[i]) for r in cols) for i in range(len(header))]
     line = lambda r: "| " + " | ".join(c.ljust(x) for c, x in zip(r, w)) + " |"
     return "\n".join([line(header), "|" + "|".join("-" * (x + 2) for x in w) + "|"] + [line(r) for r in cols[1:]])
+
+
+def mean_sd(values, f: str = ".3f") -> str:
+    """``mean ± sd [min–max]`` (sample sd; no sd for one value)."""
+    v = np.asarray(values, dtype=float)
+    sd = f" ± {v.std(ddof=1):{f}}" if len(v) > 1 else ""
+    return f"{v.mean():{f}}{sd} [{v.min():{f}}–{v.max():{f}}]"

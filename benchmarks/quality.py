@@ -10,6 +10,11 @@ an intensity shift on top of its own gain/offset: image -> 65535 * (gain * image
 (--shift GAMMA GAIN OFFSET, default 0.8 0.9 1500; the gamma changes the vessel/tissue contrast that a
 per-volume z-score cannot undo), and its full labels from the synthesizer's solution.csv.
 
+The percentile_norm lever converts the same kidneys again with `convert sennet --percentile_norm 10 99.8`
+into --work/data_percentile_norm (its own fingerprint, plans and preprocessing) and trains there; predict
+maps kidney_1_dense and the shifted held-out kidney by their own percentiles as the model's dataset.json
+says.
+
 Per (lever, seed): the model (the baseline VesselTransferTrainer_demo, or the lever's trainer) is trained
 seeded on fold 0, kidney_1_dense and the held-out kidney are predicted (with the lever's TTA options),
 `tune` runs on kidney_1_dense (with the lever's tune options) and its postprocessing.json is applied to
@@ -20,7 +25,8 @@ baseline model of the same seed, and those that only tune differently its probab
 to --work/runs.jsonl as they finish and are skipped when there:
 
     nice -n 15 .venv/bin/python benchmarks/quality.py [--work bench-quality] [--seeds 0 1 2] \\
-        [--levers baseline tta_rotations tta_scale1.5 by_fraction closing1 scaleAug055 boundaryDoU]
+        [--levers baseline tta_rotations tta_scale1.5 by_fraction closing1 scaleAug055 boundaryDoU \\
+                  percentile_norm]
     .venv/bin/python benchmarks/quality.py --report       # the table from runs.jsonl, nothing run
 
 A seed seeds Python/numpy/torch in the training process; nnU-Net's augmentation workers are not seeded,
@@ -40,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import table  # noqa: E402
+from common import mean_sd, table  # noqa: E402
 from transfer import TRAIN  # noqa: E402
 
 from nnunet_vasculature.demo.run import DATASET_ID, HELD_OUT, SCHEDULE  # noqa: E402
@@ -58,7 +64,19 @@ LEVERS = {
     "closing1": (BASE_TRAINER, {}, {"closing_radii": [1]}),
     "scaleAug055": ("VesselTransferTrainer_scaleAug055_demo", {}, {}),
     "boundaryDoU": ("VesselTransferTrainer_boundaryDoU_demo", {}, {}),
+    "percentile_norm": (BASE_TRAINER, {}, {}),
 }
+# levers that convert the kidneys differently: `convert_sennet` keyword arguments (own data folder)
+CONVERT = {"percentile_norm": {"percentile_norm": (10.0, 99.8)}}
+
+
+def data_folder(work: Path, lever: str) -> Path:
+    return work / ("data" if lever not in CONVERT else f"data_{lever}")
+
+
+def own_training(lever: str) -> bool:
+    """The lever trains a model of its own (else it reuses the baseline model of its seed)."""
+    return LEVERS[lever][0] != BASE_TRAINER or lever in CONVERT
 
 
 def env_for(data: Path) -> dict:
@@ -69,31 +87,39 @@ def env_for(data: Path) -> dict:
             "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "2"), DEMO_ENV: SCHEDULE}
 
 
-def prepare(data: Path, shift: tuple[float, float, float]) -> dict:
+def prepare(data: Path, shift: tuple[float, float, float], convert_options: dict | None = None,
+            base: Path | None = None) -> dict:
     """Synthesize, convert, import the stand-in and preprocess (as `demo sennet`), then write the shifted
-    held-out kidney with its labels. Kept when already there."""
+    held-out kidney with its labels. Kept when already there. ``base``: a data folder prepared before
+    whose synthetic kidneys and held-out kidney are used (only converted again, with ``convert_options``)."""
     done = data / "prepared.json"
     if done.is_file():
         return json.loads(done.read_text())
     from nnunet_vasculature.dataset_conversion.sennet import convert_sennet
     from nnunet_vasculature.dataset_conversion.synthesize import synthesize
     from nnunet_vasculature.demo.run import source_model
+    from nnunet_vasculature.io.intensity import PercentileMapping
     from nnunet_vasculature.pretrained.import_pretrained import import_pretrained
     t = time.time()
     env = env_for(data)
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         Path(env[k]).mkdir(parents=True, exist_ok=True)
     os.environ.update(env)
-    kaggle = data / "kaggle"
+    kaggle = (base or data) / "kaggle"
     if not (kaggle / "train_rles.csv").exists():
         synthesize(kaggle, 0)
-    convert_sennet(kaggle, DATASET_ID, "SenNetDemo", Path(env["nnUNet_raw"]), overwrite=True)
+    opts = dict(convert_options or {})
+    if "percentile_norm" in opts:
+        opts["percentile_norm"] = PercentileMapping(*opts["percentile_norm"])
+    convert_sennet(kaggle, DATASET_ID, "SenNetDemo", Path(env["nnUNet_raw"]), overwrite=True, **opts)
     import_pretrained(Path(source_model(None)["path"]), DATASET_ID)
     subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_preprocess"), "-d", str(DATASET_ID), "-plans_name",
                     PLANS, "-c", "3d_fullres", "-np", "2"], env=dict(os.environ, **env), check=True,
                    stdout=subprocess.DEVNULL)
-    _write_target(kaggle, data / "heldout" / TARGET, shift)
-    info = {"prepare_seconds": round(time.time() - t), "shift_gamma_gain_offset": list(shift)}
+    if base is None:
+        _write_target(kaggle, data / "heldout" / TARGET, shift)
+    info = {"prepare_seconds": round(time.time() - t), "shift_gamma_gain_offset": list(shift),
+            "convert_options": convert_options or {}}
     done.write_text(json.dumps(info))
     return info
 
@@ -117,13 +143,13 @@ def _write_target(kaggle: Path, out: Path, shift: tuple[float, float, float]) ->
                 tifffile.imwrite(out / "labels" / f"{row['id'][len(TARGET) + 1:]}.tif", mask * np.uint8(255))
 
 
-def train(data: Path, work: Path, trainer: str, seed: int) -> tuple[Path, float | None]:
+def train(data: Path, work: Path, trainer: str, seed: int, tag: str) -> tuple[Path, float | None]:
     """The trained model folder (trained here unless already there) and the seconds it took (None: reused)."""
-    results = work / "results" / f"{trainer}_seed{seed}"
+    results = work / "results" / f"{tag}_seed{seed}"
     folder = results / "Dataset501_SenNetDemo" / f"{trainer}__{PLANS}__3d_fullres"
     if (folder / "fold_0" / "checkpoint_final.pth").is_file():
         return folder, None
-    log = work / "logs" / f"{trainer}_seed{seed}.log"
+    log = work / "logs" / f"{tag}_seed{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     t = time.time()
     with open(log, "w") as f:
@@ -134,19 +160,22 @@ def train(data: Path, work: Path, trainer: str, seed: int) -> tuple[Path, float 
     return folder, time.time() - t
 
 
-def run_one(data: Path, work: Path, lever: str, seed: int, train_seconds: dict) -> dict:
+def run_one(work: Path, lever: str, seed: int, train_seconds: dict) -> dict:
     from nnunet_vasculature.inference.predict import predict
     from nnunet_vasculature.io.volumes import open_labels, open_probabilities
     from nnunet_vasculature.postprocess.surface_dice import SurfaceDiceAccumulator, surface_dice_sweep
     from nnunet_vasculature.postprocess.tune import LEVEL_HALF, determine, masks
     trainer, popts, topts = LEVERS[lever]
-    folder, secs = train(data, work, trainer, seed)
+    data, kidneys = data_folder(work, lever), data_folder(work, "baseline")
+    model_tag = trainer + ("" if lever not in CONVERT else f"_{lever}")
+    folder, secs = train(data, work, trainer, seed, model_tag)
     if secs is not None:
-        train_seconds[(trainer, seed)] = secs
+        train_seconds[(model_tag, seed)] = secs
     t = time.time()
     probs, predicted = {}, False
-    tag = "_".join([trainer, *(f"{k}{v}" for k, v in sorted(popts.items()))])
-    for kidney, where in ((VALIDATION, data / "kaggle" / "train" / VALIDATION), (TARGET, data / "heldout" / TARGET)):
+    tag = "_".join([model_tag, *(f"{k}{v}" for k, v in sorted(popts.items()))])
+    for kidney, where in ((VALIDATION, kidneys / "kaggle" / "train" / VALIDATION),
+                          (TARGET, kidneys / "heldout" / TARGET)):
         z = work / "probs" / f"{tag}_seed{seed}_{kidney}.zarr"       # shared by levers that only tune differently
         if not _complete(z, kidney):
             predict(where, z, folder, ["0"], device="cpu", overwrite=True, **popts)
@@ -170,8 +199,9 @@ def run_one(data: Path, work: Path, lever: str, seed: int, train_seconds: dict) 
             "validation_surface_dice_tuned": pp["mean_surface_dice"],
             "postprocessing": {k: pp[k] for k in ("threshold_mode", "threshold", "vessel_fraction", "closing_radius",
                                                   "min_component_voxels")},
-            "train_seconds": None if train_seconds.get((trainer, seed)) is None or (
-                trainer == BASE_TRAINER and lever != "baseline") else round(train_seconds[(trainer, seed)]),
+            "train_seconds": None if train_seconds.get((model_tag, seed)) is None or (
+                not own_training(lever) and lever != "baseline") else round(train_seconds[(model_tag, seed)]),
+            "model": model_tag,
             "predict_seconds": None if predict_s is None else round(predict_s, 1), "tune_seconds": round(tune_s, 1)}
 
 
@@ -181,11 +211,6 @@ def _complete(store: Path, kidney: str) -> bool:
         return bool(zarr.open_group(str(store), mode="r")[kidney].attrs.get("complete"))
     except (FileNotFoundError, KeyError, OSError, ValueError):
         return False
-
-
-def _ms(v: np.ndarray, f: str = ".3f") -> str:
-    sd = f" ± {v.std(ddof=1):{f}}" if len(v) > 1 else ""
-    return f"{v.mean():{f}}{sd} [{v.min():{f}}–{v.max():{f}}]"
 
 
 def report(runs: list[dict]) -> str:
@@ -198,7 +223,7 @@ def report(runs: list[dict]) -> str:
         rs = groups[lever]
         pairs = [r["heldout_surface_dice_tuned"] - base[r["seed"]]["heldout_surface_dice_tuned"]
                  for r in rs if r["seed"] in base]
-        cells = [_ms(np.array([r[k] for r in rs])) for k in ("heldout_surface_dice_tuned",
+        cells = [mean_sd([r[k] for r in rs]) for k in ("heldout_surface_dice_tuned",
                                                              "heldout_surface_dice_at_0.5",
                                                              "heldout_surface_dice_oracle")]
         times = []
@@ -225,22 +250,24 @@ def main() -> None:
     runs_file = work / "runs.jsonl"
     runs = [json.loads(line) for line in runs_file.read_text().splitlines()] if runs_file.exists() else []
     if not a.report:
-        data = work / "data"
-        info = prepare(data, tuple(a.shift))
-        if info["shift_gamma_gain_offset"] != list(a.shift):
-            sys.exit(f"{data} was prepared with --shift {info['shift_gamma_gain_offset']}; use another --work")
-        os.environ.update(env_for(data))
+        base = data_folder(work, "baseline")
+        for lever in ["baseline", *(v for v in a.levers if v in CONVERT)]:
+            data = data_folder(work, lever)
+            info = prepare(data, tuple(a.shift), CONVERT.get(lever), None if data == base else base)
+            if info["shift_gamma_gain_offset"] != list(a.shift):
+                sys.exit(f"{data} was prepared with --shift {info['shift_gamma_gain_offset']}; use another --work")
+        os.environ.update(env_for(data_folder(work, "baseline")))
         done = {(r["lever"], r["seed"]) for r in runs}
         # seed-major; within a seed the baseline and the levers that reuse its model first
-        order = sorted(a.levers, key=lambda v: (LEVERS[v][0] != BASE_TRAINER, list(LEVERS).index(v)))
+        order = sorted(a.levers, key=lambda v: (own_training(v), list(LEVERS).index(v)))
         todo = [(v, s) for s in a.seeds for v in order if (v, s) not in done]
         train_seconds: dict = {}
         for r in runs:
             if r.get("train_seconds") is not None:
-                train_seconds[(r["trainer"], r["seed"])] = r["train_seconds"]
+                train_seconds[(r.get("model", r["trainer"]), r["seed"])] = r["train_seconds"]
         for i, (v, s) in enumerate(todo):
             print(f"[{i + 1}/{len(todo)}] {v} seed {s} ...", flush=True)
-            r = run_one(data, work, v, s, train_seconds)
+            r = run_one(work, v, s, train_seconds)
             runs.append(r)
             with open(runs_file, "a") as f:
                 f.write(json.dumps(r) + "\n")

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import table  # noqa: E402
+from common import mean_sd, table  # noqa: E402
 
 from nnunet_vasculature.demo.run import DATASET_ID, HELD_OUT, SCHEDULE  # noqa: E402
 
@@ -113,11 +113,7 @@ def report(runs: list[dict]) -> str:
     rows = []
     for (budget, variant), rs in sorted(groups.items(), key=lambda kv: (list(BUDGETS).index(kv[0][0]),
                                                                          list(VARIANTS).index(kv[0][1]))):
-        cells = []
-        for key in ("surface_dice_at_0.5", "surface_dice_at_best_threshold"):
-            v = np.array([r[key] for r in rs])
-            sd = f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else ""
-            cells.append(f"{v.mean():.3f}{sd} [{v.min():.3f}–{v.max():.3f}]")
+        cells = [mean_sd([r[k] for r in rs]) for k in ("surface_dice_at_0.5", "surface_dice_at_best_threshold")]
         rows.append([budget, rs[0]["schedule"], variant, ",".join(str(r["seed"]) for r in rs), *cells,
                      f"{np.mean([r['best_threshold'] for r in rs]):.2f}"])
     head = ["budget", "epochs x it.", "variant", "seeds", "surface Dice @0.5 mean ± sd [min–max]",

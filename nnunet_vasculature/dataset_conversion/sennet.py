@@ -20,6 +20,7 @@ import tifffile
 from tqdm import tqdm
 
 from nnunet_vasculature.errors import UserError, atomic_dir
+from nnunet_vasculature.io import intensity
 from nnunet_vasculature.io.paths import CASES_FILE, find_raw_dataset, nnunet_folder
 from nnunet_vasculature.io.sennet import DEFAULT_TRAIN, KNOWN_SPACING_UM, case_name, physical_kidney
 from nnunet_vasculature.io.slices import list_slices, read_label_slice, read_slice, slice_shape
@@ -146,8 +147,12 @@ def _read_stack(files: list[Path], shape: tuple[int, int], pool: ThreadPoolExecu
 def convert_sennet(kaggle_dir: Path, dataset_id: int, name: str = "SenNet", raw_root: Path | None = None,
                    kidneys: list[str] | None = None, chunk_slices: int | None = None,
                    spacing: dict[str, float] | None = None, overwrite: bool = False,
-                   label_dirs: dict[str, Path] | None = None) -> Path:
-    """Convert a Kaggle download into ``<raw_root>/DatasetXXX_<name>``; returns that folder."""
+                   label_dirs: dict[str, Path] | None = None,
+                   percentile_norm: intensity.PercentileMapping | None = None) -> Path:
+    """Convert a Kaggle download into ``<raw_root>/DatasetXXX_<name>``; returns that folder.
+
+    ``percentile_norm``: map each kidney's images by its own intensity percentiles
+    (:mod:`nnunet_vasculature.io.intensity`), recorded for ``predict`` in dataset.json."""
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
     kaggle_dir = Path(kaggle_dir)
@@ -171,10 +176,17 @@ def convert_sennet(kaggle_dir: Path, dataset_id: int, name: str = "SenNet", raw_
             sp = [src.spacing_um] * 3
             cases = []
             img_dir = tmp / ("imagesTr" if src.split == "train" else "imagesTs")
+            mapped = None
+            if percentile_norm is not None:
+                lo, hi = intensity.volume_percentiles(lambda z: read_slice(src.images[z], src.shape),
+                                                      len(src.images), src.shape, percentile_norm)
+                mapped = {"mapping": percentile_norm.to_json(), "low": lo, "high": hi}
             with tqdm(total=sum(b - a for a, b in chunks), desc=f"convert {src.name}", unit="slice") as bar:
                 for a, b in chunks:
                     case = case_name(src.name, int(src.images[a].stem))
                     img = _read_stack(src.images[a:b], src.shape, pool, label=False)
+                    if mapped is not None:
+                        img = intensity.apply(img, mapped["low"], mapped["high"])
                     lab = _read_stack(src.labels[a:b], src.shape, pool, True, src.pseudo) if src.labels else None
                     has_ignore |= lab is not None and src.pseudo and bool((lab == 2).any())
                     # write in the background while the next chunk is read; keep at most one pending
@@ -187,7 +199,8 @@ def convert_sennet(kaggle_dir: Path, dataset_id: int, name: str = "SenNet", raw_
                     bar.update(b - a)
             meta["kidneys"][src.name] = {
                 "split": src.split, "spacing_um": src.spacing_um, "physical_kidney": physical_kidney(src.name),
-                "shape": [len(src.images), *src.shape], "cases": cases}
+                "shape": [len(src.images), *src.shape], "cases": cases,
+                **({"intensity": mapped} if mapped else {})}
         for f in pending:
             f.result()
         generate_dataset_json(
@@ -196,7 +209,8 @@ def convert_sennet(kaggle_dir: Path, dataset_id: int, name: str = "SenNet", raw_
             num_training_cases=n_train, file_ending=".tif", overwrite_image_reader_writer="Tiff3DIO",
             dataset_name=ds_name, description="SenNet + HOA HiP-CT kidney vessels (spacing in µm)",
             reference="https://www.kaggle.com/competitions/blood-vessel-segmentation",
-            license="see the competition rules", converted_by="nnunet-vasculature")
+            license="see the competition rules", converted_by="nnunet-vasculature",
+            **({intensity.KEY: percentile_norm.to_json()} if percentile_norm else {}))
         (tmp / CASES_FILE).write_text(json.dumps(meta, indent=1))
         (tmp / "splits_final.json").write_text(json.dumps(make_splits(meta), indent=1))
     final = raw_root / ds_name
@@ -280,6 +294,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spacing", nargs="+", metavar="KIDNEY=UM", help="override the voxel size of a kidney")
     p.add_argument("--labels", nargs="+", metavar="KIDNEY=DIR", dest="label_dirs",
                    help="take a kidney's labels from DIR (e.g. a pseudo-label folder; 128 = ignore)")
+    p.add_argument("--percentile_norm", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="map each kidney's intensities by its own LOW/HIGH percentiles (e.g. 10 99.8, SenNet's "
+                        "4th place); predict applies the same to each input kidney")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
 
     def run(a: argparse.Namespace) -> None:
@@ -295,7 +312,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                 raise UserError(f"--labels {it}: expected KIDNEY=DIR")
             label_dirs[k] = Path(d)
         convert_sennet(src, a.dataset_id, a.name, a.raw_root, a.kidneys, a.chunk_slices,
-                       _parse_spacing(a.spacing), a.overwrite, label_dirs)
+                       _parse_spacing(a.spacing), a.overwrite, label_dirs,
+                       intensity.PercentileMapping(*a.percentile_norm) if a.percentile_norm else None)
 
     p.set_defaults(func=run)
 

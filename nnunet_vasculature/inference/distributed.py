@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.io.intensity import map_sources, model_mapping
 from nnunet_vasculature.io.sources import VolumeSource, open_inputs
 from nnunet_vasculature.io.store import create_kidney_array, quantize
 
@@ -79,7 +80,7 @@ def predict_distributed(inputs: Path, out: Path, model_folder: Path, folds: Sequ
     from nnunet_vasculature.inference.tta import check_scale, tta_options
     check_model_folder(model_folder, folds, checkpoint)
     tta_scale = check_scale(tta_scale)
-    sources = open_inputs(inputs, spacing)
+    sources = map_sources(open_inputs(inputs, spacing), model_mapping(model_folder))
     out = Path(out)
     if out.exists() and not (out / "zarr.json").is_file():
         raise UserError(f"{out}: exists and is not a zarr store")
@@ -214,8 +215,10 @@ def _cached(kind: str, key: Any, make: Callable[[], Any]) -> Any:
 
 
 def _source(base: dict, name: str) -> VolumeSource:
-    srcs = _cached("sources", (base["inputs"], base["spacing"]),
-                   lambda: {s.name: s for s in open_inputs(Path(base["inputs"]), base["spacing"])})
+    srcs = _cached("sources", (base["inputs"], base["spacing"], base["model"]["folder"]),
+                   lambda: {s.name: s for s in map_sources(open_inputs(Path(base["inputs"]), base["spacing"]),
+                                                           model_mapping(Path(base["model"]["folder"])),
+                                                           log=lambda m: None)})
     if name not in srcs:
         raise UserError(f"{base['inputs']}: no kidney '{name}' (any more)")
     return srcs[name]

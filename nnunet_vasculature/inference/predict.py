@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.io.intensity import map_sources, model_mapping
 from nnunet_vasculature.io.paths import nnunet_folder
 from nnunet_vasculature.io.sources import open_inputs
 from nnunet_vasculature.io.store import KidneyWriter
@@ -53,7 +54,7 @@ def predict(inputs: Path, out: Path, model_folder: Path, folds: Sequence[int | s
     from nnunet_vasculature.inference.tta import check_scale, tta_options
     tta_scale = check_scale(tta_scale)
     os.environ["nnUNet_extTrainer"] = ext_trainer_value()
-    sources = open_inputs(inputs, spacing)
+    sources = map_sources(open_inputs(inputs, spacing), model_mapping(model_folder))
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError("CUDA is not available here; pass -device cpu")

@@ -26,6 +26,7 @@ class VolumeSource:
     spacing: tuple[float, float, float]
     slice_ids: list[str]
     parts: list = field(default_factory=list)     # [(z0, z1, reader)] covering the volume in order
+    intensity: dict | None = None                 # set when the values read are intensity-mapped (io.intensity)
 
     def read(self, z0: int, z1: int) -> np.ndarray:
         out = []
@@ -87,7 +88,18 @@ def raw_image(path: Path, spacing: float | None = None) -> VolumeSource:
         arr = sitk.GetArrayFromImage(img)
         shape, reader, sp = arr.shape, (lambda a, b: arr[a:b]), tuple(img.GetSpacing()[::-1])
     ids = [slice_id(name, f"{i:04d}") for i in range(shape[0])]
-    return VolumeSource(name, tuple(shape), tuple(float(s) for s in sp), ids, [(0, shape[0], reader)])
+    return VolumeSource(name, tuple(shape), tuple(float(s) for s in sp), ids, [(0, shape[0], reader)],
+                        _case_intensity(path.parent.parent / CASES_FILE, name))
+
+
+def _case_intensity(meta_file: Path, case: str) -> dict | None:
+    """The intensity mapping ``convert sennet`` applied to the kidney of ``case``, if any."""
+    if not meta_file.is_file():
+        return None
+    for k in json.loads(meta_file.read_text())["kidneys"].values():
+        if any(c["case"] == case for c in k["cases"]):
+            return k.get("intensity")
+    return None
 
 
 def chunked_kidneys(images_dir: Path) -> list[VolumeSource]:
@@ -115,7 +127,7 @@ def chunked_kidneys(images_dir: Path) -> list[VolumeSource]:
             print(f"note: {kidney} has slices left out of its cases (e.g. kept by another volume); "
                   f"predicting its {z} converted slices as one volume")
         sp = float(k["spacing_um"])
-        out.append(VolumeSource(kidney, (z, *plane), (sp, sp, sp), ids, parts))
+        out.append(VolumeSource(kidney, (z, *plane), (sp, sp, sp), ids, parts, k.get("intensity")))
     if not out:
         raise UserError(f"{images_dir}: no images of the kidneys listed in {meta_file}")
     return out
