@@ -1,7 +1,7 @@
 """Per-kidney percentile intensity mapping (convert sennet --percentile_norm, applied again by predict).
 
-Expected values come from numpy's percentile on the whole volume and the documented linear map
-(low -> 16384, high -> 49152, rounded, clipped to uint16), not from the code under test."""
+Expected values come from numpy's percentile on the whole volume and the documented map (low -> 1,
+high -> 65535, linear between, rounded, clipped there, zeros kept), not from the code under test."""
 import json
 import subprocess
 import sys
@@ -23,15 +23,16 @@ PCT = (10.0, 99.8)
 
 
 def _expected(x: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(x, PCT, method="inverted_cdf")
-    y = (x.astype(np.float64) - lo) * (49152.0 - 16384.0) / (hi - lo) + 16384.0
-    return np.clip(np.rint(y), 0, 65535).astype(np.uint16)
+    lo, hi = np.percentile(x[x != 0], PCT, method="inverted_cdf")
+    y = np.clip(np.rint((x.astype(np.float64) - lo) * 65534.0 / (hi - lo) + 1.0), 1, 65535)
+    return np.where(x == 0, 0, y).astype(np.uint16)
 
 
 def test_percentiles_are_numpys_on_small_volumes_and_close_on_large_ones():
     vol = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
     lo, hi = volume_percentiles(lambda z: vol[z], 10, (10, 10), PercentileMapping(10, 99.8))
-    assert (lo, hi) == (99.0, 997.0)     # the smallest values with 100 resp. 998 of the 1000 values at or below
+    # of the 999 non-zero values, the smallest with >= 99.9 resp. >= 997.002 of them at or below
+    assert (lo, hi) == (100.0, 998.0)
     rng = np.random.default_rng(0)
     big = rng.gamma(2.0, 3000.0, (300, 300, 300)).astype(np.float32)       # 300 planes, stride 2 in-plane
     lo, hi = volume_percentiles(lambda z: big[z], 300, (300, 300), PercentileMapping(*PCT))
@@ -54,10 +55,11 @@ def drifted(tmp_path):
     rng = np.random.default_rng(1)
     g = ndi.gaussian_filter(rng.random((12, 40, 48)), 2)
     base = (g - g.min()) / (g.max() - g.min()) * 20000 + 9000
+    base[:, :, :3] = 0                                          # no data outside the field: stays 0
     lab = (base > np.percentile(base, 85)).astype(np.uint8) * 255
     root = tmp_path / "kaggle"
     imgs = {"kidney_1_dense": base, "kidney_2": base * 1.6 + 2500, "kidney_5": base * 0.7 + 300}
-    imgs = {k: np.rint(v).astype(np.uint16) for k, v in imgs.items()}
+    imgs = {k: np.where(base == 0, 0, np.rint(v)).astype(np.uint16) for k, v in imgs.items()}
     _kidney(root, "train", "kidney_1_dense", imgs["kidney_1_dense"], lab)
     _kidney(root, "train", "kidney_2", imgs["kidney_2"], lab)
     _kidney(root, "test", "kidney_5", imgs["kidney_5"], None)
@@ -71,23 +73,25 @@ def test_convert_maps_each_kidney_by_its_own_percentiles(drifted, nnunet_dirs):
     ds = nnunet_dirs["raw"] / "Dataset530_SenNet"
     verify_dataset_integrity(str(ds), num_processes=1)
     dj = json.loads((ds / "dataset.json").read_text())
-    assert dj["intensity_mapping"] == {"method": "percentile", "percentiles": [10.0, 99.8], "to": [16384.0, 49152.0]}
+    assert dj["intensity_mapping"] == {"method": "percentile", "percentiles": [10.0, 99.8], "to": [1.0, 65535.0]}
     meta = json.loads((ds / "sennet_cases.json").read_text())["kidneys"]
     out = {}
     for name, img in imgs.items():
         sub = "imagesTs" if name == "kidney_5" else "imagesTr"
         out[name] = np.concatenate([tifffile.imread(ds / sub / f"{c['case']}_0000.tif") for c in meta[name]["cases"]])
         np.testing.assert_array_equal(out[name], _expected(img))
-        assert [meta[name]["intensity"][k] for k in ("low", "high")] == list(np.percentile(img, PCT,
+        assert [meta[name]["intensity"][k] for k in ("low", "high")] == list(np.percentile(img[img != 0], PCT,
                                                                                           method="inverted_cdf"))
+        assert (out[name] == 65535).mean() > 0.001 and (out[name] == 1).mean() > 0.05   # clipped at both ends
     # the drift is gone: the three kidneys' mapped images agree to rounding (each uint16 level of the
     # input is `gain` levels after mapping; the drifted inputs were rounded, so were their percentiles)
-    lo, hi = np.percentile(imgs["kidney_1_dense"], PCT, method="inverted_cdf")
-    gain = (49152 - 16384) / (hi - lo)
+    k1 = imgs["kidney_1_dense"]
+    lo, hi = np.percentile(k1[k1 != 0], PCT, method="inverted_cdf")
+    gain = 65534 / (hi - lo)
     for name in ("kidney_2", "kidney_5"):
         d = np.abs(out[name].astype(int) - out["kidney_1_dense"].astype(int))
         assert d.max() <= 1 + 3 * gain, (name, d.max(), gain)
-    assert np.abs(imgs["kidney_2"].astype(int) - imgs["kidney_1_dense"].astype(int)).min() > 2000
+    assert np.abs(imgs["kidney_2"].astype(int) - k1.astype(int))[k1 != 0].min() > 2000
 
 
 def test_predict_maps_each_input_like_conversion(drifted, nnunet_dirs, tmp_path):

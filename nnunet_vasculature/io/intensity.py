@@ -1,11 +1,17 @@
 """Per-kidney intensity mapping by percentiles (SenNet's 4th place normalised each kidney by its own
 10th / 99.8th percentile), for HiP-CT's kidney-to-kidney intensity drift.
 
-Each volume's percentiles ``low``/``high`` of its intensities are estimated from a fixed sample of it
-(:func:`volume_percentiles`: up to :data:`SAMPLE_PLANES` evenly spaced planes, each subsampled on a
+Each volume's percentiles ``low``/``high`` of its non-zero intensities are estimated from a fixed sample
+of it (:func:`volume_percentiles`: up to :data:`SAMPLE_PLANES` evenly spaced planes, each subsampled on a
 regular grid of at most :data:`SAMPLE_PER_PLANE` pixels; the sample's percentile is one of its values,
-numpy's ``inverted_cdf``), and the volume is mapped linearly so that ``low`` -> :data:`TO` [0] and
-``high`` -> :data:`TO` [1], rounded and clipped to uint16 (:func:`apply`). The mapping is applied by
+numpy's ``inverted_cdf``), and the volume is mapped linearly so that ``low`` -> :data:`TO` [0] = 1 and
+``high`` -> :data:`TO` [1] = 65535, rounded and clipped to [1, 65535]: values below ``low`` and above
+``high`` are clipped to the kidney's own percentiles (:func:`apply`). Zero voxels (no data, e.g. outside
+the scanned field) stay zero, so nnU-Net's crop to the non-zero box is unchanged.
+
+Why clipping: a gain/offset drift alone is undone by nnU-Net's per-case z-score (the scheme it plans for a
+non-CT channel) and by the instance norm after the networks' first convolution; what a per-kidney
+percentile normalisation adds is where each kidney saturates. The mapping is applied by
 ``convert sennet --percentile_norm`` before writing the nnU-Net images (so nnU-Net's own fingerprint,
 normalisation and training see mapped images) and recorded in the dataset's ``dataset.json``
 (``intensity_mapping``, copied by nnU-Net into the model folder) and per kidney in ``sennet_cases.json``;
@@ -27,7 +33,7 @@ from nnunet_vasculature.errors import UserError
 
 SAMPLE_PLANES = 128
 SAMPLE_PER_PLANE = 65536
-TO = (16384.0, 49152.0)        # where low and high land: room on both sides within uint16
+TO = (1.0, 65535.0)            # where low and high land (then clipped there); 0 is kept for no data
 KEY = "intensity_mapping"      # in dataset.json
 
 
@@ -61,20 +67,26 @@ def plane_stride(shape_yx: Sequence[int]) -> int:
 
 def volume_percentiles(read_plane: Callable[[int], np.ndarray], n_planes: int, shape_yx: Sequence[int],
                        mapping: PercentileMapping) -> tuple[float, float]:
-    """The ``mapping``'s low/high percentiles of a volume of ``n_planes`` planes of ``shape_yx``, from
-    its sample; ``read_plane(z)`` -> (y, x). Memory: the sample only (at most 128 x 65536 values)."""
+    """The ``mapping``'s low/high percentiles of the non-zero voxels of a volume of ``n_planes`` planes of
+    ``shape_yx``, from its sample; ``read_plane(z)`` -> (y, x). Memory: the sample only (at most
+    128 x 65536 values). An all-zero sample gives (0, 0)."""
     s = plane_stride(shape_yx)
     sample = np.concatenate([np.asarray(read_plane(int(z)))[::s, ::s].ravel().astype(np.float64)
                              for z in sample_indices(n_planes)])
+    sample = sample[sample != 0]
+    if not sample.size:
+        return 0.0, 0.0
     lo, hi = np.percentile(sample, [mapping.low, mapping.high], method="inverted_cdf")
     return float(lo), float(hi)
 
 
 def apply(x: np.ndarray, low: float, high: float, dtype: type = np.uint16) -> np.ndarray:
-    """``x`` mapped so that ``low`` -> TO[0] and ``high`` -> TO[1], rounded, clipped to [0, 65535]."""
+    """``x`` mapped so that ``low`` -> TO[0] and ``high`` -> TO[1], rounded, clipped to TO; zeros stay 0."""
+    x = np.asarray(x, dtype=np.float64)
     scale = (TO[1] - TO[0]) / max(high - low, 1e-6)
-    y = (np.asarray(x, dtype=np.float64) - low) * scale + TO[0]
-    return np.clip(np.rint(y), 0, 65535).astype(dtype)
+    y = np.clip(np.rint((x - low) * scale + TO[0]), *TO)
+    y[x == 0] = 0
+    return y.astype(dtype)
 
 
 def model_mapping(model_folder: Path) -> PercentileMapping | None:
