@@ -12,6 +12,11 @@ there are skipped, so an interrupted or partial run can be continued and subsets
         [--seeds 0 1 2] [--budgets demo long] [--variants transfer scratch frozenEncoder sourceHead]
     .venv/bin/python benchmarks/transfer.py --report      # the table from runs.jsonl, nothing trained
 
+`--reuse-quality DIR` takes the fine-tuned models of the demo budget from `benchmarks/quality.py --work DIR`
+(its baseline is the same trainer, schedule, seed and training script on the same synthetic kidneys,
+converted, imported and preprocessed the same way; checked: its dataset fingerprint and plans must equal
+the demo's) instead of training them again; they are predicted and scored here as the others.
+
 A "seed" seeds Python, numpy and torch in the training process (network initialisation, the order of
 nnU-Net's first batches); nnU-Net's data-augmentation workers draw their own randomness, so two runs
 of one seed are not identical: seeds are repetitions, not exact replays.
@@ -50,7 +55,27 @@ run_training_entry()
 """
 
 
-def run_one(demo: Path, work: Path, variant: str, budget: str, seed: int) -> dict:
+def reusable(demo: Path, quality: Path | None, variant: str, budget: str, seed: int) -> tuple[Path, float] | None:
+    """The quality benchmark's baseline model of ``seed`` and its training seconds, if it can stand for
+    this run (fine-tuned, demo budget, same preprocessed dataset)."""
+    if quality is None or variant != "transfer" or budget != "demo":
+        return None
+    folder = quality / "results" / f"{VARIANTS[variant]}_seed{seed}" / "Dataset501_SenNetDemo" / \
+        f"{VARIANTS[variant]}__nnUNetPlans_Task008__3d_fullres"
+    runs = [json.loads(line) for line in (quality / "runs.jsonl").read_text().splitlines()]
+    secs = [r["train_seconds"] for r in runs if r["lever"] == "baseline" and r["seed"] == seed
+            and r["schedule"] == BUDGETS[budget]]
+    if not (folder / "fold_0" / "checkpoint_final.pth").is_file() or not secs or secs[0] is None:
+        return None
+    for f in ("dataset_fingerprint.json", "nnUNetPlans_Task008.json"):
+        a, b = (json.loads((d / "nnUNet_preprocessed" / "Dataset501_SenNetDemo" / f).read_text())
+                for d in (demo, quality / "data"))
+        if a != b:
+            sys.exit(f"--reuse-quality: {f} of {quality / 'data'} differs from the demo's; drop --reuse-quality")
+    return folder, float(secs[0])
+
+
+def run_one(demo: Path, work: Path, variant: str, budget: str, seed: int, quality: Path | None = None) -> dict:
     from nnunet_vasculature.inference.predict import predict
     from nnunet_vasculature.io.volumes import open_labels, open_probabilities
     from nnunet_vasculature.postprocess.surface_dice import surface_dice_sweep
@@ -67,13 +92,18 @@ def run_one(demo: Path, work: Path, variant: str, budget: str, seed: int) -> dic
     log = work / "logs" / f"{tag}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     t = time.time()
-    with open(log, "w") as f:
-        subprocess.run([sys.executable, "-c", TRAIN, str(seed), str(DATASET_ID), "3d_fullres", "0", "-tr", trainer,
-                        "-p", "nnUNetPlans_Task008", "-device", "cpu"], env=env, stdout=f, stderr=subprocess.STDOUT,
-                       check=True)
-    train_s = time.time() - t
+    reused = reusable(demo, quality, variant, budget, seed)
+    if reused is None:
+        with open(log, "w") as f:
+            subprocess.run([sys.executable, "-c", TRAIN, str(seed), str(DATASET_ID), "3d_fullres", "0", "-tr",
+                            trainer, "-p", "nnUNetPlans_Task008", "-device", "cpu"], env=env, stdout=f,
+                           stderr=subprocess.STDOUT, check=True)
+        train_s = time.time() - t
+        folder = results / "Dataset501_SenNetDemo" / f"{trainer}__nnUNetPlans_Task008__3d_fullres"
+    else:
+        folder, train_s = reused
+        t -= train_s
     os.environ.update({k: v for k, v in env.items() if k.startswith("nnUNet")})
-    folder = results / "Dataset501_SenNetDemo" / f"{trainer}__nnUNetPlans_Task008__3d_fullres"
     held = demo / "kaggle" / "train" / HELD_OUT
     probs = work / "probs" / f"{tag}.zarr"
     predict(held, probs, folder, ["0"], device="cpu", overwrite=True)
@@ -81,7 +111,7 @@ def run_one(demo: Path, work: Path, variant: str, budget: str, seed: int) -> dic
     return {"variant": variant, "trainer": trainer, "budget": budget, "schedule": schedule, "seed": seed,
             "surface_dice_at_0.5": float(sweep[LEVEL_HALF]), "surface_dice_at_best_threshold": float(sweep.max()),
             "best_threshold": float(np.argmax(sweep) / 255), "train_seconds": round(train_s),
-            "total_seconds": round(time.time() - t),
+            "total_seconds": round(time.time() - t), "model": str(folder),
             "source_model_sha256": json.loads((demo / "summary.json").read_text())["source_model"].get("sha256")}
 
 
@@ -146,6 +176,8 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--budgets", nargs="+", choices=list(BUDGETS), default=list(BUDGETS))
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--reuse-quality", type=Path, metavar="DIR",
+                    help="take the fine-tuned demo-budget models from benchmarks/quality.py --work DIR (see above)")
     ap.add_argument("--report", action="store_true", help="train nothing: print the table of the runs done so far "
                                                            "(adding the demo's own pair if not there yet)")
     ap.add_argument("--with-demo-run", action=argparse.BooleanOptionalAction, default=True,
@@ -171,7 +203,7 @@ def main():
                 if (v, b, s) not in done and not (b != "demo" and v in ("frozenEncoder", "sourceHead"))]
         for i, (v, b, s) in enumerate(todo):
             print(f"[{i + 1}/{len(todo)}] {v} {b} ({BUDGETS[b]}) seed {s} ...", flush=True)
-            r = run_one(demo, work, v, b, s)
+            r = run_one(demo, work, v, b, s, a.reuse_quality.resolve() if a.reuse_quality else None)
             runs.append(r)
             with open(runs_file, "a") as f:
                 f.write(json.dumps(r) + "\n")
