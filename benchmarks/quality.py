@@ -81,10 +81,11 @@ def own_training(lever: str) -> bool:
 
 def env_for(data: Path) -> dict:
     from nnunet_vasculature.trainers import ext_trainer_value
-    from nnunet_vasculature.trainers.vessel_transfer import DEMO_ENV
+    from nnunet_vasculature.trainers.vessel_transfer import DEMO_ENV, VALIDATION_ENV
     return {"nnUNet_raw": str(data / "nnUNet_raw"), "nnUNet_preprocessed": str(data / "nnUNet_preprocessed"),
             "nnUNet_results": str(data / "nnUNet_results"), "nnUNet_extTrainer": ext_trainer_value(),
-            "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "2"), DEMO_ENV: SCHEDULE}
+            "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "2"), DEMO_ENV: SCHEDULE,
+            VALIDATION_ENV: "0"}   # nnU-Net's final validation is not used here: the runs are scored below
 
 
 def prepare(data: Path, shift: tuple[float, float, float], convert_options: dict | None = None,

@@ -81,14 +81,15 @@ def run_one(demo: Path, work: Path, variant: str, budget: str, seed: int, qualit
     from nnunet_vasculature.postprocess.surface_dice import surface_dice_sweep
     from nnunet_vasculature.postprocess.tune import LEVEL_HALF
     from nnunet_vasculature.trainers import ext_trainer_value
-    from nnunet_vasculature.trainers.vessel_transfer import DEMO_ENV
+    from nnunet_vasculature.trainers.vessel_transfer import DEMO_ENV, VALIDATION_ENV
 
     trainer, schedule = VARIANTS[variant], BUDGETS[budget]
     tag = f"{variant}_{budget}_seed{seed}"
     results = work / "results" / tag
     env = dict(os.environ, nnUNet_raw=str(demo / "nnUNet_raw"), nnUNet_preprocessed=str(demo / "nnUNet_preprocessed"),
                nnUNet_results=str(results), nnUNet_extTrainer=ext_trainer_value(),
-               nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "2"), **{DEMO_ENV: schedule})
+               nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "2"),
+               **{DEMO_ENV: schedule, VALIDATION_ENV: "0"})   # nnU-Net's final validation: not used here
     log = work / "logs" / f"{tag}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     t = time.time()

@@ -97,3 +97,24 @@ def test_encoder_freezing_under_ddp(tmp_path):
         assert enc_moved == 0.0 and enc_lr == 0.0, "encoder changed while frozen"
         assert dec_moved > 0.0
     assert h[FREEZE][0] > 0.0 and h[FREEZE][2] > 0.0, "encoder not trained after unfreezing"
+
+
+@pytest.mark.parametrize("trainer", ["VesselTransferTrainer_demo", "VesselScratchTrainer_demo",
+                                     "VesselTransferTrainer_boundaryDoU_demo", "nnUNetTrainer_demo"])
+def test_demo_trainers_skip_the_final_validation_only_when_asked(trainer, monkeypatch):
+    """$nnUNet_vasculature_demo_validation=0 (set by the demos and the benchmarks, which score their own held-out
+    kidney) skips nnU-Net's final validation of every demo-length trainer; unset, nnU-Net's own runs."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunet_vasculature.trainers.ext import nnunet_vasculature_ext_trainers as ext
+    from nnunet_vasculature.trainers.vessel_transfer import VALIDATION_ENV
+    calls, logged = [], []
+    monkeypatch.setattr(nnUNetTrainer, "perform_actual_validation", lambda self, save=False: calls.append(save))
+    obj = object.__new__(getattr(ext, trainer))        # no dataset needed: only the hook is exercised
+    obj.print_to_log_file = lambda *a, **k: logged.append(a)
+    monkeypatch.setenv(VALIDATION_ENV, "0")
+    obj.perform_actual_validation(True)
+    assert calls == [] and "skipped" in str(logged)
+    monkeypatch.delenv(VALIDATION_ENV)
+    obj.perform_actual_validation(True)
+    assert calls == [True]

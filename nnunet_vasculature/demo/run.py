@@ -80,9 +80,10 @@ def run_demo(out: Path, pretrained: Path | None = None, quick: bool = False, see
     from nnunet_vasculature.postprocess.surface_dice import surface_dice_sweep
     from nnunet_vasculature.postprocess.tune import LEVEL_HALF, determine, plot_curve, write_json
     from nnunet_vasculature.pretrained.import_pretrained import import_pretrained
-    from nnunet_vasculature.trainers.vessel_transfer import DEMO_ENV
+    from nnunet_vasculature.trainers.vessel_transfer import DEMO_ENV, VALIDATION_ENV
 
-    out, logs, dirs, env = demo_workspace(out, QUICK_SCHEDULE if quick else SCHEDULE)
+    # nnU-Net's final validation of fold 0 is skipped: the demo scores the same held-out kidney itself below
+    out, logs, dirs, env = demo_workspace(out, QUICK_SCHEDULE if quick else SCHEDULE, **{VALIDATION_ENV: "0"})
     steps = Steps(10, logs)
     kaggle = out / "kaggle"
     if not (kaggle / "train_rles.csv").exists():

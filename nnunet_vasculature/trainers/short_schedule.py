@@ -1,19 +1,15 @@
 """Stock ``nnUNetTrainer`` with the CPU demo schedule, for any configuration (the HuBMAP 2D lines use it)."""
 from __future__ import annotations
 
-import os
-
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_vasculature.trainers.vessel_transfer import demo_schedule
+from nnunet_vasculature.trainers.vessel_transfer import VALIDATION_ENV, SkippableValidation, demo_schedule
 
-# "0": skip nnU-Net's end-of-training validation (the demos score their own held-out data; in the test
-# suite's quick runs the validation's worker pool costs more than the training)
-VALIDATION_ENV = "nnUNet_vasculature_demo_validation"
+__all__ = ["VALIDATION_ENV", "nnUNetTrainer_demo"]
 
 
-class nnUNetTrainer_demo(nnUNetTrainer):
+class nnUNetTrainer_demo(SkippableValidation, nnUNetTrainer):
     """nnU-Net's default trainer, shortened to ``$nnUNet_vasculature_demo_schedule`` (default 6x30:
     epochs x iterations per epoch) so that a 2D or 3D model trains in minutes on CPU;
     ``$nnUNet_vasculature_demo_validation=0`` skips the final validation."""
@@ -24,9 +20,3 @@ class nnUNetTrainer_demo(nnUNetTrainer):
         epochs, iters = demo_schedule()
         self.num_epochs, self.num_iterations_per_epoch = epochs, iters
         self.num_val_iterations_per_epoch = max(1, iters // 5)
-
-    def perform_actual_validation(self, save_probabilities: bool = False) -> None:
-        if os.environ.get(VALIDATION_ENV, "1") == "0":
-            self.print_to_log_file(f"final validation skipped (${VALIDATION_ENV}=0)")
-            return
-        super().perform_actual_validation(save_probabilities)

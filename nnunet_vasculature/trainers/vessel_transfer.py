@@ -201,8 +201,24 @@ def demo_schedule() -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-class VesselTransferTrainer_demo(VesselTransferTrainer):
-    """CPU demo length (default 6 epochs x 30 iterations; ``$nnUNet_vasculature_demo_schedule``)."""
+# "0": skip nnU-Net's end-of-training validation in the demo-length trainers (the demos and benchmarks score
+# their own held-out data; in the test suite's quick runs the validation's worker pool costs more than the training)
+VALIDATION_ENV = "nnUNet_vasculature_demo_validation"
+
+
+class SkippableValidation:
+    """Mixin for demo-length trainers: ``$nnUNet_vasculature_demo_validation=0`` skips the final validation."""
+
+    def perform_actual_validation(self, save_probabilities: bool = False) -> None:
+        if os.environ.get(VALIDATION_ENV, "1") == "0":
+            self.print_to_log_file(f"final validation skipped (${VALIDATION_ENV}=0)")
+            return
+        super().perform_actual_validation(save_probabilities)
+
+
+class VesselTransferTrainer_demo(SkippableValidation, VesselTransferTrainer):
+    """CPU demo length (default 6 epochs x 30 iterations; ``$nnUNet_vasculature_demo_schedule``);
+    ``$nnUNet_vasculature_demo_validation=0`` skips the final validation."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
