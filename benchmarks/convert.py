@@ -61,7 +61,7 @@ def main():
     a = ap.parse_args()
     if not (a.data / "train_rles.csv").exists():
         print(f"synthesizing the full-size kidney into {a.data} (5.4 GB of images + labels) ...")
-        from nnunet_vasculature.dataset_conversion.synthesize import synthesize
+        from nnunet_vasculature.synthetic.sennet import synthesize
         synthesize(a.data, seed=0, scale="full", overwrite=True)
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     raw = Path(tempfile.mkdtemp(prefix="bench-raw-", dir=a.data.parent))

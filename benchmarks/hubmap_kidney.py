@@ -82,7 +82,7 @@ def _slides(work: Path, shape: tuple[int, int]) -> dict[str, Path]:
     for name, full in (("small", False), ("big", True)):
         k = work / (f"kaggle_big_{shape[0]}x{shape[1]}" if full else "kaggle_small")
         if not (k / "train.csv").exists():
-            r = _child(f"from nnunet_vasculature.dataset_conversion.synthesize_hubmap_kidney import synthesize\n"
+            r = _child(f"from nnunet_vasculature.synthetic.hubmap_kidney import synthesize\n"
                        f"synthesize({str(k)!r}, 0, {'full' if full else 'small'!r}, True, n_train=1, n_test=0, "
                        f"full_shape={tuple(shape)!r})\nresult = {{}}")
             print(f"synthesize {name}: {r['seconds']:.0f} s, peak RSS {r['peak_rss_mb']:.0f} MB")

@@ -23,11 +23,11 @@ from nnunet_vasculature.postprocess.surface_dice import surface_dice, surface_di
 def vessel_like(n: int, seed: int = 0):
     """Vessel trees (the synthesizer's) and a probability map like a network's: blurred and noisy near
     the vessels, ~0 far from them."""
-    from nnunet_vasculature.dataset_conversion.synthesize import _segment_field, grow_tree
+    from nnunet_vasculature.synthetic.vessels import grow_tree, segment_field
     rng = np.random.default_rng(seed)
     extent = np.array([n, n, n], float)
     tree = grow_tree(rng, extent, root_radius=n / 40, min_radius=1.0, n_roots=12, missing_fraction=0.0)
-    sd = _segment_field(np.zeros(3), (n, n, n), 1.0, tree, False, 3.0)
+    sd = segment_field(np.zeros(3), (n, n, n), 1.0, tree, False, 3.0)
     gt = sd <= 0
     prob = 1 / (1 + np.exp(np.clip(sd / 0.8, -30, 30)))
     prob = np.clip(prob * rng.uniform(0.6, 1.4, prob.shape), 0, 1)

@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import mean_sd, table  # noqa: E402
 from transfer import TRAIN  # noqa: E402
 
-from nnunet_vasculature.demo.run import DATASET_ID, HELD_OUT, SCHEDULE  # noqa: E402
+from nnunet_vasculature.demo.sennet import DATASET_ID, HELD_OUT, SCHEDULE  # noqa: E402
 
 VALIDATION = HELD_OUT            # fold 0's validation kidney: thresholds are tuned here
 TARGET = "kidney_6"              # the held-out kidney at 63.08 µm, intensity-shifted
@@ -81,7 +81,7 @@ def own_training(lever: str) -> bool:
 
 def env_for(data: Path) -> dict:
     from nnunet_vasculature.trainers import ext_trainer_value
-    from nnunet_vasculature.trainers.vessel_transfer import DEMO_ENV, VALIDATION_ENV
+    from nnunet_vasculature.trainers.common import DEMO_ENV, VALIDATION_ENV
     return {"nnUNet_raw": str(data / "nnUNet_raw"), "nnUNet_preprocessed": str(data / "nnUNet_preprocessed"),
             "nnUNet_results": str(data / "nnUNet_results"), "nnUNet_extTrainer": ext_trainer_value(),
             "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "2"), DEMO_ENV: SCHEDULE,
@@ -97,10 +97,10 @@ def prepare(data: Path, shift: tuple[float, float, float], convert_options: dict
     if done.is_file():
         return json.loads(done.read_text())
     from nnunet_vasculature.dataset_conversion.sennet import convert_sennet
-    from nnunet_vasculature.dataset_conversion.synthesize import synthesize
-    from nnunet_vasculature.demo.run import source_model
+    from nnunet_vasculature.demo.sennet import source_model
     from nnunet_vasculature.io.intensity import PercentileMapping
     from nnunet_vasculature.pretrained.import_pretrained import import_pretrained
+    from nnunet_vasculature.synthetic.sennet import synthesize
     t = time.time()
     env = env_for(data)
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):

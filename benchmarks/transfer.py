@@ -36,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import mean_sd, table  # noqa: E402
 
-from nnunet_vasculature.demo.run import DATASET_ID, HELD_OUT, SCHEDULE  # noqa: E402
+from nnunet_vasculature.demo.sennet import DATASET_ID, HELD_OUT, SCHEDULE  # noqa: E402
 
 VARIANTS = {"transfer": "VesselTransferTrainer_demo", "scratch": "VesselScratchTrainer_demo",
             "frozenEncoder": "VesselTransferTrainer_frozenEncoder_demo",
@@ -81,7 +81,7 @@ def run_one(demo: Path, work: Path, variant: str, budget: str, seed: int, qualit
     from nnunet_vasculature.postprocess.surface_dice import surface_dice_sweep
     from nnunet_vasculature.postprocess.tune import LEVEL_HALF
     from nnunet_vasculature.trainers import ext_trainer_value
-    from nnunet_vasculature.trainers.vessel_transfer import DEMO_ENV, VALIDATION_ENV
+    from nnunet_vasculature.trainers.common import DEMO_ENV, VALIDATION_ENV
 
     trainer, schedule = VARIANTS[variant], BUDGETS[budget]
     tag = f"{variant}_{budget}_seed{seed}"

@@ -23,5 +23,5 @@ def nnunet_dirs(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def kaggle_small(tmp_path_factory):
     """Synthetic kidneys in the Kaggle layout (made once per session)."""
-    from nnunet_vasculature.dataset_conversion.synthesize import synthesize
+    from nnunet_vasculature.synthetic.sennet import synthesize
     return synthesize(tmp_path_factory.mktemp("kaggle") / "blood-vessel-segmentation", seed=3)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnunet_vasculature.demo.run import source_model
+from nnunet_vasculature.demo.sennet import source_model
 from nnunet_vasculature.demo.standin import shipped_standin
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.io.volumes import open_labels, open_probabilities

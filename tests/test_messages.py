@@ -89,7 +89,7 @@ def test_apply_takes_a_store_like_tune_and_submit(tmp_path):
 
 def test_trainer_setup_errors_are_one_line(tmp_path):
     """Inside stock nnUNetv2_train our trainers' set-up errors are SystemExit: one line, exit code 1."""
-    code = "from nnunet_vasculature.trainers.vessel_transfer import demo_schedule; print(demo_schedule())"
+    code = "from nnunet_vasculature.trainers.common import demo_schedule; print(demo_schedule())"
     import os
     for value, ok in (("6x30", True), ("6by30", False), ("0x5", False)):
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

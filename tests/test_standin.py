@@ -111,7 +111,7 @@ def test_source_case_is_ct_like_and_a_function_of_its_seed():
 
 def test_vessel_distance_is_metric_in_mm_for_anisotropic_voxels():
     """A segment along x of radius 1 mm: a voxel centre 2 voxels away in z (3 mm) is 2 mm outside."""
-    from nnunet_vasculature.dataset_conversion.synthesize import VesselTree
+    from nnunet_vasculature.synthetic.vessels import VesselTree
     sp = (1.5, 0.8, 0.8)
     zc, yc = 10 * 1.5 + 0.75, 10 * 0.8 + 0.4          # through the centre of voxel (10, 10, *)
     tree = VesselTree(np.array([[zc, yc, 0.0]]), np.array([[zc, yc, 16.0]]), np.array([1.0]), np.array([True]))
@@ -122,6 +122,6 @@ def test_vessel_distance_is_metric_in_mm_for_anisotropic_voxels():
 
 
 def test_build_source_rejects_a_non_zip_output(tmp_path, capsys):
-    assert cli_main(["demo", "build-source", "-o", str(tmp_path / "model.txt")]) == 2
+    assert cli_main(["standin", "--iterations", "1", "-o", str(tmp_path / "model.txt")]) == 2
     assert "must be a .zip" in capsys.readouterr().err
     assert not (tmp_path / "model.txt").exists() and not record_path(tmp_path / "model.txt").exists()

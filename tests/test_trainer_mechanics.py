@@ -106,8 +106,8 @@ def test_demo_trainers_skip_the_final_validation_only_when_asked(trainer, monkey
     kidney) skips nnU-Net's final validation of every demo-length trainer; unset, nnU-Net's own runs."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+    from nnunet_vasculature.trainers.common import VALIDATION_ENV
     from nnunet_vasculature.trainers.ext import nnunet_vasculature_ext_trainers as ext
-    from nnunet_vasculature.trainers.vessel_transfer import VALIDATION_ENV
     calls, logged = [], []
     monkeypatch.setattr(nnUNetTrainer, "perform_actual_validation", lambda self, save=False: calls.append(save))
     obj = object.__new__(getattr(ext, trainer))        # no dataset needed: only the hook is exercised

@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
+from nnunet_vasculature.dataset_conversion.splits import leave_one_group_out
 from nnunet_vasculature.errors import UserError, atomic_dir
 from nnunet_vasculature.io.paths import nnunet_folder
 from nnunet_vasculature.io.rle import allow_long_csv_fields, column_major_regions
@@ -114,6 +115,15 @@ def convert_slide(slide: Slide, labels: Callable[[int, int, int, int, int, int],
     return cases
 
 
+def patient_folds(meta: dict) -> list[dict]:
+    """Leave-one-patient-out folds over the training slides' tiles."""
+    groups: dict[str, list[str]] = {}
+    for k in meta["kidneys"].values():
+        if k["split"] == "train":
+            groups.setdefault(str(k["physical_kidney"]), []).extend(c["case"] for c in k["cases"])
+    return leave_one_group_out(groups)
+
+
 def _read_train_csv(path: Path) -> dict[str, str]:
     allow_long_csv_fields()
     try:
@@ -133,7 +143,7 @@ def convert_hubmap_kidney(kaggle_dir: Path, dataset_id: int, name: str = "HuBMAP
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
     from skimage.io import imsave
 
-    from nnunet_vasculature.dataset_conversion.sennet import install_splits, make_splits
+    from nnunet_vasculature.dataset_conversion.splits import install_splits
     kaggle_dir = Path(kaggle_dir)
     raw_root = Path(raw_root) if raw_root else nnunet_folder("nnUNet_raw", "pass -o RAW_ROOT")
     unhealthy = "unhealthy" in classes
@@ -169,8 +179,9 @@ def convert_hubmap_kidney(kaggle_dir: Path, dataset_id: int, name: str = "HuBMAP
         if source == "train" and not unhealthy:
             rle_region_fn(rles[sid], info[sid]["height"], info[sid]["width"], f"{kaggle_dir / 'train.csv'} (id {sid})")
     meta: dict = {"source": str(kaggle_dir.resolve()), "downscale": downscale, "tile": tile,
-                  "classes": list(classes), "note": "'kidneys' are slides (the key SenNet's make_splits reads); "
-                  "'physical_kidney' is the patient, so folds are leave-one-patient-out", "kidneys": {}}
+                  "classes": list(classes),
+                  "note": "'kidneys' are slides; 'physical_kidney' is the patient: leave-one-patient-out folds",
+                  "kidneys": {}}
     with atomic_dir(raw_root / ds_name, overwrite) as tmp:
         (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()
@@ -211,7 +222,7 @@ def convert_hubmap_kidney(kaggle_dir: Path, dataset_id: int, name: str = "HuBMAP
             reference="https://www.kaggle.com/competitions/hubmap-kidney-segmentation",
             license="see the competition rules", converted_by="nnunet-vasculature", downscale=downscale)
         (tmp / CASES_FILE).write_text(json.dumps(meta, indent=1))
-        (tmp / "splits_final.json").write_text(json.dumps(make_splits(meta), indent=1))
+        (tmp / "splits_final.json").write_text(json.dumps(patient_folds(meta), indent=1))
     final = raw_root / ds_name
     print(f"wrote {final} ({n} training cases from {len(jobs)} slides)")
     install_splits(final)
@@ -228,8 +239,9 @@ def _parse_pseudo(items: list[str] | None) -> dict[str, Path]:
     return out
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """``convert hubmap-kidney``: registers the command in ``sub``."""
+def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
+    """``convert {competition}``."""
+    sub = groups["convert"]
     p = sub.add_parser("hubmap-kidney", help="HuBMAP Hacking the Kidney slides -> nnU-Net raw (2D)")
     p.add_argument("kaggle_dir", type=Path, help="the unpacked hubmap-kidney-segmentation download")
     p.add_argument("-d", dest="dataset_id", type=int, required=True, help="nnU-Net dataset ID")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from nnunet_vasculature.dataset_conversion.splits import leave_one_group_out
 from nnunet_vasculature.errors import UserError, atomic_dir
 from nnunet_vasculature.io.paths import nnunet_folder
 
@@ -148,11 +149,10 @@ def _tile_shape(path: Path) -> tuple[int, int]:
 def make_splits(cases: dict[str, dict], folds: str) -> list[dict]:
     """One fold per source WSI (``wsi``) or per dataset (``dataset``), in ascending order; [] if only one."""
     key = "source_wsi" if folds == "wsi" else "dataset"
-    groups = sorted({c[key] for c in cases.values()})
-    if len(groups) < 2:
-        return []
-    return [{"train": sorted(k for k, c in cases.items() if c[key] != g),
-             "val": sorted(k for k, c in cases.items() if c[key] == g)} for g in groups]
+    groups: dict[str, list[str]] = {}
+    for k, c in cases.items():
+        groups.setdefault(str(c[key]), []).append(k)
+    return leave_one_group_out(groups)
 
 
 def convert_vasculature(kaggle_dir: Path, dataset_id: int, name: str = "HuBMAPVasculature",
@@ -162,7 +162,7 @@ def convert_vasculature(kaggle_dir: Path, dataset_id: int, name: str = "HuBMAPVa
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
     from PIL import Image
 
-    from nnunet_vasculature.dataset_conversion.sennet import install_splits
+    from nnunet_vasculature.dataset_conversion.splits import install_splits
     kaggle_dir = Path(kaggle_dir)
     raw_root = Path(raw_root) if raw_root else nnunet_folder("nnUNet_raw", "pass -o RAW_ROOT")
     ds_name = f"Dataset{dataset_id:03d}_{name}"
@@ -213,8 +213,9 @@ def convert_vasculature(kaggle_dir: Path, dataset_id: int, name: str = "HuBMAPVa
     return out
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """``convert hubmap-vasculature``: registers the command in ``sub``."""
+def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
+    """``convert {competition}``."""
+    sub = groups["convert"]
     p = sub.add_parser("hubmap-vasculature", help="HuBMAP vasculature tiles -> nnU-Net raw (2D)")
     p.add_argument("kaggle_dir", type=Path, help="Kaggle download folder (train/, polygons.jsonl, tile_meta.csv)")
     p.add_argument("-d", dest="dataset_id", type=int, required=True, help="nnU-Net dataset ID, e.g. 502")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +18,10 @@ import numpy as np
 import tifffile
 from tqdm import tqdm
 
+from nnunet_vasculature.dataset_conversion.splits import install_splits, leave_one_group_out
 from nnunet_vasculature.errors import UserError, atomic_dir
 from nnunet_vasculature.io import intensity
-from nnunet_vasculature.io.paths import CASES_FILE, find_raw_dataset, nnunet_folder
+from nnunet_vasculature.io.paths import CASES_FILE, nnunet_folder
 from nnunet_vasculature.io.sennet import DEFAULT_TRAIN, KNOWN_SPACING_UM, case_name, physical_kidney
 from nnunet_vasculature.io.slices import list_slices, read_label_slice, read_slice, slice_shape
 
@@ -231,41 +231,10 @@ def _write_case(img_dir: Path, lab_dir: Path, case: str, img: np.ndarray, lab: n
 def make_splits(meta: dict) -> list[dict]:
     """Leave-one-kidney-out folds over physical kidneys (kidney_3_dense goes with kidney_3_sparse)."""
     groups: dict[str, list[str]] = {}
-    for name, k in meta["kidneys"].items():
+    for k in meta["kidneys"].values():
         if k["split"] == "train":
             groups.setdefault(k["physical_kidney"], []).extend(c["case"] for c in k["cases"])
-    if len(groups) < 2:
-        return []
-    folds = []
-    for held_out in sorted(groups):
-        val = sorted(groups[held_out])
-        train = sorted(c for g, cs in groups.items() if g != held_out for c in cs)
-        folds.append({"train": train, "val": val})
-    return folds
-
-
-def install_splits(raw_dataset: Path, required: bool = False) -> Path | None:
-    """Copy the dataset's ``splits_final.json`` to where nnU-Net reads it (nnUNet_preprocessed).
-
-    Without ``nnUNet_preprocessed`` a hint is printed, or, when ``required``, a UserError raised."""
-    src = raw_dataset / "splits_final.json"
-    splits = json.loads(src.read_text())
-    if not splits:
-        print("only one training kidney: no leave-one-kidney-out splits (train with fold 'all')")
-        return None
-    if required:
-        pre = nnunet_folder("nnUNet_preprocessed")
-    else:
-        pre = os.environ.get("nnUNet_preprocessed")
-    if not pre:
-        print(f"nnUNet_preprocessed is not set: copy {src} to $nnUNet_preprocessed/{raw_dataset.name}/ "
-              f"(or run 'nnunet-vasculature splits -d ID' once it is set)")
-        return None
-    dst = Path(pre) / raw_dataset.name / "splits_final.json"
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_text(json.dumps(splits, indent=1))
-    print(f"wrote {dst} ({len(splits)} folds)")
-    return dst
+    return leave_one_group_out(groups)
 
 
 def _parse_spacing(items: list[str]) -> dict[str, float]:
@@ -279,8 +248,9 @@ def _parse_spacing(items: list[str]) -> dict[str, float]:
     return out
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """``convert sennet``: ``sub`` is the ``convert`` command's sub-parsers."""
+def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
+    """``convert {competition}``."""
+    sub = groups["convert"]
     p = sub.add_parser("sennet", help="SenNet + HOA 3D HiP-CT kidneys -> nnU-Net raw (3D)")
     p.add_argument("kaggle_dir", nargs="?", type=Path, help="Kaggle download folder (or use -i)")
     p.add_argument("-i", dest="input", type=Path, help="Kaggle download folder")
@@ -316,10 +286,3 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        intensity.PercentileMapping(*a.percentile_norm) if a.percentile_norm else None)
 
     p.set_defaults(func=run)
-
-
-def add_splits_parser(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("splits", help="install the leave-one-kidney-out splits_final.json in nnUNet_preprocessed")
-    s.add_argument("-d", dest="dataset_id", type=int, required=True)
-    s.set_defaults(func=lambda a: install_splits(find_raw_dataset(a.dataset_id), required=True))
-

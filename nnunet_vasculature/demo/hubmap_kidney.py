@@ -28,12 +28,12 @@ SETTINGS = {True: {"slides": (4, 1, 384), "downscale": 2, "schedule": "1x4", "st
 
 def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     from nnunet_vasculature.dataset_conversion.hubmap_kidney import CASES_FILE, convert_hubmap_kidney
-    from nnunet_vasculature.dataset_conversion.synthesize_hubmap_kidney import synthesize
     from nnunet_vasculature.demo.cpu_plans import write_small_plans
-    from nnunet_vasculature.demo.run import Steps, bin_path, demo_workspace
+    from nnunet_vasculature.demo.steps import Steps, bin_path, demo_workspace
     from nnunet_vasculature.inference.slide import SlidePredictor, predict_slides
     from nnunet_vasculature.postprocess import hubmap_kidney as pp
     from nnunet_vasculature.postprocess.tune import write_json
+    from nnunet_vasculature.synthetic.hubmap_kidney import synthesize
 
     t_start = time.time()
     cfg = SETTINGS[bool(quick)]
@@ -122,8 +122,9 @@ def _overlay(kaggle: Path, sub_csv: Path, png: Path) -> None:
     Image.fromarray(np.concatenate(panels, axis=1)).save(png)
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """``demo hubmap-kidney``: registers the command in ``sub``."""
+def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
+    """``demo {competition}``."""
+    sub = groups["demo"]
     p = sub.add_parser("hubmap-kidney", help="HuBMAP Hacking the Kidney chain on synthetic slides (CPU)")
     p.add_argument("-o", dest="output", type=Path, default=Path("demo-hubmap-kidney"))
     p.add_argument("--quick", action="store_true", help="tiny slides and schedule (the test suite's run)")

@@ -58,13 +58,13 @@ def _score_colour(s: float) -> np.ndarray:
 def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     """Run the chain into ``out``; returns the summary (also written to ``out/summary.json``)."""
     from nnunet_vasculature.dataset_conversion.hubmap_vasculature import CASES_FILE, convert_vasculature
-    from nnunet_vasculature.dataset_conversion.synthesize_hubmap_vasculature import synthesize_vasculature
     from nnunet_vasculature.demo.cpu_plans import write_small_plans
-    from nnunet_vasculature.demo.run import Steps, bin_path, demo_workspace
+    from nnunet_vasculature.demo.steps import Steps, bin_path, demo_workspace
     from nnunet_vasculature.errors import atomic_file
     from nnunet_vasculature.postprocess.hubmap_vasculature import determine, read_polygons, score_csv, submit, validate
     from nnunet_vasculature.postprocess.instances import load_params, write_instances
-    from nnunet_vasculature.trainers.short_schedule import VALIDATION_ENV
+    from nnunet_vasculature.synthetic.hubmap_vasculature import synthesize
+    from nnunet_vasculature.trainers.common import VALIDATION_ENV
 
     t_start = time.time()
     cfg = SETTINGS[bool(quick)]
@@ -78,7 +78,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
                                           nnUNet_def_n_proc=os.environ.get("nnUNet_def_n_proc", "1"))
     steps = Steps(10, logs)
     kaggle = out / "kaggle"
-    steps.run("synthesize tiles (Kaggle layout)", synthesize_vasculature, kaggle, seed, cfg["tiles"], True)
+    steps.run("synthesize tiles (Kaggle layout)", synthesize, kaggle, seed, cfg["tiles"], True)
     raw = steps.run("convert hubmap-vasculature -> nnU-Net raw", convert_vasculature, kaggle, DATASET_ID,
                     "HuBMAPVascDemo", dirs["nnUNet_raw"], overwrite=True)
     pre = dirs["nnUNet_preprocessed"] / raw.name
@@ -140,8 +140,9 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     return summary
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """``demo hubmap-vasculature``: registers the command in ``sub``."""
+def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
+    """``demo {competition}``."""
+    sub = groups["demo"]
     p = sub.add_parser("hubmap-vasculature", help="the HuBMAP vasculature chain on synthetic tiles (CPU)")
     p.add_argument("-o", "--output", type=Path, default=Path("demo-hubmap-vasculature"), help="output folder")
     p.add_argument("--quick", action="store_true", help="fewer tiles and iterations (the test suite's run)")

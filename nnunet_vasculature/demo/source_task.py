@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from nnunet_vasculature.dataset_conversion.synthesize import VesselTree, grow_tree
+from nnunet_vasculature.synthetic.vessels import VesselTree, grow_tree
 
 SPACING_MM = (1.5, 0.8, 0.8)          # z, y, x (Task008's fullres spacing class)
 SHAPE = (40, 96, 96)                  # 60 x 77 x 77 mm, divisible by the stand-in's pooling (4, 8, 8)

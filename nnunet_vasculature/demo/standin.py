@@ -5,12 +5,13 @@ features) is trained to convergence on CPU on the synthetic source task of :mod:
 (liver CT in HU, vessels 1, tumours 2), scored on held-out source cases, and written in the v1
 download layout, so that the real import path (``import-pretrained``) is what the demo runs.
 
-``nnunet-vasculature demo build-source -o FILE`` builds it; the package ships the result
+``nnunet-vasculature standin --iterations 250 -o FILE`` builds it; the package ships the result
 (``demo/data/Task008_standin.zip`` and its ``.json`` record: seeds, training curve, held-out score,
 sha256 of the zip), which ``demo sennet`` uses without training anything but the fine-tune.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
@@ -187,7 +188,7 @@ def build_source(out_zip: Path, seed: int = 0, iterations: int = DEFAULT_ITERATI
     per_case = [{"seed": s, **score_case(shipped, img, seg)} for s, (img, seg) in zip(held_seeds, held)]
     record = {
         "model": out_zip.name, "sha256": sha256(out_zip), "bytes": out_zip.stat().st_size,
-        "command": f"nnunet-vasculature demo build-source -o {out_zip.name} --seed {seed} --iterations {iterations}",
+        "command": f"nnunet-vasculature standin -o {out_zip.name} --seed {seed} --iterations {iterations}",
         "seed": seed, "iterations": iterations, "batch_size": 2, "train_patch_size": list(TRAIN_PATCH),
         "plans_patch_size": list(PATCH),
         "parameters": int(sum(p.numel() for p in net.parameters())),
@@ -231,3 +232,32 @@ def _evaluate(net: nn.Module, held: Sequence[tuple[np.ndarray, np.ndarray]]) -> 
     return {"held_out_loss": float(np.mean(losses)), "held_out_dice_vessel": float(np.mean(dv)),
             "held_out_dice_tumour": float(np.mean(dt))}
 
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """``standin``: the demo's stand-in Task008 source model as a v1 download zip (plus its .json record)."""
+    s = sub.add_parser("standin", help="write the demo's stand-in Task008 source model (the shipped one, or with "
+                                       "--iterations a new build on the synthetic liver-CT source task) as a v1 "
+                                       "download zip, to try the real-data recipe before downloading")
+    s.add_argument("-o", dest="output", type=Path, default=Path("Task008_HepaticVessel_standin.zip"))
+    s.add_argument("--iterations", type=int, help=f"train a new one for this many iterations ({DEFAULT_ITERATIONS} "
+                                                  "made the shipped one) instead of copying the shipped one")
+    s.add_argument("--seed", type=int, default=0)
+
+    def standin(a: argparse.Namespace) -> None:
+        import shutil
+
+        from nnunet_vasculature.errors import UserError, atomic_file
+        if a.iterations is not None and a.iterations < 1:
+            raise UserError("--iterations must be at least 1")
+        if a.output.suffix != ".zip":
+            raise UserError(f"{a.output}: the output must be a .zip file")
+        if a.iterations is None:
+            path, _ = shipped_standin()
+            for src, dst in ((record_path(path), record_path(a.output)), (path, a.output)):
+                with atomic_file(dst) as tmp:
+                    shutil.copyfile(src, tmp)
+        else:
+            build_source(a.output, a.seed, a.iterations)
+        print(f"wrote {a.output} and {record_path(a.output)}\nnext: nnunet-vasculature import-pretrained "
+              f"-i {a.output} -d ID")
+    s.set_defaults(func=standin)

@@ -132,7 +132,7 @@ def _sparse(anns: list[dict], rng: np.random.Generator) -> list[dict]:
     return out
 
 
-def synthesize_vasculature(out: Path, seed: int = 0, n_tiles: int = 16, overwrite: bool = False) -> Path:
+def synthesize(out: Path, seed: int = 0, n_tiles: int = 16, overwrite: bool = False) -> Path:
     """Write the Kaggle layout to ``out``; ``n_tiles`` dataset-1 tiles (and 3/4 as many of dataset 2, a
     quarter of dataset 3, a quarter as test tiles, at least 2 each). Returns ``out``."""
     from nnunet_vasculature.io.coco_rle import encode_masks
@@ -209,12 +209,13 @@ def _outline(ann: dict) -> np.ndarray:
     return m
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """``synthesize hubmap-vasculature``: registers the command in ``sub``."""
+def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
+    """``synthesize {competition}``."""
+    sub = groups["synthesize"]
     p = sub.add_parser("hubmap-vasculature", help="synthetic 512x512 tiles in the HuBMAP vasculature Kaggle layout")
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder (Kaggle layout)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n_tiles", type=int, default=16,
                    help="dataset-1 tiles (dataset 2: 3/4 as many, dataset 3 and test: 1/4; default 16)")
     p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=lambda a: print(f"wrote {synthesize_vasculature(a.output, a.seed, a.n_tiles, a.overwrite)}"))
+    p.set_defaults(func=lambda a: print(f"wrote {synthesize(a.output, a.seed, a.n_tiles, a.overwrite)}"))

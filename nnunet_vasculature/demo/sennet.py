@@ -1,7 +1,7 @@
 """``nnunet-vasculature demo`` / ``make demo``: the whole chain on CPU from data the project makes.
 
 synthesize -> convert -> the shipped stand-in Task008 model (v1 zip layout, trained once to convergence on
-a synthetic liver-CT source task by ``demo build-source``) -> import-pretrained -> preprocess -> fine-tune
+a synthetic liver-CT source task by ``standin --iterations 250``) -> import-pretrained -> preprocess -> fine-tune
 (and the same budget from scratch) -> predict held-out and test kidneys -> tune -> submit -> validate ->
 score against the hidden test labels. One line per step; tools' own output goes to logs/.
 """
@@ -9,78 +9,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Callable, TypeVar
 
 import numpy as np
 
+from nnunet_vasculature.demo.steps import Steps, bin_path, demo_workspace
 from nnunet_vasculature.errors import UserError
 
 DATASET_ID = 501
 HELD_OUT = "kidney_1_dense"       # fold 0 of the leave-one-kidney-out splits
 SCHEDULE, QUICK_SCHEDULE = "5x30", "2x4"   # epochs x iterations of both demo trainings (<= 10 min on 2 cores)
 
-T = TypeVar("T")
-
-
-class Steps:
-    def __init__(self, total: int, logs: Path):
-        self.n, self.total, self.logs, self.t0 = 0, total, logs, time.time()
-
-    def run(self, title: str, fn: Callable[..., T], *args, **kwargs) -> T:
-        self.n += 1
-        t = time.time()
-        print(f"[{self.n}/{self.total}] {title} ...", flush=True)
-        result = fn(*args, **kwargs)
-        print(f"[{self.n}/{self.total}] {title}: done in {time.time() - t:.0f} s", flush=True)
-        return result
-
-    def shell(self, name: str, cmd: list[str], env: dict) -> None:
-        log = self.logs / f"{name}.log"
-        with open(log, "w") as f:
-            r = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
-        if r.returncode != 0:
-            tail = log.read_text().strip().splitlines()[-1:] or ["?"]
-            raise UserError(f"{' '.join(cmd[:2])} failed (see {log}): {tail[0][:300]}")
-
-
-def bin_path(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
-
-
-def demo_workspace(out: Path, schedule: str, **extra: str) -> tuple[Path, Path, dict[str, Path], dict[str, str]]:
-    """A demo's folders and the environment of its stock nnU-Net commands: ``out/logs`` and the three
-    nnU-Net folders under ``out`` (created), our trainers on ``nnUNet_extTrainer``, the demo schedule, at
-    most 2 augmentation workers unless set, plus ``extra``. nnU-Net's variables are also set in this
-    process (for the steps that call nnU-Net in-process). Returns (out, logs, dirs, env)."""
-    from nnunet_vasculature.trainers import ext_trainer_value
-    from nnunet_vasculature.trainers.vessel_transfer import DEMO_ENV
-    out = Path(out).resolve()
-    logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    dirs = {k: out / k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    for d in dirs.values():
-        d.mkdir(exist_ok=True)
-    env = dict(os.environ, **{k: str(v) for k, v in dirs.items()}, nnUNet_extTrainer=ext_trainer_value(),
-               nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "2"), **{DEMO_ENV: schedule}, **extra)
-    os.environ.update({k: v for k, v in env.items() if k.startswith("nnUNet")})
-    return out, logs, dirs, env
-
-
 def run_demo(out: Path, pretrained: Path | None = None, quick: bool = False, seed: int = 0) -> dict:
     from nnunet_vasculature.dataset_conversion.sennet import convert_sennet
-    from nnunet_vasculature.dataset_conversion.synthesize import synthesize
     from nnunet_vasculature.inference.predict import predict
     from nnunet_vasculature.io.volumes import open_labels, open_probabilities
     from nnunet_vasculature.postprocess.submission import score_csv, submit, validate
     from nnunet_vasculature.postprocess.surface_dice import surface_dice_sweep
     from nnunet_vasculature.postprocess.tune import LEVEL_HALF, determine, plot_curve, write_json
     from nnunet_vasculature.pretrained.import_pretrained import import_pretrained
-    from nnunet_vasculature.trainers.vessel_transfer import DEMO_ENV, VALIDATION_ENV
+    from nnunet_vasculature.synthetic.sennet import synthesize
+    from nnunet_vasculature.trainers.common import DEMO_ENV, VALIDATION_ENV
 
     # nnU-Net's final validation of fold 0 is skipped: the demo scores the same held-out kidney itself below
     out, logs, dirs, env = demo_workspace(out, QUICK_SCHEDULE if quick else SCHEDULE, **{VALIDATION_ENV: "0"})
@@ -155,13 +105,13 @@ def run_demo(out: Path, pretrained: Path | None = None, quick: bool = False, see
 
 def source_model(pretrained: Path | None) -> dict:
     """Which source model the demo imports: the shipped stand-in (``pretrained`` None) or the given zip,
-    with its sha256 and, where a ``build-source`` record is known for it, its held-out source-task score."""
+    with its sha256 and, where a ``standin`` build record is known for it, its held-out source-task score."""
     from nnunet_vasculature.demo.standin import record_path, sha256, shipped_standin
     if pretrained is None:
         try:
             path, record = shipped_standin()
         except FileNotFoundError as e:
-            raise UserError(f"{e}; build one with 'nnunet-vasculature demo build-source -o FILE.zip' and pass "
+            raise UserError(f"{e}; build one with 'nnunet-vasculature standin --iterations 250 -o FILE.zip' and pass "
                             f"--pretrained FILE.zip") from None
         kind = "shipped stand-in (nnunet_vasculature/demo/data)"
     else:
@@ -212,63 +162,11 @@ def _overlay(kidney: Path, prob_path: str, level: int, png: Path) -> None:
     plt.close(fig)
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """``demo sennet``: ``sub`` is the ``demo`` command's sub-parsers."""
-    p = sub.add_parser("sennet", help="the SenNet chain on synthetic 3D kidneys (CPU, ~10 minutes)")
+def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
+    """``demo sennet``."""
+    p = groups["demo"].add_parser("sennet", help="the SenNet chain on synthetic 3D kidneys (CPU, ~10 minutes)")
     p.add_argument("-o", dest="output", type=Path, default=Path("demo-output"))
     p.add_argument("--pretrained", type=Path, help="the real Task008_HepaticVessel.zip instead of the stand-in")
     p.add_argument("--quick", action="store_true", help="tiny schedule (for CI): checks the chain, not the model")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=lambda a: run_demo(a.output, a.pretrained, a.quick, a.seed))
-    add_build_source_parser(sub)
-
-
-def add_build_source_parser(sub: argparse._SubParsersAction) -> None:
-    """``demo build-source``: train the stand-in source model on its source task (what the package ships)."""
-    b = sub.add_parser("build-source", help="train the stand-in Task008 source model on the synthetic liver-CT "
-                                            "source task (CPU; the shipped 250 iterations took 27 min on a busy "
-                                            "2-core machine) and write it as a v1 download zip plus a .json "
-                                            "record with its held-out source-task score")
-    b.add_argument("-o", dest="output", type=Path, required=True, help="the zip to write (record: same name .json)")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--iterations", type=int, default=250, help="training iterations (default 250: the shipped model)")
-
-    def build(a: argparse.Namespace) -> None:
-        if a.iterations < 1:
-            raise UserError("--iterations must be at least 1")
-        if a.output.suffix != ".zip":
-            raise UserError(f"{a.output}: the output must be a .zip file")
-        from nnunet_vasculature.demo.standin import build_source, record_path
-        build_source(a.output, a.seed, a.iterations)
-        print(f"wrote {a.output} and {record_path(a.output)}\nnext: nnunet-vasculature import-pretrained "
-              f"-i {a.output} -d ID")
-    b.set_defaults(func=build)
-
-
-def add_standin_parser(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("standin", help="write the demo's stand-in Task008 source model (the shipped one, or with "
-                                       "--iterations a new short build) as a v1 download zip, to try the "
-                                       "real-data recipe before downloading")
-    s.add_argument("-o", dest="output", type=Path, default=Path("Task008_HepaticVessel_standin.zip"))
-    s.add_argument("--iterations", type=int, help="train a new one for this many iterations instead of copying "
-                                                  "the shipped, converged one (see 'demo build-source')")
-    s.add_argument("--seed", type=int, default=0)
-
-    def standin(a: argparse.Namespace) -> None:
-        import shutil
-
-        from nnunet_vasculature.demo.standin import build_source, record_path, shipped_standin
-        from nnunet_vasculature.errors import atomic_file
-        if a.iterations is not None and a.iterations < 1:
-            raise UserError("--iterations must be at least 1")
-        if a.output.suffix != ".zip":
-            raise UserError(f"{a.output}: the output must be a .zip file")
-        if a.iterations is None:
-            path, _ = shipped_standin()
-            for src, dst in ((record_path(path), record_path(a.output)), (path, a.output)):
-                with atomic_file(dst) as tmp:
-                    shutil.copyfile(src, tmp)
-        else:
-            build_source(a.output, a.seed, a.iterations, evaluations=5)
-        print(f"wrote {a.output}\nnext: nnunet-vasculature import-pretrained -i {a.output} -d ID")
-    s.set_defaults(func=standin)

@@ -20,10 +20,10 @@ from typing import Iterator
 
 import numpy as np
 
-from nnunet_vasculature.dataset_conversion.synthesize import write_csv
 from nnunet_vasculature.errors import atomic_dir
 from nnunet_vasculature.io.rle import ColumnStripEncoder, rle_encode
 from nnunet_vasculature.io.slide import INFO_CSV
+from nnunet_vasculature.synthetic.common import write_csv
 
 LAYOUTS = ("hwc_tiled", "5d", "chw", "bands", "hwc_strips")
 TILE = 512
@@ -230,8 +230,9 @@ def synthesize(out: Path, seed: int = 0, scale: str = "small", overwrite: bool =
     return Path(out)
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """``synthesize hubmap-kidney``: registers the command in ``sub``."""
+def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
+    """``synthesize {competition}``."""
+    sub = groups["synthesize"]
     p = sub.add_parser("hubmap-kidney", help="synthetic PAS slides in the Kaggle hubmap-kidney-segmentation layout")
     p.add_argument("-o", dest="output", type=Path, required=True, help="output folder (the download's root)")
     p.add_argument("--seed", type=int, default=0)
