@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-output
 PIP := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: venv lint test demo demo-hubmap-kidney demo-hubmap-vasculature bench clean
+.PHONY: venv lint test test-fast demo demo-hubmap-kidney demo-hubmap-vasculature bench clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,9 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q tests
+
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow" tests
 
 demo: $(STAMP)
 	$(VENV)/bin/nnunet-vasculature demo sennet -o $(DEMO_OUT)

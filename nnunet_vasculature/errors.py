@@ -3,11 +3,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import shutil
 import sys
+import traceback
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterator
+
+VERBOSE_ENV = "NNUNET_VASCULATURE_VERBOSE"    # "1": print the traceback under the one-line error
 
 
 class UserError(Exception):
@@ -24,6 +30,7 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
     final = Path(final)
     if final.exists() and not overwrite:
         raise UserError(f"{final}: already exists (pass --overwrite to replace it)")
+    remove_stale_temporaries(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -43,6 +50,7 @@ def atomic_file(final: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; renamed to ``final`` only on success."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     try:
         yield tmp
@@ -53,8 +61,53 @@ def atomic_file(final: Path) -> Iterator[Path]:
     os.replace(tmp, final)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(final: Path) -> None:
+    """Remove ``.NAME.tmp-PID`` siblings of ``final`` left by killed runs (PID no longer alive)."""
+    final = Path(final)
+    if not final.parent.is_dir():
+        return
+    prefix = f".{final.name}.tmp-"
+    for p in final.parent.iterdir():
+        pid = p.name[len(prefix):]
+        if p.name.startswith(prefix) and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+
+
+def describe_fault(e: BaseException) -> str | None:
+    """One line for an operating-system or decoding fault that reached the command line; None for a bug.
+
+    Args:
+        e: the exception.
+
+    Returns:
+        The line (naming the file where the exception knows it), or None when ``e`` is not such a fault.
+    """
+    if isinstance(e, OSError):
+        where = f"{e.filename}: " if e.filename else ""
+        what = {errno.ENOSPC: "no space left on the device", errno.EROFS: "read-only file system",
+                errno.EACCES: "permission denied"}.get(e.errno, e.strerror or str(e))
+        return f"{where}{what}"
+    if isinstance(e, UnicodeDecodeError):
+        return f"a text file is not UTF-8 ({e.reason} at byte {e.start})"
+    if isinstance(e, (zipfile.BadZipFile, EOFError, zlib.error)):
+        return f"a file is truncated or corrupt ({type(e).__name__}: {e})"
+    return None
+
+
 def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
-    """Parse, run, and turn UserError into one line on stderr with a non-zero exit."""
+    """Parse, run, and turn UserError (and OS or decoding faults) into one line on stderr with a non-zero exit.
+
+    With ``$NNUNET_VASCULATURE_VERBOSE=1`` the traceback of a fault is printed before its line."""
     args = parser.parse_args(argv)
     try:
         args.func(args)
@@ -64,4 +117,12 @@ def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> i
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - only OS/decoder faults are reported; anything else re-raised
+        line = describe_fault(e)
+        if line is None:
+            raise
+        if os.environ.get(VERBOSE_ENV) == "1":
+            traceback.print_exc()
+        print(f"error: {line} (set {VERBOSE_ENV}=1 for the traceback)", file=sys.stderr)
+        return 1
     return 0

@@ -14,8 +14,6 @@ from nnunet_vasculature.cli import main
 from nnunet_vasculature.io.sennet import KNOWN_SPACING_UM
 from nnunet_vasculature.io.slices import list_slices
 
-CLI = [str(Path(sys.executable).parent / "nnunet-vasculature")]
-
 
 def _stack(folder: Path) -> np.ndarray:
     return np.stack([tifffile.imread(f) for f in list_slices(folder)])
@@ -65,6 +63,7 @@ def test_convert_roundtrip_with_nnunet_reader(kaggle_small, nnunet_dirs):
         assert len(kid) == 1 and not set(fold["train"]) & set(fold["val"])
 
 
+@pytest.mark.slow
 def test_plan_and_preprocess_runs(kaggle_small, nnunet_dirs):
     assert main(["convert", "sennet", "-i", str(kaggle_small), "-d", "502", "--kidneys", "kidney_1_dense",
                  "kidney_2", "kidney_6"]) == 0
@@ -80,19 +79,23 @@ def test_plan_and_preprocess_runs(kaggle_small, nnunet_dirs):
     assert cases
 
 
-def _bad(tmp_path, kaggle_small, mutate) -> tuple[int, str, Path]:
+def _bad(tmp_path, kaggle_small, mutate, capsys, *flags) -> tuple[int, str, Path]:
     src = tmp_path / "kaggle"
     shutil.copytree(kaggle_small, src)
     mutate(src)
     raw = tmp_path / "raw"
     raw.mkdir(exist_ok=True)
-    r = subprocess.run(CLI + ["convert", "sennet", str(src), "-d", "503", "-o", str(raw)],
-                       capture_output=True, text=True, timeout=300)
-    return r.returncode, r.stderr.strip(), raw
+    capsys.readouterr()
+    rc = main(["convert", "sennet", str(src), "-d", "503", "-o", str(raw), *flags])
+    return rc, capsys.readouterr().err.strip(), raw
 
 
 def _move(src, rel):
     (src / rel).unlink()
+
+
+def _retype(path, dtype, scale=1.0):
+    tifffile.imwrite(path, (tifffile.imread(path) * scale).astype(dtype))
 
 
 @pytest.mark.parametrize("mutate,expect", [
@@ -106,9 +109,14 @@ def _move(src, rel):
         (s / "train/kidney_2/images/0009.tif").read_bytes()[:300]), "0009.tif: not a readable TIFF"),
     (lambda s: (s / "train/kidney_2/images/0009.tif").write_text("hello"), "0009.tif: not a readable TIFF"),
     (lambda s: [p.unlink() for p in (s / "train/kidney_2/images").iterdir()], "no slice files"),
+    # a slice of another type among uint16 ones once converted into a black (uint8) or rescaled (float) slice
+    (lambda s: _retype(s / "train/kidney_2/images/0011.tif", np.uint8, 1 / 256),
+     "0011.tif: slice of type uint8, the other slices of its folder are uint16"),
+    (lambda s: _retype(s / "train/kidney_2/images/0012.tif", np.float32, 1 / 65535),
+     "0012.tif: slice of type float32"),
 ])
-def test_bad_input_one_line_no_dataset(tmp_path, kaggle_small, mutate, expect):
-    rc, err, raw = _bad(tmp_path, kaggle_small, mutate)
+def test_bad_input_one_line_no_dataset(tmp_path, kaggle_small, mutate, expect, capsys):
+    rc, err, raw = _bad(tmp_path, kaggle_small, mutate, capsys)
     assert rc != 0
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in err       # one line (progress bars aside)
@@ -116,18 +124,26 @@ def test_bad_input_one_line_no_dataset(tmp_path, kaggle_small, mutate, expect):
     assert not any(raw.iterdir())      # nothing that looks like a dataset, no temporary leftovers
 
 
-def test_unknown_kidney_and_existing_dataset(tmp_path, kaggle_small):
+@pytest.mark.parametrize("value", ["-5", "nan", "0", "inf"])
+def test_spacing_must_be_a_positive_number(tmp_path, kaggle_small, capsys, value):
+    """--spacing kidney_6=-5 (or nan) was written into the dataset's spacing json."""
+    rc, err, raw = _bad(tmp_path, kaggle_small, lambda s: None, capsys, "--spacing", f"kidney_6={value}")
+    assert rc == 2 and err == f"error: --spacing kidney_6={value}: the voxel size must be a positive number of " \
+                              "micrometres"
+    assert not any(raw.iterdir())
+
+
+def test_unknown_kidney_and_existing_dataset(tmp_path, kaggle_small, capsys):
     raw = tmp_path / "raw"
     raw.mkdir()
-    r = subprocess.run(CLI + ["convert", "sennet", str(kaggle_small), "-d", "504", "-o", str(raw),
-                              "--kidneys", "kidney_9"], capture_output=True, text=True)
-    assert r.returncode != 0 and r.stderr.strip() .startswith("error:") and "unknown kidney 'kidney_9'" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
-    ok = CLI + ["convert", "sennet", str(kaggle_small), "-d", "504", "-o", str(raw), "--kidneys", "kidney_5"]
-    assert subprocess.run(ok, capture_output=True).returncode == 0
-    r = subprocess.run(ok, capture_output=True, text=True)
-    assert r.returncode != 0 and "already exists" in r.stderr
-    assert subprocess.run(ok + ["--overwrite"], capture_output=True).returncode == 0
+    assert main(["convert", "sennet", str(kaggle_small), "-d", "504", "-o", str(raw), "--kidneys", "kidney_9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "unknown kidney 'kidney_9'" in err and len(err.splitlines()) == 1
+    ok = ["convert", str(kaggle_small), "-d", "504", "-o", str(raw), "--kidneys", "kidney_5"]  # sennet by default
+    assert main(ok) == 0
+    capsys.readouterr()
+    assert main(ok) == 2 and "already exists" in capsys.readouterr().err
+    assert main(ok + ["--overwrite"]) == 0
 
 
 def test_spacing_override(tmp_path, kaggle_small):

@@ -86,6 +86,7 @@ def _ddp_worker(rank: int, port: int, result_dir: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_encoder_freezing_under_ddp(tmp_path):
     mp.spawn(_ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))

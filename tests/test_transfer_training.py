@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from v1_download import write_task008_zip
 
@@ -37,6 +38,7 @@ def _run(cmd, env):
     return r.stdout + r.stderr
 
 
+@pytest.mark.slow
 def test_import_preprocess_train(tmp_path, nnunet_dirs, kaggle_small):
     env = dict(os.environ, nnUNet_n_proc_DA="1", nnUNet_def_n_proc="1", OMP_NUM_THREADS="2")
     bindir = Path(sys.executable).parent
@@ -72,15 +74,13 @@ def test_import_preprocess_train(tmp_path, nnunet_dirs, kaggle_small):
     ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert ckpt["current_epoch"] == 1
     trained = ckpt["network_weights"]
-    # the encoder started from the imported weights: after 2 warm-up steps at a small LR it is still
-    # very close to them, and far from what a fresh initialisation would give
+    # the encoder started from the imported weights: training moved it (so the comparison is not of an
+    # untouched copy), yet after 2 warm-up steps at a small LR every stem weight is still within 5 % of the
+    # imported range of its value; a network that ignored the import starts from nnU-Net's random
+    # initialisation, whose weights differ from the imported ones by about their whole range
     key = "encoder.stages.0.0.convs.0.conv.weight"
     drift = (trained[key] - imported[key]).abs().max().item()
-    assert drift < 0.05 * imported[key].abs().max().item()
-    torch.manual_seed(0)
-    fresh = torch.empty_like(imported[key])
-    torch.nn.init.kaiming_normal_(fresh, a=1e-2)
-    assert (fresh - imported[key]).abs().max().item() > 10 * drift
+    assert 0 < drift < 0.05 * imported[key].abs().max().item()
     # the 2-class head started from the source's background and vessel channels
     seg = [k for k in trained if ".seg_layers." in k and k.endswith("weight")][-1]
     assert trained[seg].shape[0] == 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from nnunet_vasculature.errors import UserError, atomic_dir
 from nnunet_vasculature.io import intensity
 from nnunet_vasculature.io.paths import CASES_FILE, nnunet_folder
 from nnunet_vasculature.io.sennet import DEFAULT_TRAIN, KNOWN_SPACING_UM, case_name, physical_kidney
-from nnunet_vasculature.io.slices import list_slices, read_label_slice, read_slice, slice_shape
+from nnunet_vasculature.io.slices import list_slices, read_label_slice, read_slice
 
 VOXELS_PER_CASE = 160_000_000   # ~3 GB in nnU-Net's preprocessing at ~20 bytes/voxel
 
@@ -53,12 +54,32 @@ def discover(kaggle_dir: Path) -> dict[str, tuple[str, Path]]:
     return found
 
 
-def _check_shapes(files: list[Path]) -> tuple[int, int]:
-    shape = slice_shape(files[0])
-    for f in files[1:]:
-        s = slice_shape(f)
-        if s != shape:
-            raise UserError(f"{f}: slice is {s[0]}x{s[1]}, other slices are {shape[0]}x{shape[1]}")
+def _slice_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a slice from its TIFF header, without reading the pixels."""
+    try:
+        with tifffile.TiffFile(path) as tf:
+            page = tf.pages[0]
+            return tuple(page.shape), np.dtype(page.dtype)
+    except Exception as e:  # noqa: BLE001 - tifffile raises many types for corrupt files
+        raise UserError(f"{path}: not a readable TIFF ({type(e).__name__}: {e})") from None
+
+
+def _check_headers(images: list[Path], labels: list[Path]) -> tuple[int, int]:
+    """One slice size for images and labels, one dtype among the images and one among the labels: a uint8
+    or float slice among uint16 ones would convert into a black or rescaled slice."""
+    shape, _ = _slice_header(images[0])
+    if len(shape) != 2:
+        raise UserError(f"{images[0]}: expected a 2D slice, got shape {shape}")
+    for files in (images, labels):
+        dtype = None
+        for f in files:
+            s, d = _slice_header(f)
+            if s != shape:
+                raise UserError(f"{f}: slice is {'x'.join(map(str, s))}, other slices are {shape[0]}x{shape[1]}")
+            if dtype is None:
+                dtype = d
+            elif d != dtype:
+                raise UserError(f"{f}: slice of type {d}, the other slices of its folder are {dtype}")
     return shape
 
 
@@ -109,7 +130,7 @@ def load_sources(kaggle_dir: Path, kidneys: list[str] | None, spacing: dict[str,
                 if a.name != b.name:
                     raise UserError(f"{b}: label has no image of the same name ({a.name} expected)")
         src = KidneySource(name, split, float(sp), images, labels, pseudo=name in label_dirs)
-        src.shape = _check_shapes(images + (labels or []))
+        src.shape = _check_headers(images, labels or [])
         src.keep = [True] * len(images)
         sources.append(src)
     by_name = {s.name: s for s in sources}
@@ -245,6 +266,8 @@ def _parse_spacing(items: list[str]) -> dict[str, float]:
             out[k] = float(v)
         except ValueError:
             raise UserError(f"--spacing {it}: expected KIDNEY=UM, e.g. kidney_6=63.08") from None
+        if not math.isfinite(out[k]) or out[k] <= 0:
+            raise UserError(f"--spacing {it}: the voxel size must be a positive number of micrometres")
     return out
 
 
