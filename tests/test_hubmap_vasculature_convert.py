@@ -101,3 +101,24 @@ def test_convert_bad_input_one_line_nothing_written(tmp_path, capsys, break_it, 
     assert list(raw.iterdir()) == []                                          # no dataset, no temporary folder
     with pytest.raises(UserError):
         convert_vasculature(kaggle, 780, raw_root=raw)
+
+
+@pytest.mark.parametrize("duplicate, message", [
+    ("polygons", "polygons.jsonl:4: a second record for tile aaaa (first on line 1)"),
+    ("meta", "tile_meta.csv:6: tile bbbb listed twice"),
+])
+def test_a_second_record_for_a_tile_is_refused(tmp_path, capsys, duplicate, message):
+    """A second polygons.jsonl record (or tile_meta.csv row) for a tile once replaced the first silently."""
+    kaggle = _good(tmp_path / "kaggle")
+    if duplicate == "polygons":
+        with open(kaggle / "polygons.jsonl", "a") as f:
+            f.write(json.dumps({"id": "aaaa", "annotations": []}) + "\n")
+    else:
+        with open(kaggle / "tile_meta.csv", "a", newline="") as f:
+            csv.writer(f).writerow(["bbbb", 2, 1, 0, 0])
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    assert main(["convert", "hubmap-vasculature", str(kaggle), "-d", "781", "-o", str(raw)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert list(raw.iterdir()) == []

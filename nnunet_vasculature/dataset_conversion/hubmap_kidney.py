@@ -133,7 +133,12 @@ def _read_train_csv(path: Path) -> dict[str, str]:
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
     if rows and ("id" not in rows[0] or "encoding" not in rows[0]):
         raise UserError(f"{path}: expected columns id,encoding")
-    return {r["id"]: r["encoding"] or "" for r in rows}
+    out: dict[str, str] = {}
+    for n, r in enumerate(rows, 2):
+        if r["id"] in out:
+            raise UserError(f"{path}:{n}: a second row for slide {r['id']} (one encoding per slide)")
+        out[r["id"]] = r["encoding"] or ""
+    return out
 
 
 def convert_hubmap_kidney(kaggle_dir: Path, dataset_id: int, name: str = "HuBMAPKidney", raw_root: Path | None = None,

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from nnunet_vasculature.dataset_conversion.splits import leave_one_group_out
 from nnunet_vasculature.errors import UserError, atomic_dir
 from nnunet_vasculature.io.paths import nnunet_folder
+from nnunet_vasculature.io.polygons import read_polygons
 
 LABELS = {"background": 0, "blood_vessel": 1, "glomerulus": 2}
 IGNORE = 3
@@ -42,28 +43,13 @@ def read_tile_meta(path: Path) -> dict[str, dict]:
         need = {"id", "source_wsi", "dataset", "i", "j"}
         if not r.fieldnames or not need <= set(r.fieldnames):
             raise UserError(f"{path}: expected columns {','.join(sorted(need))}, got {r.fieldnames}")
-        for row in r:
+        for n, row in enumerate(r, 2):
+            if row["id"] in out:
+                raise UserError(f"{path}:{n}: tile {row['id']} listed twice")
             try:
                 out[row["id"]] = {k: int(row[k]) for k in ("source_wsi", "dataset", "i", "j")}
             except ValueError:
                 raise UserError(f"{path}: id {row['id']}: source_wsi/dataset/i/j must be integers") from None
-    return out
-
-
-def read_polygons(path: Path) -> dict[str, list[dict]]:
-    """``polygons.jsonl`` -> {id: annotations}; a bad line is a one-line error naming the line."""
-    if not path.is_file():
-        raise UserError(f"{path}: missing (the Kaggle polygons.jsonl)")
-    out = {}
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                out[str(rec["id"])] = list(rec["annotations"])
-            except (ValueError, KeyError, TypeError):
-                raise UserError(f"{path}:{n}: not a JSON object with 'id' and 'annotations'") from None
     return out
 
 
