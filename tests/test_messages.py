@@ -8,13 +8,23 @@ import tifffile
 import zarr
 from model_helpers import make_model_folder
 
+from nnunet_vasculature.cli import main
+
 CLI = [str(Path(sys.executable).parent / "nnunet-vasculature")]
 
 
 def _run(args, **env):
+    """A new interpreter: nnU-Net reads its folder variables when it is first imported."""
     import os
     r = subprocess.run(CLI + args, capture_output=True, text=True, env={**os.environ, **env})
     return r.returncode, r.stderr.strip().splitlines()
+
+
+def _main(capsys, args):
+    capsys.readouterr()
+    rc = main(args)
+    out = capsys.readouterr()
+    return rc, out.err.strip().splitlines(), out.out
 
 
 def _probs(tmp_path):
@@ -25,22 +35,22 @@ def _probs(tmp_path):
     return tmp_path / "p.zarr"
 
 
-def test_tune_on_a_kidney_folder_without_labels(tmp_path):
+def test_tune_on_a_kidney_folder_without_labels(tmp_path, capsys):
     images = tmp_path / "kidney_2" / "images"
     images.mkdir(parents=True)
     for z in range(4):
         tifffile.imwrite(images / f"{z:04d}.tif", np.zeros((6, 7), np.uint16))
-    rc, err = _run(["tune", "-i", str(_probs(tmp_path)), "--labels", str(tmp_path / "kidney_2"),
-                    "-o", str(tmp_path / "pp.json")])
+    rc, err, _ = _main(capsys, ["tune", "-i", str(_probs(tmp_path)), "--labels", str(tmp_path / "kidney_2"),
+                                "-o", str(tmp_path / "pp.json")])
     assert rc == 2 and len(err) == 1 and "images/ but no labels/" in err[0], err
 
 
-def test_score_probabilities_without_pp(tmp_path):
+def test_score_probabilities_without_pp(tmp_path, capsys):
     labels = tmp_path / "labels"
     labels.mkdir()
     for z in range(4):
         tifffile.imwrite(labels / f"{z:04d}.tif", np.zeros((6, 7), np.uint8))
-    rc, err = _run(["score", "--labels", str(labels), "--pred", str(_probs(tmp_path) / "kidney_2")])
+    rc, err, _ = _main(capsys, ["score", "--labels", str(labels), "--pred", str(_probs(tmp_path) / "kidney_2")])
     assert rc == 2 and len(err) == 1 and "pass -pp" in err[0], err
 
 
@@ -63,7 +73,7 @@ def test_predict_unknown_dataset_and_untrained_trainer(tmp_path):
 
 def test_help_and_env_start_without_torch():
     """`nnunet-vasculature --help` and `env` (evaluated in every shell) must not import torch/nnU-Net."""
-    code = ("import sys; from nnunet_vasculature.cli import build_parser; p = build_parser(); "
+    code = ("import sys; from nnunet_vasculature.cli import build_parser; p, _ = build_parser(); "
             "a = p.parse_args(['env']); a.func(a); "
             "print(sorted(m for m in ('torch', 'nnunetv2') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -72,7 +82,7 @@ def test_help_and_env_start_without_torch():
     assert r.returncode == 0 and r.stdout.startswith("export nnUNet_extTrainer=")
 
 
-def test_apply_takes_a_store_like_tune_and_submit(tmp_path):
+def test_apply_takes_a_store_like_tune_and_submit(tmp_path, capsys):
     store = _probs(tmp_path)
     g = zarr.open_group(str(store), mode="a")
     b = g.create_array("kidney_3", shape=(2, 6, 7), dtype="uint8")
@@ -80,7 +90,7 @@ def test_apply_takes_a_store_like_tune_and_submit(tmp_path):
     b.attrs.update({"kidney": "kidney_3", "slice_ids": ["kidney_3_0000", "kidney_3_0001"], "complete": True})
     pp = tmp_path / "pp.json"
     pp.write_text('{"threshold_u8": 128, "min_component_voxels": 0}')
-    rc, err = _run(["apply", "-i", str(store), "-pp", str(pp), "-o", str(tmp_path / "masks")])
+    rc, err, _ = _main(capsys, ["apply", "-i", str(store), "-pp", str(pp), "-o", str(tmp_path / "masks")])
     assert rc == 0, err
     assert sorted(p.name for p in (tmp_path / "masks" / "kidney_2").iterdir()) == [f"{z:04d}.tif" for z in range(4)]
     assert tifffile.imread(tmp_path / "masks" / "kidney_2" / "0000.tif").min() == 255        # 200 >= 128
@@ -117,21 +127,20 @@ def test_training_with_other_plans_names_the_imported_ones(tmp_path):
         trainer.load_transfer_weights()
 
 
-def test_score_names_the_kidney_and_submit_validate_say_what_they_skipped(tmp_path):
+def test_score_names_the_kidney_and_submit_validate_say_what_they_skipped(tmp_path, capsys):
     labels = tmp_path / "kidney_2" / "labels"
     labels.mkdir(parents=True)
     for z in range(4):
         tifffile.imwrite(labels / f"{z:04d}.tif", np.full((6, 7), 255, np.uint8))
     pp = tmp_path / "pp.json"
     pp.write_text('{"threshold_u8": 128, "min_component_voxels": 0}')
-    r = subprocess.run(CLI + ["score", "--labels", str(labels), "--pred", str(_probs(tmp_path) / "kidney_2"),
-                              "-pp", str(pp)], capture_output=True, text=True)
-    assert r.returncode == 0 and r.stdout.splitlines()[0].split()[0] == "kidney_2", r.stdout
-    r = subprocess.run(CLI + ["submit", "-i", str(tmp_path / "p.zarr"), "-pp", str(pp), "-o", str(tmp_path / "s.csv")],
-                       capture_output=True, text=True)
-    assert r.returncode == 0 and "not checked against a sample submission" in r.stdout, r.stdout
+    rc, _, out = _main(capsys, ["score", "--labels", str(labels), "--pred", str(_probs(tmp_path) / "kidney_2"),
+                                "-pp", str(pp)])
+    assert rc == 0 and out.splitlines()[0].split()[0] == "kidney_2", out
+    rc, _, out = _main(capsys, ["submit", "-i", str(tmp_path / "p.zarr"), "-pp", str(pp),
+                                "-o", str(tmp_path / "s.csv")])
+    assert rc == 0 and "not checked against a sample submission" in out, out
     sample = tmp_path / "sample.csv"
     sample.write_text("id,rle\n" + "".join(f"kidney_2_{z:04d},1 0\n" for z in range(4)))
-    r = subprocess.run(CLI + ["validate", str(tmp_path / "s.csv"), "--sample", str(sample)], capture_output=True,
-                       text=True)
-    assert r.returncode == 0 and "runs were not checked against slice sizes" in r.stdout, r.stdout
+    rc, _, out = _main(capsys, ["validate", str(tmp_path / "s.csv"), "--sample", str(sample)])
+    assert rc == 0 and "runs were not checked against slice sizes" in out, out
