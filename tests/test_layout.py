@@ -20,6 +20,8 @@ LAYERS = [
 def _layer(dotted: str) -> int:
     parts = dotted.split(".")
     top = parts[1] if len(parts) > 1 else ""
+    if not top or not ((PACKAGE / top).is_dir() or (PACKAGE / f"{top}.py").is_file()):
+        return 0                          # the package root or a name it defines (__version__)
     for i, names in enumerate(LAYERS):
         if top in names:
             return i
