@@ -12,9 +12,23 @@ The competition's metric is the OpenImages instance-segmentation challenge evalu
 3. AP is the all-point interpolated area under that curve: precision is replaced by its running maximum
    from the right, and summed over the recall steps (the PASCAL VOC 2010+ / OpenImages rule).
 
+Empty masks and empty tiles, as the reference (TF Object Detection API, ``OpenImagesInstanceSegmentation
+ChallengeEvaluator`` fed by ``oid_challenge_evaluation_utils``, which derives each box from its mask):
+
+* a detection whose mask is empty is dropped, neither true nor false positive (its box ``[0, 0, 0, 0]`` is
+  invalid and ``PerImageEvaluation._remove_invalid_boxes`` removes it);
+* a truth whose mask is empty is not counted (boxes without a mask count as "difficult"); its zero box overlaps
+  nothing, so no detection is ignored because of it;
+* a tile without any truth is not evaluated: the challenge evaluator drops detections of a class the image's
+  labels do not verify, so its detections are not false positives. (A tile whose truths all have empty masks
+  is evaluated: its detections are false positives.)
+
 Ties: detections of equal score keep their input order (tile order, then order within a tile) — a
-stable sort. OpenImages' reference code sorts with ``np.argsort(scores)[::-1]``, whose order among equal
-scores numpy does not specify; with distinct scores the two agree exactly.
+stable sort. The reference sorts with ``np.argsort(scores)[::-1]`` (per tile before matching, and over all
+tiles for the curve); numpy's default sort is stable for short arrays, so that *reverses* the input order of
+equal scores there, and its order for longer arrays is unspecified. With distinct scores the two agree exactly
+(tests/test_average_precision_reference.py). The reference also computes IoU in float32, which can differ from
+this float64 IoU only for an IoU within ~1e-7 of the threshold.
 
 Differences from pycocotools' ``COCOeval`` at ``iouThrs=[0.6]`` (segm, area "all"):
 
@@ -28,6 +42,8 @@ Differences from pycocotools' ``COCOeval`` at ``iouThrs=[0.6]`` (segm, area "all
   detections by area range and keeps at most ``maxDets`` detections per image; nothing of that exists
   here (OpenImages' "group-of" boxes are not used by this competition).
 * COCO computes a crowd-aware IoU and returns -1 when there are no truths; this returns NaN.
+* COCO counts detections on a tile without truths, and detections with an empty mask, as false positives and
+  an empty truth mask as a miss; the Open Images challenge evaluation (and this module) does not.
 
 Shapes and units: a tile's instances are either an integer label image ``(H, W)`` (0 = background,
 instance k = label k; overlapping instances cannot be expressed) or a stack of binary masks
@@ -126,6 +142,17 @@ def ap_from_matches(scores: np.ndarray, tp: np.ndarray, n_gt: int) -> float:
     return float(np.sum((recall[steps] - recall[steps - 1]) * precision[steps]))
 
 
+def _non_empty(det: np.ndarray, n_scores: int) -> np.ndarray:
+    """Which of the ``n_scores`` detections (label k = detection k - 1, or mask k) have a non-empty mask."""
+    out = np.zeros(n_scores, bool)
+    if det.ndim == 2:
+        counts = np.bincount(det.ravel(), minlength=n_scores + 1)[1:n_scores + 1] if det.size else np.zeros(0)
+        out[:len(counts)] = counts > 0
+    elif len(det):
+        out[:len(det)] = det.reshape(len(det), -1).any(axis=1)
+    return out
+
+
 class APAccumulator:
     """Add tiles one at a time (``add``), then ``score()``; keeps only scores and TP flags."""
 
@@ -136,7 +163,11 @@ class APAccumulator:
         self.n_gt = 0
 
     def add(self, gt: np.ndarray, det: np.ndarray, scores: Sequence[float]) -> None:
-        """One tile: truths and detections as label images or mask stacks, one score per detection."""
+        """One tile: truths and detections as label images or mask stacks, one score per detection.
+
+        As the Open Images challenge evaluator: a detection whose mask is empty (a label that does not occur, an
+        all-zero mask, or a score without a mask) is dropped; a truth whose mask is empty is not counted; a tile
+        without any truth is not evaluated (its detections are dropped)."""
         gt, det = np.asarray(gt), np.asarray(det)
         if gt.ndim == 2:
             top = int(gt.max(initial=0))
@@ -149,18 +180,22 @@ class APAccumulator:
                 lut = np.zeros(int(present[-1]) + 1, np.int64)
                 lut[present] = np.arange(1, len(present) + 1)
                 gt = lut[gt]
-            n_gt = len(present)
+            n_gt = n_rows = len(present)
         else:
+            n_rows = len(gt)
+            if n_rows:
+                gt = gt[gt.reshape(n_rows, -1).any(axis=1)]     # empty truth masks: ignored, not missed
             n_gt = len(gt)
         scores = np.asarray(scores, dtype=np.float64).ravel()
         n_det = (int(det.max(initial=0)) if det.ndim == 2 else len(det))
         if n_det > len(scores):
             raise ValueError(f"{n_det} detections but {len(scores)} scores")
+        keep = _non_empty(det, len(scores)) if n_rows else np.zeros(len(scores), bool)
         ious = mask_ious(det, gt) if n_det and n_gt else np.zeros((n_det, n_gt))
-        if ious.shape[0] < len(scores):       # labels that do not occur in the label image: empty detections
+        if ious.shape[0] < len(scores):       # scores without a mask (dropped below)
             ious = np.vstack([ious, np.zeros((len(scores) - ious.shape[0], n_gt))])
-        self.scores.append(scores)
-        self.tp.append(match_tile(ious, scores, self.iou_threshold))
+        self.scores.append(scores[keep])
+        self.tp.append(match_tile(ious[keep], scores[keep], self.iou_threshold))
         self.n_gt += n_gt
 
     def score(self) -> float:
@@ -174,9 +209,15 @@ def average_precision(tiles: Iterable[tuple[np.ndarray, np.ndarray, Sequence[flo
                       iou_threshold: float = IOU_THRESHOLD) -> float:
     """AP@``iou_threshold`` over tiles given as ``(truths, detections, scores)``.
 
-    Returns a float in [0, 1]; NaN when no tile has a truth; 0.0 when there are truths but no detections.
-    An empty tile (no truths, no detections) changes nothing; detections on a tile without truths are false
-    positives."""
+    Args:
+        tiles: per tile the truths and detections (label images ``(H, W)`` or mask stacks ``(N, H, W)``) and
+            one score per detection.
+        iou_threshold: mask IoU a match needs (inclusive).
+
+    Returns:
+        a float in [0, 1]; NaN when no tile has a (non-empty) truth; 0.0 when there are truths but no
+        detections. Empty detection masks are dropped, empty truth masks are not counted, and a tile without
+        truths is not evaluated (its detections are dropped), as in the Open Images challenge evaluation."""
     acc = APAccumulator(iou_threshold)
     for gt, det, scores in tiles:
         acc.add(gt, det, scores)
