@@ -50,6 +50,7 @@ def main():
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     a = ap.parse_args()
     from nnunet_vasculature.inference.distributed import _connect, predict_distributed
+    from nnunet_vasculature.inference.options import PredictionOptions
     from nnunet_vasculature.inference.predict import predict
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -57,7 +58,8 @@ def main():
         kidney = _volume(tmp / "kaggle", tuple(a.shape))
         _warm()         # imports out of the timing, as for the workers
         t0 = time.time()
-        predict(kidney, tmp / "one.zarr", folder, [0], device="cpu", tta=False)
+        options = PredictionOptions.of(folder, [0], tta=False)
+        predict(kidney, tmp / "one.zarr", options, "cpu")
         rows = [("1 process (`predict`)", time.time() - t0, None, [_peak_rss_mib()], True)]
         ref = zarr.open_group(str(tmp / "one.zarr"), mode="r")["kidney_5"][:]
         for n in a.workers:
@@ -65,7 +67,7 @@ def main():
             client.run(_warm)
             out = tmp / f"w{n}.zarr"
             t0 = time.time()
-            predict_distributed(kidney, out, folder, [0], device="cpu", tta=False, torch_threads=1,
+            predict_distributed(kidney, out, options, "cpu", torch_threads=1,
                                 scheduler_address=cluster.scheduler_address, slab_planes=a.slab_planes)
             wall = time.time() - t0
             rss = sorted(client.run(_peak_rss_mib).values())

@@ -162,10 +162,12 @@ def train(data: Path, work: Path, trainer: str, seed: int, tag: str) -> tuple[Pa
 
 
 def run_one(work: Path, lever: str, seed: int, train_seconds: dict) -> dict:
+    from nnunet_vasculature.inference.options import PredictionOptions
     from nnunet_vasculature.inference.predict import predict
     from nnunet_vasculature.io.volumes import open_labels, open_probabilities
+    from nnunet_vasculature.postprocess.sennet import determine
     from nnunet_vasculature.postprocess.surface_dice import SurfaceDiceAccumulator, surface_dice_sweep
-    from nnunet_vasculature.postprocess.tune import LEVEL_HALF, determine, masks
+    from nnunet_vasculature.postprocess.tune import LEVEL_HALF, masks
     trainer, popts, topts = LEVERS[lever]
     data, kidneys = data_folder(work, lever), data_folder(work, "baseline")
     model_tag = trainer + ("" if lever not in CONVERT else f"_{lever}")
@@ -179,7 +181,7 @@ def run_one(work: Path, lever: str, seed: int, train_seconds: dict) -> dict:
                           (TARGET, kidneys / "heldout" / TARGET)):
         z = work / "probs" / f"{tag}_seed{seed}_{kidney}.zarr"       # shared by levers that only tune differently
         if not _complete(z, kidney):
-            predict(where, z, folder, ["0"], device="cpu", overwrite=True, **popts)
+            predict(where, z, PredictionOptions.of(folder, ["0"], **popts), "cpu", overwrite=True)
             predicted = True
         probs[kidney] = (f"{z}/{kidney}", where / "labels")
     predict_s = time.time() - t if predicted else None

@@ -172,7 +172,7 @@ def gib(b: float) -> str:
 
 
 def gpu_table(t: dict) -> tuple[str, float, float]:
-    """Device buffers of StreamingPredictor._run_groups for a kidney of this plane (many rows of tiles), and
+    """Device buffers of StreamingPredictor._run_rows for a kidney of this plane (many rows of tiles), and
     the peak over its row loop with and without the torch.roll copies."""
     C, (pz, py, px), (_, H, W) = t["C"], t["patch"], t["padded"]
     plane, tile, P = pz * H * W, pz * py * px, t["params"]

@@ -36,7 +36,7 @@ SHARED_MODULES = (
     "nnunet_vasculature.inference.stitch",
     "nnunet_vasculature.inference.pseudo_label",
     "nnunet_vasculature.env",
-    "nnunet_vasculature.demo.standin",
+    "nnunet_vasculature.demo.standin_cli",
 )
 
 

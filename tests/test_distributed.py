@@ -1,7 +1,6 @@
 """Prediction of slabs [start, end) and on several dask workers: same bytes as one process, resume by
 slab, parameter check, a lost worker. Small volumes, tiny networks, CPU, one torch thread per worker."""
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,13 +8,16 @@ import pytest
 import torch
 import zarr
 from model_helpers import make_model_folder
-from test_predict import _image, _kaggle_kidney, _ours
+from predict_helpers import _image, _kaggle_kidney, _ours
 
 from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.inference.options import PredictionOptions
 from nnunet_vasculature.inference.streaming import StreamingPredictor
 from nnunet_vasculature.io.sources import VolumeSource
 
-CLI = [str(Path(sys.executable).parent / "nnunet-vasculature")]
+
+def _options(folder, **kw):
+    return PredictionOptions.of(folder, [0], tta=False, **kw)
 
 
 def _planes(pred, img, spacing, start=0, end=None, scan=None):
@@ -70,14 +72,15 @@ def _kill_once(kidney, slab, marker, victim):
 
 def _reference(tmp_path, kidney, folder):
     from nnunet_vasculature.inference.predict import predict
-    out = predict(kidney, tmp_path / "ref.zarr", folder, [0], device="cpu", tta=False)
+    out = predict(kidney, tmp_path / "ref.zarr", _options(folder), "cpu")
     return zarr.open_group(str(out), mode="r")
 
 
 def _run(kidney, out, folder, address, **kw):
     from nnunet_vasculature.inference.distributed import predict_distributed
     kw = {"slab_planes": 8, "retries": 0, "torch_threads": 1, **kw}
-    return predict_distributed(kidney, out, folder, [0], device="cpu", tta=False, scheduler_address=address, **kw)
+    options = _options(folder, **{k: kw.pop(k) for k in ("step_size",) if k in kw})
+    return predict_distributed(kidney, out, options, "cpu", scheduler_address=address, **kw)
 
 
 def test_cli_two_workers_equal_one_process(tmp_path, cluster):
@@ -119,7 +122,7 @@ def test_interrupted_run_resumes_only_missing_slabs(tmp_path, cluster):
         open_probabilities(out / "kidney_5")
     # single-process predict finishes it from planes_done
     shutil.copytree(out, tmp_path / "copy.zarr")
-    predict(kidney, tmp_path / "copy.zarr", folder, [0], device="cpu", tta=False)
+    predict(kidney, tmp_path / "copy.zarr", _options(folder), "cpu")
     np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "copy.zarr"), mode="r")["kidney_5"][:], ref)
     # the rerun computes slab 2 only
     assert _run(kidney, out, folder, cluster) == {"kidney_5": [2]}
@@ -145,7 +148,7 @@ def test_changed_parameters_are_refused(tmp_path, cluster):
     assert _run(kidney, out, folder, cluster, slab_planes=5, overwrite=True) == {"kidney_5": [0, 1]}
     assert zarr.open_group(str(out), mode="r")["kidney_5"].attrs["complete"]
     from nnunet_vasculature.inference.predict import predict
-    predict(kidney, tmp_path / "one.zarr", folder, [0], device="cpu", tta=False)
+    predict(kidney, tmp_path / "one.zarr", _options(folder), "cpu")
     with pytest.raises(UserError, match="made without --workers"):
         _run(kidney, tmp_path / "one.zarr", folder, cluster)
 

@@ -261,14 +261,14 @@ def test_dice_metric_hand_cases(tmp_path, capsys):
     sol.write_text("id,encoding,width,height\na,1 4,4,4\nb,,4,4\n")
     sub.write_text("id,predicted\na,3 4\nb,\n")
     sample.write_text("id,predicted\na,\nb,\n")
-    assert main(["score", "--competition", "hubmap-kidney", "--solution", str(sol), "--submission", str(sub)]) == 0
+    assert main(["score", "hubmap-kidney", "--solution", str(sol), "--submission", str(sub)]) == 0
     out = capsys.readouterr().out
     assert "0.500000" in out and "1.000000" in out and "mean                 0.750000" in out
-    assert main(["validate", str(sub), "--sample", str(sample), "--competition", "hubmap-kidney"]) == 0
+    assert main(["validate", "hubmap-kidney", str(sub), "--sample", str(sample)]) == 0
     sub.write_text("id,predicted\na,3 40\nb,\n")
-    assert main(["score", "--competition", "hubmap-kidney", "--solution", str(sol), "--submission", str(sub)]) == 2
+    assert main(["score", "hubmap-kidney", "--solution", str(sol), "--submission", str(sub)]) == 2
     sub.write_text("id,predicted\na,3 4\n")
-    assert main(["validate", str(sub), "--sample", str(sample), "--competition", "hubmap-kidney"]) == 2
+    assert main(["validate", "hubmap-kidney", str(sub), "--sample", str(sample)]) == 2
     assert "id b of the sample submission is missing" in capsys.readouterr().err
 
 
@@ -310,3 +310,86 @@ def test_tissue_mask_ignores_noisy_glass():
     m = tissue_mask(np.clip(img, 0, 255).astype(np.uint8))
     assert m[disc].mean() > 0.97
     assert not m[:, 50:].any()                       # glass only: no tile there would be predicted
+
+
+def _slide_store(path, prob):
+    import zarr
+    arr = zarr.create_array(str(path), shape=prob.shape, chunks=(prob.shape[0], 7), dtype="uint8")
+    arr[:] = prob
+    return path
+
+
+def _run(capsys, args):
+    capsys.readouterr()
+    try:
+        rc = main(args)
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err.strip().splitlines()
+
+
+def test_submit_removes_components_smaller_than_the_tuned_size(tmp_path, capsys):
+    """min_component_pixels drops 8-connected components below the size (checked with scikit-image's labelling of
+    the whole slide), across the strips the slide is read in; the submission decodes with the kernels' decoder."""
+    from skimage.measure import label
+    rng = np.random.default_rng(8)
+    prob = np.zeros((40, 60), np.uint8)
+    prob[rng.random(prob.shape) > 0.93] = 200                     # speckle: mostly 1-3 px components
+    prob[5:15, 5:20] = 220                                        # 150 px blob spanning strips (columns 0-6, 7-13, ...)
+    prob[30, 30:36] = 180                                         # 6 px line
+    for k in range(9):                                            # a 9 px diagonal: one component only if 8-connected
+        prob[20 + k, 40 + k] = 190
+    store = _slide_store(tmp_path / "s1.zarr", prob)
+    pp = tmp_path / "pp.json"
+    pp.write_text(json.dumps({"competition": "hubmap-kidney", "threshold_u8": 128, "min_component_pixels": 8}))
+    sub = tmp_path / "sub.csv"
+    assert _run(capsys, ["submit", "hubmap-kidney", "-i", str(store), "-pp", str(pp), "-o", str(sub)])[0] == 0
+    got = domain_decode(list(csv.DictReader(open(sub)))[0]["predicted"], *prob.shape).astype(bool)
+    mask = prob >= 128
+    lab = label(mask, connectivity=2)
+    expect = mask & (np.bincount(lab.ravel())[lab] >= 8)
+    assert expect[20, 40] and not expect[30, 30] and (expect != mask).sum() > 20   # removal matters here
+    np.testing.assert_array_equal(got, expect)
+
+
+def test_tune_declares_its_own_flags_plots_and_refuses_a_repeated_slide(tmp_path, capsys):
+    rng = np.random.default_rng(9)
+    truth = np.zeros((30, 40), bool)
+    truth[5:20, 8:30] = True
+    prob = np.clip(truth * 170 + rng.random(truth.shape) * 90, 0, 255).astype(np.uint8)
+    prob[rng.random(prob.shape) > 0.97] = 250                      # speckle
+    store = _slide_store(tmp_path / "s1.zarr", prob)
+    train = tmp_path / "train.csv"
+    train.write_text(f"id,encoding\ns1,{kaggle_encode(truth.astype(np.uint8))}\n")
+    pp, png = tmp_path / "pp.json", tmp_path / "curve.png"
+    rc, _, err = _run(capsys, ["tune", "hubmap-kidney", "-i", str(store), "--labels", str(train), "-o", str(pp),
+                               "--closing", "1"])
+    assert rc == 2 and any("unrecognized arguments: --closing" in line for line in err), err
+    assert _run(capsys, ["tune", "hubmap-kidney", "-i", str(store), "--labels", str(train), "-o", str(pp),
+                         "--cc_sizes", "8", "32", "128", "512", "--plot", str(png)])[0] == 0
+    res = json.loads(pp.read_text())
+    assert sorted(map(int, res["component_removal_scores"])) == [0, 8, 32, 128, 512]      # the sizes given
+    assert res["competition"] == "hubmap-kidney" and png.read_bytes()[:4] == b"\x89PNG"
+    train.write_text(f"id,encoding\ns1,{kaggle_encode(truth.astype(np.uint8))}\ns1,1 4\n")
+    rc, _, err = _run(capsys, ["tune", "hubmap-kidney", "-i", str(store), "--labels", str(train),
+                               "-o", str(tmp_path / "pp2.json")])
+    assert rc == 2 and len(err) == 1 and "train.csv:3: a second row for id s1" in err[0], err
+
+
+def test_overlay_colours_truth_prediction_and_overlap_apart(tmp_path, capsys):
+    from PIL import Image
+    truth = np.zeros((64, 96), bool)
+    truth[10:40, 10:50] = True
+    pred = np.zeros_like(truth)
+    pred[20:50, 30:80] = True
+    tifffile.imwrite(tmp_path / "s1.tiff", np.full((64, 96, 3), 128, np.uint8))
+    (tmp_path / "train.csv").write_text(f"id,encoding\ns1,{kaggle_encode(truth.astype(np.uint8))}\n")
+    (tmp_path / "sub.csv").write_text(f"id,predicted\ns1,{kaggle_encode(pred.astype(np.uint8))}\n")
+    rc, out, _ = _run(capsys, ["overlay", "hubmap-kidney", "--slide", str(tmp_path / "s1.tiff"), "--truth",
+                               str(tmp_path / "train.csv"), "--submission", str(tmp_path / "sub.csv"),
+                               "-o", str(tmp_path / "o.png")])
+    assert rc == 0
+    im = np.asarray(Image.open(tmp_path / "o.png").convert("RGB")).astype(int)
+    for colour in ((0, 200, 0), (230, 0, 200), (255, 220, 0)):
+        assert (np.abs(im - (0.45 * 128 + 0.55 * np.array(colour))) <= 3).all(-1).sum() > 100, colour

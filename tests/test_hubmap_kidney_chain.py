@@ -1,9 +1,12 @@
 """HuBMAP Hacking the Kidney chain: the reduced demo (stock plan/preprocess/train on what convert writes),
 predict-slide against nnU-Net's own predictor, tune against a brute-force threshold sweep, pseudo-labels."""
+import csv
 import json
 
 import numpy as np
 import pytest
+
+pytestmark = pytest.mark.slow          # trains and predicts with nnU-Net (the quick demo)
 
 
 @pytest.fixture(scope="module")
@@ -14,14 +17,39 @@ def demo(tmp_path_factory):
     return out, summary
 
 
+def _column_major(rle, height, width):
+    """DOMAIN.md §7, written plainly: 1-based start/length pairs over the column-major pixels."""
+    flat = np.zeros(height * width, bool)
+    nums = [int(x) for x in rle.split()]
+    for start, length in zip(nums[0::2], nums[1::2]):
+        flat[start - 1:start - 1 + length] = True
+    return flat.reshape((width, height)).T
+
+
+def check_test_scores(out, summary):
+    """The reported test Dice per slide and mean, recomputed from submission.csv and the hidden solution.csv."""
+    with open(out / "kaggle" / "solution.csv", newline="") as f:
+        solution = list(csv.DictReader(f))
+    with open(out / "submission.csv", newline="") as f:
+        predicted = {r["id"]: r["predicted"] for r in csv.DictReader(f)}
+    dice = {}
+    for r in solution:
+        h, w = int(r["height"]), int(r["width"])
+        g, p = _column_major(r["encoding"], h, w), _column_major(predicted[r["id"]], h, w)
+        dice[r["id"]] = 1.0 if not (g.any() or p.any()) else 2 * (g & p).sum() / (g.sum() + p.sum())
+    assert summary["test_dice_per_slide"] == pytest.approx(dice, abs=1e-12)
+    assert summary["test_dice_mean"] == pytest.approx(np.mean(list(dice.values())), abs=1e-12)
+
+
 def test_quick_demo_runs_the_whole_chain(demo):
     out, summary = demo
     assert json.loads((out / "summary.json").read_text()) == summary
+    check_test_scores(out, summary)
     assert 0 <= summary["held_out_dice_at_0.5"] <= 1 and 0 <= summary["test_dice_mean"] <= 1
     assert summary["held_out_dice_tuned"] >= summary["held_out_dice_at_0.5"] - 1e-9
     from PIL import Image
     im = Image.open(out / "overlay.png")
-    assert im.size[0] > 2 * im.size[1]                      # thumbnail | truth | prediction
+    assert im.size[0] > 2 * im.size[1]                      # thumbnail | truth | prediction (titled panels)
     lines = (out / "submission.csv").read_text().splitlines()
     assert lines[0] == "id,predicted" and len(lines) == 2
     pp = json.loads((out / "postprocessing.json").read_text())
@@ -94,7 +122,7 @@ def test_tune_matches_brute_force_sweep(demo, tmp_path):
     from nnunet_vasculature.cli import main
     from nnunet_vasculature.io.rle import rle_decode
     out, _ = demo
-    assert main(["tune", "--competition", "hubmap-kidney", "-i", str(out / "pred_val"), "--labels",
+    assert main(["tune", "hubmap-kidney", "-i", str(out / "pred_val"), "--labels",
                  str(out / "kaggle" / "train.csv"), "-o", str(tmp_path / "pp.json"), "--no_cc"]) == 0
     res = json.loads((tmp_path / "pp.json").read_text())
     truth = {r["id"]: r["encoding"] for r in csv.DictReader(open(out / "kaggle" / "train.csv"))}

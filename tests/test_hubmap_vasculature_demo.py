@@ -2,10 +2,10 @@
 every promised file, a submission that decodes with plain pycocotools, and the reported held-out and test
 AP recomputed from the files with the plain metric function."""
 import base64
+import contextlib
 import csv
+import io
 import json
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -13,21 +13,22 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
+from nnunet_vasculature.io.polygons import read_polygons
 from nnunet_vasculature.postprocess.average_precision import average_precision
-from nnunet_vasculature.postprocess.hubmap_vasculature import polygon_masks, read_polygons, validate
+from nnunet_vasculature.postprocess.hubmap_vasculature import polygon_masks, validate
 
-# pycocotools 2.x decode under numpy 2 warns once per mask; nothing of ours
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+# pycocotools 2.x decode under numpy 2 warns once per mask; nothing of ours. Trains with nnU-Net: slow.
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
+    from nnunet_vasculature.demo.hubmap_vasculature import run_demo
     out = tmp_path_factory.mktemp("hv_demo") / "demo"
-    cli = str(Path(sys.executable).parent / "nnunet-vasculature")
-    r = subprocess.run([cli, "demo", "hubmap-vasculature", "-o", str(out), "--quick"], capture_output=True,
-                       text=True, timeout=1200)
-    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
-    return out, r.stdout
+    buffer = io.StringIO()                        # the step lines the demo prints
+    with contextlib.redirect_stdout(buffer):
+        run_demo(out, quick=True)
+    return out, buffer.getvalue()
 
 
 def _decode(text: str, h: int, w: int) -> np.ndarray:
@@ -60,7 +61,7 @@ def test_quick_demo_writes_every_output(demo):
     assert {p.stem for p in (out / "probs").glob("*.npz")} == set(s["heldout_tiles"]) | set(s["test_tiles"])
     from PIL import Image
     im = Image.open(out / "overlay.png")
-    assert im.size == (3 * 512, 512)                # tile | truth outlines | instances coloured by score
+    assert im.size[0] > 2.5 * im.size[1]            # tile | truth outlines | instances coloured by score, titled
 
 
 def test_quick_demo_submission_decodes_and_validates(demo):

@@ -96,16 +96,17 @@ def test_iou_threshold_is_inclusive_and_duplicates_are_false_positives():
 
 def test_ties_keep_input_order():
     gt_a = _labels((20, 20), [(0, 10, 0, 10)])
-    empty = np.zeros((20, 20), int)
     fp = _labels((20, 20), [(12, 18, 12, 18)])
     tp = gt_a.copy()
     # equal scores across tiles: tile order decides (FP first -> precision 1/2 at recall 1)
-    assert average_precision([(empty, fp, [0.5]), (gt_a, tp, [0.5])]) == pytest.approx(0.5)
-    assert average_precision([(gt_a, tp, [0.5]), (empty, fp, [0.5])]) == pytest.approx(1.0)
+    gt_b = _labels((20, 20), [(0, 6, 0, 6)])       # a tile with a truth that the FP misses (a tile without
+    # truths is not evaluated, as in the Open Images challenge evaluation)
+    assert average_precision([(gt_b, fp, [0.5]), (gt_a, tp, [0.5])]) == pytest.approx(0.25)
+    assert average_precision([(gt_a, tp, [0.5]), (gt_b, fp, [0.5])]) == pytest.approx(0.5)
     # equal scores within a tile, both on the same truth: the first in input order is the TP
     acc = APAccumulator()
-    acc.add(gt_a, np.stack([np.zeros((20, 20), bool), gt_a == 1]), [0.5, 0.5])
-    assert list(acc.tp[0]) == [False, True]
+    acc.add(gt_a, np.stack([gt_a == 1, gt_a == 1]), [0.5, 0.5])
+    assert list(acc.tp[0]) == [True, False]
 
 
 def test_detection_overlapping_two_truths_is_matched_to_the_best_only():
@@ -132,7 +133,7 @@ def test_empty_tiles_no_detections_no_truths():
     assert average_precision([(gt, empty, [])]) == 0.0                        # truths, no detections
     assert np.isnan(average_precision([(empty, gt, [0.7])]))                  # detections, no truths
     assert np.isnan(average_precision([]))
-    assert average_precision([(empty, gt, [0.9]), (gt, gt, [0.7])]) == 0.5    # FP on an empty tile first
+    assert average_precision([(empty, gt, [0.9]), (gt, gt, [0.7])]) == 1.0    # a tile without truths: not evaluated
     assert ap_from_matches(np.array([0.3]), np.array([True]), 2) == 0.5
 
 
@@ -174,7 +175,8 @@ def _random_tiles(seed, n=12):
         gt = np.zeros((48, 48), np.int32)
         det = np.zeros((48, 48), np.int32)
         scores = []
-        for k in range(rng.integers(0, 4)):                   # disjoint truths on a grid
+        for k in range(rng.integers(1, 4)):                   # disjoint truths on a grid (COCO counts FPs on
+            # tiles without truths; the Open Images evaluation does not evaluate such tiles)
             r, c = divmod(k, 2)
             gt[r * 24 + 2:r * 24 + 14, c * 24 + 2:c * 24 + 14] = k + 1
             if rng.random() < 0.8:                             # a shifted detection (IoU 0.2 .. 1)

@@ -3,8 +3,6 @@
 Expected values come from numpy's percentile on the whole volume and the documented map (low -> 1,
 high -> 65535, linear between, rounded, clipped there, zeros kept), not from the code under test."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,6 @@ from nnunet_vasculature.cli import main
 from nnunet_vasculature.io.intensity import PercentileMapping, map_sources, volume_percentiles
 from nnunet_vasculature.io.sources import open_inputs
 
-CLI = [str(Path(sys.executable).parent / "nnunet-vasculature")]
 PCT = (10.0, 99.8)
 
 
@@ -94,7 +91,8 @@ def test_convert_maps_each_kidney_by_its_own_percentiles(drifted, nnunet_dirs):
     assert np.abs(imgs["kidney_2"].astype(int) - k1.astype(int))[k1 != 0].min() > 2000
 
 
-def test_predict_maps_each_input_like_conversion(drifted, nnunet_dirs, tmp_path):
+@pytest.mark.slow
+def test_predict_maps_each_input_like_conversion(drifted, nnunet_dirs, tmp_path, capsys):
     root, imgs = drifted
     assert main(["convert", "sennet", str(root), "-d", "531", "--kidneys", "kidney_5", "--percentile_norm",
                  "10", "99.8"]) == 0
@@ -117,15 +115,16 @@ def test_predict_maps_each_input_like_conversion(drifted, nnunet_dirs, tmp_path)
     np.testing.assert_array_equal(probs["k"], probs["c"])       # mapped on the fly == mapped at conversion
     assert (probs["k"] != probs["p"]).mean() > 0.1              # and the mapping is really applied
     # images mapped at conversion, model trained without: refused in one line
-    r = subprocess.run(CLI + ["predict", "-i", str(ts), "-o", str(tmp_path / "x.zarr"), "-m", str(plain), *args],
-                       capture_output=True, text=True)
-    assert r.returncode != 0 and "intensity-mapped at conversion" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.zarr").exists()
+    capsys.readouterr()
+    assert main(["predict", "-i", str(ts), "-o", str(tmp_path / "x.zarr"), "-m", str(plain), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "intensity-mapped at conversion" in err[0] and not (tmp_path / "x.zarr").exists()
 
 
-def test_bad_percentiles_are_one_line_errors(drifted, nnunet_dirs):
+def test_bad_percentiles_are_one_line_errors(drifted, nnunet_dirs, capsys):
     root, _ = drifted
-    r = subprocess.run(CLI + ["convert", "sennet", str(root), "-d", "532", "--percentile_norm", "99", "10"],
-                       capture_output=True, text=True)
-    assert r.returncode != 0 and "need 0 <= LOW < HIGH <= 100" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and not list(nnunet_dirs["raw"].glob("Dataset532_*"))
+    capsys.readouterr()
+    assert main(["convert", "sennet", str(root), "-d", "532", "--percentile_norm", "99", "10"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "need 0 <= LOW < HIGH <= 100" in err[0]
+    assert not list(nnunet_dirs["raw"].glob("Dataset532_*"))

@@ -63,10 +63,8 @@ def test_layers_import_only_downwards():
     assert not bad, "upward imports:\n" + "\n".join(sorted(set(bad)))
 
 
-# SenNet's own modules besides those named sennet: the SenNet `predict` command and the former homes of
-# SenNet's post-processing under generic names
-SENNET_ONLY = {"nnunet_vasculature.inference.predict", "nnunet_vasculature.postprocess.submission",
-               "nnunet_vasculature.postprocess.commands"}
+# SenNet's own modules besides those named sennet: the SenNet `predict` command
+SENNET_ONLY = {"nnunet_vasculature.inference.predict"}
 
 
 def _is_sennet(target: str) -> bool:

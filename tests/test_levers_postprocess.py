@@ -4,14 +4,15 @@ import json
 import cc3d
 import numpy as np
 import pytest
+from postprocess_helpers import _write_kidney
 from scipy import ndimage as ndi
-from test_postprocess import _write_kidney
 
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.postprocess.__main__ import main as pp_main
 from nnunet_vasculature.postprocess.morphology import closed_reader, level_for_fraction, level_histogram
+from nnunet_vasculature.postprocess.sennet import load_postprocessing
 from nnunet_vasculature.postprocess.surface_dice import surface_dice
-from nnunet_vasculature.postprocess.tune import load_postprocessing, masks
+from nnunet_vasculature.postprocess.tune import masks
 
 
 def _plain_closing(m: np.ndarray, r: int) -> np.ndarray:

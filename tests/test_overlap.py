@@ -12,11 +12,12 @@ import pytest
 import torch
 import zarr
 from model_helpers import make_model_folder
-from test_predict import _image, _kaggle_kidney, _ours
+from predict_helpers import _image, _kaggle_kidney, _ours
 
 from nnunet_vasculature.errors import UserError
-from nnunet_vasculature.inference import nnunet_compat as nc
-from nnunet_vasculature.inference.streaming import StreamingPredictor, _ModelInput
+from nnunet_vasculature.inference import nnunet_compat as compat
+from nnunet_vasculature.inference.geometry import StreamingGeometry
+from nnunet_vasculature.inference.streaming import ModelInput, StreamingPredictor
 from nnunet_vasculature.io.sources import VolumeSource
 
 SP = (50.0, 50.0, 50.0)
@@ -87,21 +88,24 @@ def test_each_input_plane_is_read_once(tmp_path, overlap):
 def test_kept_planes_equal_blockwise_resampling(tmp_path):
     """Windows built from the kept planes equal the block-by-block resampling of the whole input."""
     img = _image((50, 24, 20), seed=3).astype(np.float32)
-    crop, mshape = img.shape, (63, 30, 25)
-    rs = nc.Resampling(False, None, 3, 0)
-    norm = nc.zscore_normalizer(float(img.mean()), float(img.std()))
-    vr = (float(norm(img).min()), float(norm(img).max()))
-    pz, pad, padded = 16, [0, 1, 3], [63, 32, 32]
-    starts = [0, 8, 16, 24, 32, 40, 47]
-    inputs = _ModelInput(lambda a, b: img[a:b], norm, crop, mshape, rs, vr, starts, pz, padded, pad)
-    ends = [min(mshape[0], s + pz) for s in starts]
-    ref = np.zeros((mshape[0] + 10, *padded[1:]), np.float32)       # model planes, padded in y and x
+    crop_shape, model_shape = img.shape, (63, 30, 25)
+    resampling = compat.Resampling(False, None, 3, 0)
+    norm = compat.zscore_normalizer(float(img.mean()), float(img.std()))
+    value_range = (float(norm(img).min()), float(norm(img).max()))
+    patch_depth, pad, padded = 16, (0, 1, 3), (63, 32, 32)
+    starts = (0, 8, 16, 24, 32, 40, 47)
+    geometry = StreamingGeometry(img.shape, ((0, 50), (0, 24), (0, 20)), (0, 1, 2), (0, 1, 2), crop_shape, model_shape,
+                                 padded, pad, (patch_depth, 32, 32), (starts, (0,), (0,)), resampling, resampling)
+    inputs = ModelInput(geometry, lambda a, b: img[a:b], norm, value_range)
+    ends = [min(model_shape[0], s + patch_depth) for s in starts]
+    ref = np.zeros((model_shape[0] + 10, *padded[1:]), np.float32)       # model planes, padded in y and x
     for a, b in zip([0] + ends[:-1], ends):
-        i0, i1 = nc.input_range(a, b, crop[0], mshape[0], 3)
-        block = nc.resample_slab(norm(img[i0:i1]), i0, crop[0], range(a, b), mshape, rs, vr)
+        i0, i1 = compat.input_range(a, b, crop_shape[0], model_shape[0], 3)
+        block = compat.resample_slab(norm(img[i0:i1]), i0, crop_shape[0], range(a, b), model_shape, resampling,
+                                     value_range)
         ref[a:b, 1:31, 3:28] = block.astype(np.float32)
     for s in starts:
-        np.testing.assert_array_equal(inputs.window(s).numpy(), ref[s:s + pz])
+        np.testing.assert_array_equal(inputs.window(s).numpy(), ref[s:s + patch_depth])
 
 
 class Boom(RuntimeError):
@@ -176,7 +180,7 @@ def test_cli_writer_error_is_one_line(tmp_path, capsys):
     line, exit 2, the kidney left incomplete."""
     from nnunet_vasculature.cli import main
     folder = _folder(tmp_path)
-    ckpt = torch.load(folder / "fold_0" / "checkpoint_final.pth", weights_only=False)
+    ckpt = torch.load(folder / "fold_0" / "checkpoint_final.pth", weights_only=True)
     w = ckpt["network_weights"]
     head = [k for k in w if "seg_layers" in k and k.endswith("bias")][-1]
     w[head][:] = float("nan")

@@ -1,42 +1,18 @@
 """tune / apply / submit / validate / score, and streaming connected components."""
 import csv
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import cc3d
 import numpy as np
 import tifffile
 import zarr
+from postprocess_helpers import _kidney, _write_kidney
 from scipy import ndimage as ndi
 
 from nnunet_vasculature.io.rle import rle_decode, rle_encode
 from nnunet_vasculature.postprocess.__main__ import main as pp_main
 from nnunet_vasculature.postprocess.components import remove_small_components
 from nnunet_vasculature.postprocess.surface_dice import surface_dice
-
-PP = [sys.executable, "-m", "nnunet_vasculature.postprocess"]
-
-
-def _kidney(rng, shape=(24, 30, 28)):
-    f = ndi.gaussian_filter(rng.random(shape), 2)
-    gt = f > np.quantile(f, 0.85)
-    prob = ndi.gaussian_filter(gt.astype(float), 1.2) * 0.8 + rng.random(shape) * 0.25
-    prob[rng.random(shape) > 0.995] = 0.9          # speckle that component removal can clean
-    return gt, np.clip(prob, 0, 1)
-
-
-def _write_kidney(root: Path, name: str, gt, prob):
-    lab = root / name / "labels"
-    lab.mkdir(parents=True)
-    for z in range(gt.shape[0]):
-        tifffile.imwrite(lab / f"{z:04d}.tif", gt[z].astype(np.uint8) * 255)
-    g = zarr.open_group(str(root / "probs.zarr"), mode="a")
-    a = g.create_array(name, shape=prob.shape, chunks=(1, *prob.shape[1:]), dtype="uint8")
-    a[:] = np.rint(prob * 255).astype(np.uint8)
-    a.attrs.update({"kidney": name, "slice_ids": [f"{name}_{z:04d}" for z in range(gt.shape[0])], "complete": True})
-    return lab
 
 
 def test_streaming_components_equal_cc3d():
@@ -51,7 +27,20 @@ def test_streaming_components_equal_cc3d():
             np.testing.assert_array_equal(got, expect)
 
 
-def test_tune_apply_submit_validate_score(tmp_path):
+def _plain_postprocessed(prob: np.ndarray, level: int, min_size: int) -> np.ndarray:
+    """Threshold, then drop 26-connected components under ``min_size`` voxels (cc3d, not our streaming code)."""
+    mask = np.rint(prob * 255) >= level
+    if min_size:
+        lab = cc3d.connected_components(mask.astype(np.uint8), connectivity=26)
+        mask &= np.bincount(lab.ravel())[lab] >= min_size
+    return mask
+
+
+def _score_lines(out: str) -> dict[str, float]:
+    return {line.split()[0]: float(line.split()[1]) for line in out.strip().splitlines()}
+
+
+def test_tune_apply_submit_validate_score(tmp_path, capsys):
     rng = np.random.default_rng(1)
     kidneys = {n: _kidney(rng) for n in ("kidney_2", "kidney_3")}
     labels = [str(_write_kidney(tmp_path, n, *kidneys[n])) for n in kidneys]
@@ -64,27 +53,33 @@ def test_tune_apply_submit_validate_score(tmp_path):
     means = [np.mean([surface_dice(np.rint(p * 255) >= t, g, empty_score=0.0) for g, p in kidneys.values()])
              for t in range(256)]
     assert k == int(np.argmax(means)) and abs(res["mean_curve"][k] - max(means)) < 1e-9
-    assert res["mean_surface_dice"] >= res["mean_surface_dice_at_0.5"]
-    assert (tmp_path / "curve.png").stat().st_size > 1000
-    if res["min_component_voxels"]:
-        assert res["component_removal_scores"][str(res["min_component_voxels"])] > res["component_removal_scores"]["0"]
+    assert res["competition"] == "sennet" and res["nnunet_vasculature_version"]
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the speckle makes component removal help: it must be chosen, and every reported score is that of the
+    # masks post-processed plainly (threshold + cc3d), so a wrong removal or a wrong score cannot pass
+    size = res["min_component_voxels"]
+    assert size > 0
+    for option, score in res["component_removal_scores"].items():
+        plain = np.mean([surface_dice(_plain_postprocessed(p, k, int(option)), g, empty_score=0.0)
+                         for g, p in kidneys.values()])
+        assert abs(score - plain) < 1e-9, option
+    assert res["component_removal_scores"][str(size)] > res["component_removal_scores"]["0"]
+    assert res["mean_surface_dice"] == res["component_removal_scores"][str(size)]
 
     # apply: the mask equals threshold (+ component removal) computed directly
     out = tmp_path / "mask_k2"
     assert pp_main(["apply", "-i", str(tmp_path / "probs.zarr" / "kidney_2"), "-pp", str(pp), "-o", str(out)]) == 0
     mask = np.stack([tifffile.imread(out / f"{z:04d}.tif") for z in range(24)]) > 0
     g2, p2 = kidneys["kidney_2"]
-    expect = np.rint(p2 * 255) >= k
-    if res["min_component_voxels"]:
-        lab = cc3d.connected_components(expect.astype(np.uint8), connectivity=26)
-        expect &= np.bincount(lab.ravel())[lab] >= res["min_component_voxels"]
+    expect = _plain_postprocessed(p2, k, size)
+    assert (expect != (np.rint(p2 * 255) >= k)).any()          # the removal changed something
     np.testing.assert_array_equal(mask, expect)
-    r = subprocess.run(PP + ["score", "--labels", labels[0], "--pred", str(out)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert abs(float(r.stdout.split()[-1]) - surface_dice(mask, g2)) < 1e-6
-    r = subprocess.run(PP + ["score", "--labels", labels[0], "--pred", str(tmp_path / "probs.zarr" / "kidney_2"),
-                             "-pp", str(pp)], capture_output=True, text=True)
-    assert abs(float(r.stdout.split()[-1]) - surface_dice(mask, g2)) < 1e-6
+    capsys.readouterr()
+    assert pp_main(["score", "--labels", labels[0], "--pred", str(out)]) == 0
+    assert abs(float(capsys.readouterr().out.split()[-1]) - surface_dice(mask, g2)) < 1e-6
+    assert pp_main(["score", "sennet", "--labels", labels[0], "--pred", str(tmp_path / "probs.zarr" / "kidney_2"),
+                    "-pp", str(pp)]) == 0
+    assert abs(float(capsys.readouterr().out.split()[-1]) - surface_dice(mask, g2)) < 1e-6
 
     # submit in the sample's order, validate, score against a solution
     ids = [f"{n}_{z:04d}" for n in ("kidney_3", "kidney_2") for z in range(24)]
@@ -103,9 +98,9 @@ def test_tune_apply_submit_validate_score(tmp_path):
         for n, (g, _) in kidneys.items():
             for z in range(24):
                 w.writerow([f"{n}_{z:04d}", rle_encode(g[z]), 28, 30])
-    r = subprocess.run(PP + ["score", "--solution", str(sol), "--submission", str(sub)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    got = {line.split()[0]: float(line.split()[1]) for line in r.stdout.strip().splitlines()}
+    capsys.readouterr()
+    assert pp_main(["score", "--solution", str(sol), "--submission", str(sub)]) == 0
+    got = _score_lines(capsys.readouterr().out)
     # the official grouping, done plainly: decode every slice of a kidney, stack, score
     by_kidney = {}
     for row in rows:
@@ -117,13 +112,12 @@ def test_tune_apply_submit_validate_score(tmp_path):
     assert abs(got["mean"] - np.mean([got[n] for n in kidneys])) < 1e-6
 
 
-def _err(args):
-    r = subprocess.run(PP + args, capture_output=True, text=True)
-    lines = r.stderr.strip().splitlines()
-    return r.returncode, lines
+def test_bad_inputs(tmp_path, capsys):
+    def _err(args):
+        capsys.readouterr()
+        rc = pp_main(args)
+        return rc, capsys.readouterr().err.strip().splitlines()
 
-
-def test_bad_inputs(tmp_path):
     rng = np.random.default_rng(2)
     g, p = _kidney(rng, (6, 8, 9))
     lab = _write_kidney(tmp_path, "kidney_2", g, p)
@@ -167,7 +161,7 @@ def test_bad_inputs(tmp_path):
     dup = tmp_path / "dup.csv"
     dup.write_text("id,rle\nkidney_5_0000,1 0\nkidney_5_0000,1 0\n")
     rc, lines = _err(["validate", str(dup), "--sample", str(sample)])
-    assert rc != 0 and "duplicate id kidney_5_0000" in lines[0]
+    assert rc != 0 and len(lines) == 1 and "dup.csv:3: a second row for id kidney_5_0000" in lines[0]
     mal = tmp_path / "mal.csv"
     mal.write_text("id,rle\nkidney_5_0000,1 2 3\nkidney_5_0001,1 0\n")
     rc, lines = _err(["validate", str(mal), "--sample", str(sample)])
@@ -192,3 +186,163 @@ def test_bad_inputs(tmp_path):
     rc, lines = _err(["submit", "-i", str(z), "-pp", str(pp), "-o", str(tmp_path / "s2.csv")])
     assert rc != 0 and len(lines) == 1 and "incomplete" in lines[0], lines
     assert not (tmp_path / "s2.csv").exists()
+
+
+def _run(capsys, args):
+    """Exit status, stdout and stderr lines of one in-process command (argparse errors exit 2)."""
+    capsys.readouterr()
+    try:
+        rc = pp_main(args)
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err.strip().splitlines()
+
+
+def _kidney_store(path, shape=(40, 30), seed=0):
+    """A predict-slide store (H, W) uint8, written with zarr directly."""
+    arr = zarr.create_array(str(path), shape=shape, chunks=shape, dtype="uint8")
+    arr[:] = (np.random.default_rng(seed).random(shape) * 255).astype(np.uint8)
+    return path
+
+
+def test_postprocessing_json_names_its_competition_and_refuses_another(tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    lab = _write_kidney(tmp_path, "kidney_2", *_kidney(rng, (6, 8, 9)))
+    store = tmp_path / "probs.zarr"
+    files = {"sennet": {"threshold_u8": 128, "min_component_voxels": 0},           # written before the record
+             "kidney": {"competition": "hubmap-kidney", "threshold_u8": 100, "min_component_pixels": 0},
+             "vasculature_old": {"metric": "AP@0.6", "instances": {"threshold": 0.5, "min_size": 0, "dilate": 0,
+                                                                    "split": False, "glomerulus_filter": True}}}
+    for name, record in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(record))
+    sub = tmp_path / "sub.csv"
+    assert _run(capsys, ["submit", "-i", str(store), "-pp", str(tmp_path / "sennet.json"), "-o", str(sub)])[0] == 0
+    for name, owner in (("kidney", "hubmap-kidney"), ("vasculature_old", "hubmap-vasculature")):
+        rc, _, err = _run(capsys, ["submit", "-i", str(store), "-pp", str(tmp_path / f"{name}.json"),
+                                   "-o", str(tmp_path / f"{name}.csv")])
+        assert rc == 2 and len(err) == 1 and owner in err[0] and f"{name}.json" in err[0], err
+        assert not (tmp_path / f"{name}.csv").exists()
+    slide = _kidney_store(tmp_path / "slide1.zarr")
+    rc, _, err = _run(capsys, ["submit", "hubmap-kidney", "-i", str(slide), "-pp", str(tmp_path / "sennet.json"),
+                               "-o", str(tmp_path / "k.csv")])
+    assert rc == 2 and len(err) == 1 and "of sennet" in err[0], err
+    # what tune writes carries its competition and the version, and is read back
+    pp = tmp_path / "pp.json"
+    assert _run(capsys, ["tune", "-i", str(store), "--labels", str(lab), "-o", str(pp), "--no_cc"])[0] == 0
+    record = json.loads(pp.read_text())
+    from importlib.metadata import version
+    assert record["competition"] == "sennet" and record["nnunet_vasculature_version"] == version("nnunet-vasculature")
+    assert _run(capsys, ["apply", "-i", str(store / "kidney_2"), "-pp", str(pp), "-o", str(tmp_path / "m")])[0] == 0
+
+
+def test_an_output_never_replaces_an_input(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    lab = _write_kidney(tmp_path, "kidney_2", *_kidney(rng, (6, 8, 9)))
+    store = tmp_path / "probs.zarr"
+    pp = tmp_path / "pp.json"
+    pp.write_text(json.dumps({"threshold_u8": 128, "min_component_voxels": 0}))
+    sample = tmp_path / "sample.csv"
+    sample.write_text("id,rle\n" + "".join(f"kidney_2_{z:04d},1 0\n" for z in range(6)))
+    before = {p: p.read_bytes() for p in (pp, sample)}
+    for args, flags in ((["submit", "-i", str(store), "-pp", str(pp), "-o", str(pp)], ("-o", "-pp")),
+                        (["submit", "-i", str(store), "-pp", str(pp), "-o", str(sample), "--sample", str(sample)],
+                         ("-o", "--sample")),
+                        (["apply", "-i", str(store / "kidney_2"), "-pp", str(pp), "-o", str(store / "kidney_2"),
+                          "--overwrite"], ("-o", "-i")),
+                        (["apply", "-i", str(store / "kidney_2"), "-pp", str(pp), "-o", str(store), "--overwrite"],
+                         ("-o", "-i")),
+                        (["tune", "-i", str(store), "--labels", str(lab), "-o", str(tmp_path / "j.json"),
+                          "--plot", str(tmp_path / "j.json")], ("-o", "--plot"))):
+        rc, _, err = _run(capsys, args)
+        assert rc == 2 and len(err) == 1 and all(f in err[0] for f in flags), (args, err)
+    assert {p: p.read_bytes() for p in before} == before
+    assert zarr.open_group(str(store), mode="r")["kidney_2"].shape == (6, 8, 9)
+    assert not (tmp_path / "j.json").exists()
+
+
+def test_a_repeated_id_is_refused_by_score_and_validate_alike(tmp_path, capsys):
+    sample = tmp_path / "sample.csv"
+    sample.write_text("id,rle\nkidney_5_0000,1 0\nkidney_5_0001,1 0\n")
+    sol = tmp_path / "solution.csv"
+    sol.write_text("id,rle,width,height\nkidney_5_0000,1 2,4,3\nkidney_5_0001,1 0,4,3\n")
+    dup = tmp_path / "dup.csv"                          # the second row for 0000 would replace the first
+    dup.write_text("id,rle\nkidney_5_0000,1 2\nkidney_5_0001,1 0\nkidney_5_0000,5 3\n")
+    for args in (["score", "--solution", str(sol), "--submission", str(dup)],
+                 ["validate", str(dup), "--sample", str(sample)]):
+        rc, _, err = _run(capsys, args)
+        assert rc == 2 and len(err) == 1 and "dup.csv:4: a second row for id kidney_5_0000 (first on line 2)" \
+            in err[0], err
+    sol.write_text("id,rle,width,height\nkidney_5_0000,1 2,4,3\nkidney_5_0000,1 0,4,3\n")
+    rc, _, err = _run(capsys, ["score", "--solution", str(sol), "--submission", str(sample)])
+    assert rc == 2 and "solution.csv:3: a second row for id kidney_5_0000" in err[0]
+    # hubmap-kidney and hubmap-vasculature read their tables the same way
+    (tmp_path / "k.csv").write_text("id,predicted\na,1 2\na,\n")
+    (tmp_path / "ks.csv").write_text("id,encoding\na,1 2\n")
+    rc, _, err = _run(capsys, ["score", "hubmap-kidney", "--solution", str(tmp_path / "ks.csv"),
+                               "--submission", str(tmp_path / "k.csv")])
+    assert rc == 2 and "k.csv:3: a second row for id a" in err[0], err
+    (tmp_path / "v.csv").write_text("id,height,width,prediction_string\nt,4,4,\nt,4,4,\n")
+    (tmp_path / "vs.csv").write_text("id,height,width,annotations\nt,4,4,\n")
+    rc, _, err = _run(capsys, ["score", "hubmap-vasculature", "--solution", str(tmp_path / "vs.csv"),
+                               "--submission", str(tmp_path / "v.csv")])
+    assert rc == 2 and "v.csv:3: a second row for id t" in err[0], err
+
+
+def test_score_reads_the_slice_size_of_every_solution_row(tmp_path, capsys):
+    sub = tmp_path / "sub.csv"
+    sub.write_text("id,rle\nk_0000,1 0\nk_0001,9 2\n")
+    sol = tmp_path / "solution.csv"          # the second slice is wider: its run 9..10 fits it, not the first size
+    sol.write_text("id,rle,width,height\nk_0000,1 0,4,2\nk_0001,9 2,5,2\n")
+    rc, _, err = _run(capsys, ["score", "--solution", str(sol), "--submission", str(sub)])
+    assert rc == 2 and len(err) == 1 and "solution.csv:3" in err[0] and "5 x 2" in err[0], err
+
+
+def test_files_of_another_competition_are_named(tmp_path, capsys):
+    (tmp_path / "solution.csv").write_text("id,encoding,width,height\na,1 4,4,4\n")
+    (tmp_path / "sub.csv").write_text("id,predicted\na,1 4\n")
+    (tmp_path / "vsub.csv").write_text("id,height,width,prediction_string\nt,4,4,\n")
+    for args, other in ((["score", "--solution", str(tmp_path / "solution.csv"), "--submission",
+                          str(tmp_path / "sub.csv")], "score hubmap-kidney"),
+                        (["validate", str(tmp_path / "vsub.csv"), "--sample", str(tmp_path / "vsub.csv")],
+                         "validate hubmap-vasculature"),
+                        (["tune", "-i", str(_kidney_store(tmp_path / "s1.zarr")), "--labels",
+                          str(tmp_path / "solution.csv"), "-o", str(tmp_path / "pp.json")], "tune hubmap-kidney"),
+                        (["score", "hubmap-kidney", "--solution", str(tmp_path / "vsub.csv"), "--submission",
+                          str(tmp_path / "sub.csv")], "score hubmap-vasculature")):
+        rc, _, err = _run(capsys, args)
+        assert rc == 2 and len(err) == 1 and other in err[0], (args, err)
+
+
+def test_tune_warns_when_the_threshold_is_at_the_edge(tmp_path, capsys):
+    """An under-trained model: vessels at probability ~0.015, background below; the best level is ~4/255."""
+    rng = np.random.default_rng(6)
+    gt = ndi.gaussian_filter(rng.random((12, 16, 16)), 2) > 0.52
+    prob = np.where(gt, 4 / 255, 1 / 255)
+    lab = _write_kidney(tmp_path, "kidney_2", gt, prob)
+    rc, _, err = _run(capsys, ["tune", "-i", str(tmp_path / "probs.zarr"), "--labels", str(lab),
+                               "-o", str(tmp_path / "pp.json"), "--no_cc"])
+    assert rc == 0 and json.loads((tmp_path / "pp.json").read_text())["threshold_u8"] <= 4
+    assert any(line.startswith("warning:") and "low end" in line and "train longer" in line for line in err), err
+
+
+def test_overlay_draws_a_users_prediction(tmp_path, capsys):
+    from nnunet_vasculature.cli import main
+    rng = np.random.default_rng(7)
+    g, p = _kidney(rng, (8, 20, 24))
+    lab = _write_kidney(tmp_path, "kidney_2", g, p)
+    images = tmp_path / "kidney_2" / "images"
+    images.mkdir()
+    for z in range(8):
+        tifffile.imwrite(images / f"{z:04d}.tif", (p[z] * 60000).astype(np.uint16))
+    pp = tmp_path / "pp.json"
+    pp.write_text(json.dumps({"threshold_u8": 128, "min_component_voxels": 0}))
+    capsys.readouterr()
+    assert main(["overlay", "sennet", "--labels", str(lab), "--pred", str(tmp_path / "probs.zarr" / "kidney_2"),
+                 "-pp", str(pp), "-o", str(tmp_path / "o.png")]) == 0
+    from PIL import Image
+    im = np.asarray(Image.open(tmp_path / "o.png").convert("RGB"))
+    # the three colours of the code appear: truth only, prediction only, both
+    for colour in ((0, 200, 0), (230, 0, 200), (255, 220, 0)):
+        near = (np.abs(im.astype(int) - (0.45 * 128 + 0.55 * np.array(colour))) < 80).all(-1)
+        assert near.any(), colour

@@ -1,7 +1,7 @@
-"""Streaming prediction vs stock nnUNetPredictor on whole volumes, zarr output, resume, bad input."""
-import subprocess
-import sys
-from pathlib import Path
+"""Streaming prediction vs stock nnUNetPredictor on whole volumes, zarr output, resume, bad input, the
+model loader (weights-only checkpoints, device check), the input fingerprint and missing chunks."""
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -9,52 +9,19 @@ import tifffile
 import torch
 import zarr
 from model_helpers import make_model_folder
-from scipy import ndimage as ndi
+from predict_helpers import _compare, _image, _kaggle_kidney, _ours, _stock, stock_format_checkpoint
 
+from nnunet_vasculature.cli import main
+from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.inference.streaming import StreamingPredictor
-from nnunet_vasculature.io.sources import VolumeSource
-
-CLI = [str(Path(sys.executable).parent / "nnunet-vasculature")]
-MARGIN = 4      # stock aggregates tiles in float16: its volume border is the least exact part
 
 
-def _image(shape, seed=0):
-    rng = np.random.default_rng(seed)
-    return (ndi.gaussian_filter(rng.random(shape), 2) * 30000 + 1000).astype(np.float32)
-
-
-def _stock(folder, img, spacing, folds, tta):
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    p = nnUNetPredictor(use_mirroring=tta, device=torch.device("cpu"), allow_tqdm=False)
-    p.initialize_from_trained_model_folder(str(folder), list(folds))
-    _, probs = p.predict_single_npy_array(img[None], {"spacing": list(spacing)}, None, None, True)
-    return probs[1]
-
-
-def _ours(folder, img, spacing, folds, tta, start=0, predictor=None, end=None, scan=None):
-    """Planes [start, end) of the streaming prediction of ``img``, each emitted exactly once."""
-    src = VolumeSource("v", img.shape, spacing, [str(i) for i in range(img.shape[0])],
-                       [(0, img.shape[0], lambda a, b: img[a:b])])
-    out = {}
-
-    def sink(z, p):
-        for i, plane in enumerate(p):
-            assert z + i not in out
-            out[z + i] = plane
-    predictor = predictor or StreamingPredictor(folder, list(folds), device=torch.device("cpu"), use_mirroring=tta)
-    predictor.predict(src, sink, start, end=end, scan=scan)
-    stop = img.shape[0] if end is None else min(end, img.shape[0])
-    assert sorted(out) == list(range(start, stop))
-    return np.stack([out[z] for z in sorted(out)]) if out else np.zeros((0, *img.shape[1:]), np.float32)
-
-
-def _compare(ours, stock):
-    m = MARGIN
-    d = np.abs(ours - stock)[m:-m, m:-m, m:-m]
-    q = np.abs(np.rint(ours * 255).astype(int) - np.rint(stock * 255).astype(int))[m:-m, m:-m, m:-m]
-    assert d.max() <= 5e-3 and d.mean() <= 5e-4, (d.max(), d.mean())
-    assert q.max() <= 1 and (q > 0).mean() < 0.05
-
+def _main(capsys, args):
+    """Exit code, stderr lines, stdout of the in-process CLI."""
+    capsys.readouterr()
+    rc = main(args)
+    out = capsys.readouterr()
+    return rc, out.err.strip().splitlines(), out.out
 
 @pytest.mark.parametrize("spacing,model_spacing,folds,tta", [
     ((50.0, 50.0, 50.0), (50.0, 50.0, 50.0), (0,), True),        # same grid, mirroring TTA
@@ -93,22 +60,15 @@ def test_zero_border_is_cropped_like_stock(tmp_path):
     _compare(ours[6:, :, :-7], stock[6:, :, :-7])
 
 
-def _kaggle_kidney(root: Path, img: np.ndarray, name="kidney_5"):
-    d = root / "test" / name / "images"
-    d.mkdir(parents=True)
-    for z in range(img.shape[0]):
-        tifffile.imwrite(d / f"{z:04d}.tif", img[z].astype(np.uint16))
-    return d.parent
-
-
-def test_cli_zarr_output_resume_and_refusal(tmp_path):
+@pytest.mark.slow
+def test_cli_zarr_output_resume_and_refusal(tmp_path, capsys):
     folder = make_model_folder(tmp_path / "model")
     img = _image((30, 36, 32), seed=5)
     kidney = _kaggle_kidney(tmp_path / "kaggle", img)
     out = tmp_path / "probs.zarr"
-    base = CLI + ["predict", "-i", str(kidney), "-o", str(out), "-m", str(folder), "-device", "cpu", "--disable_tta"]
-    r = subprocess.run(base, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    base = ["predict", "-i", str(kidney), "-o", str(out), "-m", str(folder), "-device", "cpu", "--disable_tta"]
+    rc, err, _ = _main(capsys, base)
+    assert rc == 0, err
     arr = zarr.open_group(str(out), mode="r")["kidney_5"]
     assert arr.dtype == np.uint8 and arr.shape == (30, 36, 32)
     assert arr.attrs["complete"] and arr.attrs["slice_ids"][3] == "kidney_5_0003"
@@ -116,36 +76,137 @@ def test_cli_zarr_output_resume_and_refusal(tmp_path):
     ref = _ours(folder, img.astype(np.uint16).astype(np.float32), (50.28,) * 3, (0,), False)
     ref = np.rint(ref * 255).astype(np.uint8)
     np.testing.assert_array_equal(arr[:], ref)
-    # an existing output is refused
-    r = subprocess.run(base, capture_output=True, text=True)
-    assert r.returncode != 0 and "is already written" in r.stderr and "Traceback" not in r.stderr
+    # the explicit word names the same command
+    rc, err, _ = _main(capsys, ["predict", "sennet", *base[1:]])
+    assert rc == 2 and err == [f"error: {out}: 'kidney_5' is already written (pass --overwrite)"]
     # an interrupted run resumes from the planes already written
     g = zarr.open_group(str(out), mode="a")
     g["kidney_5"].attrs.update({"complete": False, "planes_done": 16})
     g["kidney_5"][16:] = 0
-    r = subprocess.run(base, capture_output=True, text=True)
-    assert r.returncode == 0 and "resuming kidney_5 at plane 16" in r.stdout
+    rc, err, stdout = _main(capsys, base)
+    assert rc == 0 and "resuming kidney_5 at plane 16" in stdout
     np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["kidney_5"][:], ref)
 
 
-def test_cli_bad_input(tmp_path):
+def test_cli_bad_input(tmp_path, capsys):
     folder = make_model_folder(tmp_path / "model")
     img = _image((8, 36, 32))
     kidney = _kaggle_kidney(tmp_path / "kaggle", img)
     out = tmp_path / "p.zarr"
-    r = subprocess.run(CLI + ["predict", "-i", str(kidney), "-o", str(out), "-m", str(folder), "-f", "3",
-                              "-device", "cpu"], capture_output=True, text=True)
-    assert r.returncode != 0 and "no fold_3/checkpoint_final.pth" in r.stderr
+    args = ["predict", "-i", str(kidney), "-o", str(out), "-m", str(folder), "-device", "cpu"]
+    rc, err, _ = _main(capsys, [*args, "-f", "3"])
+    assert rc == 2 and err == [f"error: {folder}: no fold_3/checkpoint_final.pth (present: fold_0)"]
     (kidney / "images" / "0004.tif").unlink()
-    r = subprocess.run(CLI + ["predict", "-i", str(kidney), "-o", str(out), "-m", str(folder), "-device", "cpu"],
-                       capture_output=True, text=True)
-    assert r.returncode != 0 and "missing slice 0004" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
+    rc, err, _ = _main(capsys, args)
+    assert rc == 2 and len(err) == 1 and "missing slice 0004" in err[0] and not out.exists()
+    # a flag of another competition's predict is an argparse error
+    with pytest.raises(SystemExit):
+        main([*args, "--all_tiles"])
 
 
+def test_resume_refuses_another_input(tmp_path, capsys):
+    """An interrupted store is resumed only on the same input: other slices with the same kidney name and
+    shape are refused in one line (before: resumed, and the store completed with planes of two inputs)."""
+    folder = make_model_folder(tmp_path / "model")
+    kidney = _kaggle_kidney(tmp_path / "a", _image((12, 36, 32), seed=1))
+    out = tmp_path / "p.zarr"
+    args = ["predict", "-i", str(kidney), "-o", str(out), "-m", str(folder), "-device", "cpu", "--disable_tta"]
+    assert main(args) == 0
+    g = zarr.open_group(str(out), mode="a")
+    g["kidney_5"].attrs.update({"complete": False, "planes_done": 4})         # as after Ctrl-C at plane 4
+    shutil.rmtree(kidney)
+    _kaggle_kidney(tmp_path / "a", _image((12, 36, 32), seed=2))               # other slices, same name and shape
+    rc, err, _ = _main(capsys, args)
+    assert rc == 2 and err == [f"error: {out}: 'kidney_5' holds an interrupted run of another input (its files, "
+                               f"sizes or modification times differ; pass --overwrite to start again)"]
+    assert not zarr.open_group(str(out), mode="r")["kidney_5"].attrs["complete"]
+
+
+def test_missing_chunk_is_refused(tmp_path, capsys):
+    """A deleted chunk of a complete store (zarr reads it as zeros) is refused by the readers in one line."""
+    from nnunet_vasculature.io.volumes import open_probabilities
+    folder = make_model_folder(tmp_path / "model")
+    img = _image((10, 36, 32), seed=3)
+    img[:3] = 0                  # all-zero planes: their chunks are stored too
+    kidney = _kaggle_kidney(tmp_path / "a", img)
+    out = tmp_path / "p.zarr"
+    assert main(["predict", "-i", str(kidney), "-o", str(out), "-m", str(folder), "-device", "cpu",
+                 "--disable_tta"]) == 0
+    open_probabilities(out / "kidney_5")
+    chunks = sorted(p for p in (out / "kidney_5" / "c").rglob("*") if p.is_file())
+    assert len(chunks) == 10
+    chunks[1].unlink()           # a background plane's chunk
+    with pytest.raises(UserError, match=r"^.*kidney_5: 1 of 10 chunks are missing"):
+        open_probabilities(out / "kidney_5")
+
+
+def test_checkpoint_running_code_is_refused(tmp_path, capsys):
+    """A checkpoint whose pickle calls os.system is refused in one line and the command does not run."""
+    folder = make_model_folder(tmp_path / "model")
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+    stock_format_checkpoint(folder / "fold_0" / "checkpoint_final.pth", extra=Payload())
+    kidney = _kaggle_kidney(tmp_path / "k", _image((8, 36, 32)))
+    rc, err, _ = _main(capsys, ["predict", "-i", str(kidney), "-o", str(tmp_path / "p.zarr"), "-m", str(folder),
+                                "-device", "cpu"])
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: {folder / 'fold_0' / 'checkpoint_final.pth'}: refused") and "system" in err[0]
+    assert "weights_only" not in err[0]
+    assert not marker.exists()
+    with pytest.raises(UserError, match="refused"):
+        StreamingPredictor(folder, [0])
+
+
+def test_stock_format_checkpoint_loads_weights_only(tmp_path):
+    """Everything stock nnUNetTrainer.save_checkpoint writes (optimizer, logger with numpy scalars,
+    torch.device) is within the allowlist; the prediction is stock nnU-Net's."""
+    folder = make_model_folder(tmp_path / "model")
+    stock_format_checkpoint(folder / "fold_0" / "checkpoint_final.pth")
+    img = _image((20, 36, 32), seed=6)
+    _compare(_ours(folder, img, (50.0,) * 3, (0,), False), _stock(folder, img, (50.0,) * 3, (0,), False))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_on_a_cpu_machine_is_one_line(tmp_path, capsys):
+    folder = make_model_folder(tmp_path / "model")
+    kidney = _kaggle_kidney(tmp_path / "k", _image((8, 36, 32)))
+    rc, err, _ = _main(capsys, ["predict", "-i", str(kidney), "-o", str(tmp_path / "p.zarr"), "-m", str(folder)])
+    assert rc == 2 and err == ["error: -device cuda: CUDA is not available here; pass -device cpu"]
+    slide = tmp_path / "s.tiff"
+    tifffile.imwrite(slide, np.zeros((64, 64, 3), np.uint8))
+    # predict hubmap-kidney's default device (before: a traceback from torch in the slide predictor)
+    rc, err, _ = _main(capsys, ["predict", "hubmap-kidney", "-i", str(slide), "-o", str(tmp_path / "o"), "-m",
+                                str(folder)])
+    assert rc == 2 and err == ["error: -device cuda: CUDA is not available here; pass -device cpu"]
+    from nnunet_vasculature.inference.slide import SlidePredictor
+    with pytest.raises(UserError, match="CUDA is not available"):
+        SlidePredictor(folder, ["0"], device="cuda")
+
+
+def test_slide_info_file_is_used_or_refused(tmp_path, capsys):
+    """``--info FILE`` is read whatever its name; a missing one or a folder is one line (before: skipped)."""
+    from nnunet_vasculature.inference.slide import slide_sizes
+    slide = tmp_path / "slides" / "aa05346ff.tiff"
+    slide.parent.mkdir()
+    tifffile.imwrite(slide, np.zeros((64, 80, 3), np.uint8))
+    info = tmp_path / "sizes.csv"
+    info.write_text("image_file,width_pixels,height_pixels,patient_number\naa05346ff.tiff,81,64,1\n")
+    assert slide_sizes(info, tmp_path)["aa05346ff"]["width"] == 81
+    args = ["predict", "hubmap-kidney", "-i", str(slide), "-o", str(tmp_path / "o"), "-m", str(tmp_path / "m"),
+            "-device", "cpu"]
+    rc, err, _ = _main(capsys, [*args, "--info", str(tmp_path / "nope.csv")])
+    assert rc == 2 and err == [f"error: {tmp_path / 'nope.csv'}: --info file not found"]
+    rc, err, _ = _main(capsys, [*args, "--info", str(tmp_path)])
+    assert rc == 2 and len(err) == 1 and "--info must be a CSV file" in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
 def test_converted_chunks_predict_like_the_kaggle_folder(tmp_path, kaggle_small, nnunet_dirs):
     """imagesTs z-chunks (memory-mapped 3D TIFF) are read as one kidney: same result as the slice folder."""
-    from nnunet_vasculature.cli import main
     folder = make_model_folder(tmp_path / "model")
     assert main(["convert", "sennet", str(kaggle_small), "-d", "520", "--kidneys", "kidney_5",
                  "--chunk_slices", "13"]) == 0

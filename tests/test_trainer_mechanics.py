@@ -119,3 +119,14 @@ def test_demo_trainers_skip_the_final_validation_only_when_asked(trainer, monkey
     monkeypatch.delenv(VALIDATION_ENV)
     obj.perform_actual_validation(True)
     assert calls == [True]
+
+
+def test_a_one_epoch_schedule_steps_without_a_warm_up():
+    """``nnUNet_vasculature_demo_schedule=1x2`` (one epoch, one warm-up epoch) divided by zero in the decay."""
+    import torch
+
+    from nnunet_vasculature.trainers.vessel_transfer import WarmupPolyLRScheduler
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    sched = WarmupPolyLRScheduler(opt, 0.01, max_steps=1, warmup=1)
+    sched.step(0)
+    assert sched.get_last_lr() == [0.01]          # the poly decay's first step: the initial rate

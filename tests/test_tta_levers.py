@@ -2,15 +2,17 @@
 run on rotated, permuted or finer-spaced inputs; the refusals; the CLI flags; distributed = one process."""
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 import zarr
 from model_helpers import make_model_folder
-from test_predict import _compare, _image, _kaggle_kidney, _ours, _stock
+from predict_helpers import _compare, _image, _kaggle_kidney, _ours, _stock
 
 from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.inference.options import PredictionOptions
 from nnunet_vasculature.inference.streaming import StreamingPredictor
 from nnunet_vasculature.inference.tta import ROTATIONS, TileTTA, Transform
 
@@ -121,18 +123,19 @@ def test_cli_flags_and_distributed_equal_single_process(tmp_path):
                 predictor=_predictor(folder, False, tta_rotations=True, tta_scale=1.5))
     np.testing.assert_array_equal(a[:], np.rint(ref * 255).astype(np.uint8))
     many = tmp_path / "many.zarr"
+    options = PredictionOptions.of(folder, [0], tta=False, tta_rotations=True, tta_scale=1.5)
+    assert options.to_json() == model
     # the workers' code path with a worker thread in this process (a process-based cluster: test_distributed.py)
     from distributed import LocalCluster
     threads = torch.get_num_threads()
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
         try:
-            predict_distributed(kidney, many, folder, [0], device="cpu", tta=False, slab_planes=8, retries=0,
-                                scheduler_address=cluster.scheduler_address, tta_rotations=True, tta_scale=1.5)
+            predict_distributed(kidney, many, options, "cpu", slab_planes=8, retries=0,
+                                scheduler_address=cluster.scheduler_address)
         finally:
             torch.set_num_threads(threads)
     b = zarr.open_group(str(many), mode="r")["kidney_5"]
     assert b.attrs["complete"]
     np.testing.assert_array_equal(b[:], a[:])
     with pytest.raises(UserError, match="with other settings"):       # the options are in the parameter hash
-        predict_distributed(kidney, many, folder, [0], device="cpu", tta=False, workers=1, slab_planes=8,
-                            tta_rotations=True, tta_scale=1.5, tta_permutations=True)
+        predict_distributed(kidney, many, replace(options, tta_permutations=True), "cpu", workers=1, slab_planes=8)

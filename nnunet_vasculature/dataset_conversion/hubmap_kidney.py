@@ -82,12 +82,9 @@ def polygon_labels(polys: list[tuple[np.ndarray, int]], y0: int, x0: int, shape:
 
 
 def store_region_fn(store: Path, height: int, width: int, level: int = 128) -> MaskFn:
-    """Pseudo-label region reader: a ``predict-slide`` probability store thresholded at ``level``."""
-    import zarr
-    try:
-        arr = zarr.open_array(str(store), mode="r")
-    except Exception as e:  # noqa: BLE001 - zarr raises many types for a bad store
-        raise UserError(f"{store}: not a predict-slide probability store ({type(e).__name__})") from None
+    """Pseudo-label region reader: a ``predict hubmap-kidney`` probability store thresholded at ``level``."""
+    from nnunet_vasculature.io.store import open_slide_probabilities
+    arr = open_slide_probabilities(store)
     if tuple(arr.shape) != (height, width):
         raise UserError(f"{store}: shape {tuple(arr.shape)} but the slide is {height} x {width}")
     return lambda y0, y1, x0, x1: (np.asarray(arr[y0:y1, x0:x1]) >= level).astype(np.uint8)

@@ -32,7 +32,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     from nnunet_vasculature.demo.steps import Steps, bin_path, demo_workspace
     from nnunet_vasculature.inference.slide import SlidePredictor, predict_slides
     from nnunet_vasculature.postprocess import hubmap_kidney as pp
-    from nnunet_vasculature.postprocess.tune import write_json
+    from nnunet_vasculature.postprocess.tune import write_postprocessing
     from nnunet_vasculature.synthetic.hubmap_kidney import synthesize
 
     t_start = time.time()
@@ -77,15 +77,16 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
               val_dir, model, ["0"], "checkpoint_final.pth", "cpu", tta, 0.5, overwrite=True, predictor=sp)
     steps.run("predict-slide test slides", predict_slides, [kaggle / "test"], test_dir, model, ["0"],
               "checkpoint_final.pth", "cpu", tta, 0.5, overwrite=True, predictor=sp)
-    res = steps.run("tune threshold on held-out slides", pp.determine, pp._stores([val_dir]), kaggle / "train.csv",
+    res = steps.run("tune threshold on held-out slides", pp.determine, pp.stores([val_dir]), kaggle / "train.csv",
                     [] if quick else pp.CC_PIXELS)
-    write_json(res, out / "postprocessing.json")
+    write_postprocessing(res, out / "postprocessing.json", pp.COMPETITION)
     sub = out / "submission.csv"
-    steps.run("submit + validate", lambda: (pp.submit(pp._stores([test_dir]), out / "postprocessing.json", sub,
+    steps.run("submit + validate", lambda: (pp.submit(pp.stores([test_dir]), out / "postprocessing.json", sub,
                                                       kaggle / "sample_submission.csv"),
                                             pp.validate(sub, kaggle / "sample_submission.csv", kaggle / "test")))
     test_scores = steps.run("score against hidden labels", pp.score_csv, kaggle / "solution.csv", sub)
-    _overlay(kaggle, sub, out / "overlay.png")
+    shown = sorted((kaggle / "test").glob("*.tiff"))[0]
+    pp.draw_overlay(shown, kaggle / "solution.csv", sub, out / "overlay.png")
     summary = {"held_out_slides": held, "held_out_dice_at_0.5": res["mean_dice_at_0.5"],
                "held_out_dice_tuned": res["mean_dice"], "threshold": res["threshold"],
                "min_component_pixels": res["min_component_pixels"],
@@ -95,31 +96,6 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
     return summary
-
-
-def _overlay(kaggle: Path, sub_csv: Path, png: Path) -> None:
-    """Thumbnail | truth | prediction of the first test slide."""
-    import csv
-
-    from PIL import Image
-
-    from nnunet_vasculature.io.rle import allow_long_csv_fields, rle_decode
-    from nnunet_vasculature.io.slide import Slide, read_info
-    allow_long_csv_fields()
-    info = read_info(kaggle)
-    sol = list(csv.DictReader(open(kaggle / "solution.csv")))[0]
-    pred = {r["id"]: r["predicted"] for r in csv.DictReader(open(sub_csv))}[sol["id"]]
-    h, w = int(sol["height"]), int(sol["width"])
-    f = max(1, max(h, w) // 512)
-    with Slide(kaggle / "test" / f"{sol['id']}.tiff", info[sol["id"]]["height"], info[sol["id"]]["width"]) as s:
-        thumb = s.thumbnail(f)
-    panels = [thumb]
-    for rle in (sol["encoding"], pred):
-        m = rle_decode(rle, (h, w), order="F")[::f, ::f].astype(bool)
-        p = thumb.copy()
-        p[m] = (0.5 * p[m] + [0, 127, 0]).astype(np.uint8)
-        panels.append(p)
-    Image.fromarray(np.concatenate(panels, axis=1)).save(png)
 
 
 def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:

@@ -27,42 +27,26 @@ GRIDS = {True: {"thresholds": [0.3, 0.5, 0.7], "min_sizes": [0, 16], "dilations"
          False: {"thresholds": [0.3, 0.4, 0.5, 0.6, 0.7], "min_sizes": [0, 16, 64], "dilations": [0, 1, 2]}}
 
 
-def _overlay(tile: Path, polys: list[dict], lab: np.ndarray, scores: np.ndarray, out: Path) -> None:
-    """Tile | truth outlines (vessels green, glomeruli blue, unsure yellow) | predicted instances coloured
-    by score (blue = 0 -> red = 1) with the truth vessel outlines in green."""
-    import tifffile
-    from PIL import Image, ImageDraw
-    img = tifffile.imread(tile)
-    colours = {"blood_vessel": (0, 200, 0), "glomerulus": (0, 80, 255)}
-    right = img.astype(np.float32)
-    for k, s in enumerate(scores, 1):
-        m = lab == k
-        right[m] = 0.35 * right[m] + 0.65 * _score_colour(s)
-    ramp = np.linspace(0, 1, 128)                      # the score scale, bottom left of the third panel
-    right[-22:-10, 10:138] = np.stack([_score_colour(v) for v in ramp])[None]
-    panels = [Image.fromarray(img), Image.fromarray(img.copy()),
-              Image.fromarray(np.clip(right, 0, 255).astype(np.uint8))]
-    for panel, types in ((panels[1], None), (panels[2], ("blood_vessel",))):
-        d = ImageDraw.Draw(panel)
-        for a in polys:
-            if types is None or a["type"] in types:
-                d.polygon([tuple(p) for p in a["coordinates"][0]], outline=colours.get(a["type"], (255, 220, 0)))
-    ImageDraw.Draw(panels[2]).text((142, 512 - 26), "score 0 -> 1", fill=(0, 0, 0))
-    Image.fromarray(np.hstack([np.asarray(p) for p in panels])).save(out, format="PNG")
-
-
-def _score_colour(s: float) -> np.ndarray:
-    return np.array([255 * s, 30, 255 * (1 - s)], np.float32)
-
-
 def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     """Run the chain into ``out``; returns the summary (also written to ``out/summary.json``)."""
+    import tifffile
+
     from nnunet_vasculature.dataset_conversion.hubmap_vasculature import CASES_FILE, convert_vasculature
     from nnunet_vasculature.demo.cpu_plans import write_small_plans
     from nnunet_vasculature.demo.steps import Steps, bin_path, demo_workspace
     from nnunet_vasculature.errors import atomic_file
-    from nnunet_vasculature.postprocess.hubmap_vasculature import determine, read_polygons, score_csv, submit, validate
-    from nnunet_vasculature.postprocess.instances import load_params, write_instances
+    from nnunet_vasculature.io.polygons import read_polygons
+    from nnunet_vasculature.postprocess.hubmap_vasculature import (
+        COMPETITION,
+        determine,
+        draw_overlay,
+        load_params,
+        score_csv,
+        submit,
+        validate,
+    )
+    from nnunet_vasculature.postprocess.instances import write_instances
+    from nnunet_vasculature.postprocess.tune import write_postprocessing
     from nnunet_vasculature.synthetic.hubmap_vasculature import synthesize
     from nnunet_vasculature.trainers.common import VALIDATION_ENV
 
@@ -115,8 +99,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
 
     def tune() -> dict:
         res = determine([probs], kaggle / "polygons.jsonl", GRIDS[bool(quick)])
-        with atomic_file(pp) as tmp:
-            tmp.write_text(json.dumps(res, indent=1))
+        write_postprocessing(res, pp, COMPETITION)
         return res
     res = steps.run("tune threshold / min size / dilation by AP@0.6 on the held-out tiles", tune)
     inst = steps.run("instances (tuned parameters) for all predicted tiles", write_instances, probs,
@@ -128,8 +111,8 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     truth = read_polygons(kaggle / "test_polygons.jsonl")
     shown = max(tests, key=lambda t: sum(a["type"] == "blood_vessel" for a in truth[t]))
     with np.load(inst / f"{shown}.npz") as z:
-        with atomic_file(out / "overlay.png") as tmp:
-            _overlay(kaggle / "test" / f"{shown}.tif", truth[shown], z["instances"], z["scores"], tmp)
+        draw_overlay(tifffile.imread(kaggle / "test" / f"{shown}.tif"), truth[shown], z["instances"], z["scores"],
+                     out / "overlay.png", shown)
     summary = {"heldout_tiles": held, "heldout_ap": res["ap"], "heldout_ap_at_defaults": res["ap_at_defaults"],
                "instances": res["instances"], "test_tiles": tests, "test_instances": n_inst, "test_ap": test_ap,
                "overlay_tile": shown, "schedule": cfg["schedule"], "plans": PLANS, "quick": bool(quick),

@@ -23,11 +23,20 @@ SCHEDULE, QUICK_SCHEDULE = "5x30", "2x4"   # epochs x iterations of both demo tr
 
 def run_demo(out: Path, pretrained: Path | None = None, quick: bool = False, seed: int = 0) -> dict:
     from nnunet_vasculature.dataset_conversion.sennet import convert_sennet
+    from nnunet_vasculature.inference.options import PredictionOptions
     from nnunet_vasculature.inference.predict import predict
     from nnunet_vasculature.io.volumes import open_labels, open_probabilities
-    from nnunet_vasculature.postprocess.submission import score_csv, submit, validate
+    from nnunet_vasculature.postprocess.sennet import (
+        COMPETITION,
+        determine,
+        draw_overlay,
+        plot_curve,
+        score_csv,
+        submit,
+        validate,
+    )
     from nnunet_vasculature.postprocess.surface_dice import surface_dice_sweep
-    from nnunet_vasculature.postprocess.tune import LEVEL_HALF, determine, plot_curve, write_json
+    from nnunet_vasculature.postprocess.tune import LEVEL_HALF, write_postprocessing
     from nnunet_vasculature.pretrained.import_pretrained import import_pretrained
     from nnunet_vasculature.synthetic.sennet import synthesize
     from nnunet_vasculature.trainers.common import DEMO_ENV, VALIDATION_ENV
@@ -59,14 +68,15 @@ def run_demo(out: Path, pretrained: Path | None = None, quick: bool = False, see
 
     def predict_all():
         for tag, folder in models.items():
-            predict(held, probs[tag], folder, ["0"], device="cpu", overwrite=True)
-        predict(kaggle / "test", out / "probs_test.zarr", models["fine-tuned"], ["0"], device="cpu", overwrite=True)
+            predict(held, probs[tag], PredictionOptions.of(folder, ["0"]), "cpu", overwrite=True)
+        predict(kaggle / "test", out / "probs_test.zarr", PredictionOptions.of(models["fine-tuned"], ["0"]), "cpu",
+                overwrite=True)
     steps.run(f"predict {HELD_OUT} (held out) and the test kidneys", predict_all)
     pp_file = out / "postprocessing.json"
 
     def tune():
         res = determine([f"{probs['fine-tuned']}/{HELD_OUT}"], [held / "labels"])
-        write_json(res, pp_file)
+        write_postprocessing(res, pp_file, COMPETITION)
         plot_curve(res, out / "threshold_curve.png")
         return res
     res = steps.run(f"tune threshold on {HELD_OUT}", tune)
@@ -75,14 +85,14 @@ def run_demo(out: Path, pretrained: Path | None = None, quick: bool = False, see
         submit([out / "probs_test.zarr"], pp_file, out / "submission.csv", kaggle / "sample_submission.csv")
         validate(out / "submission.csv", kaggle / "sample_submission.csv")
         half = logs / "postprocessing_at_0.5.json"
-        write_json({"threshold_u8": LEVEL_HALF, "min_component_voxels": 0}, half)
+        write_postprocessing({"threshold_u8": LEVEL_HALF, "min_component_voxels": 0}, half, COMPETITION)
         submit([out / "probs_test.zarr"], half, logs / "submission_at_0.5.csv", kaggle / "sample_submission.csv")
         return score_csv(kaggle / "solution.csv", out / "submission.csv"), \
             score_csv(kaggle / "solution.csv", logs / "submission_at_0.5.csv")
     test_tuned, test_half = steps.run("submit, validate and score the test kidneys", submit_and_score)
     scratch = surface_dice_sweep(open_probabilities(f"{probs['from scratch']}/{HELD_OUT}")[0],
                                  open_labels(held / "labels"))
-    _overlay(held, f"{probs['fine-tuned']}/{HELD_OUT}", res["threshold_u8"], out / "overlay.png")
+    draw_overlay(held / "labels", f"{probs['fine-tuned']}/{HELD_OUT}", out / "overlay.png", pp_file)
     summary = {
         "held_out_kidney": HELD_OUT,
         "fine_tuned": {"surface_dice_at_0.5": res["mean_surface_dice_at_0.5"],
@@ -135,31 +145,6 @@ def source_model(pretrained: Path | None) -> dict:
     print(f"  source model: {info['path']} ({kind}), sha256 {str(info['sha256'])[:12]}..., held-out source-task "
           f"vessel Dice {'not known' if score is None else f'{score:.3f}'}")
     return info
-
-
-def _overlay(kidney: Path, prob_path: str, level: int, png: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from nnunet_vasculature.io.slices import list_slices, read_slice
-    from nnunet_vasculature.io.volumes import open_labels, open_probabilities
-    prob, _ = open_probabilities(prob_path)
-    labels = open_labels(kidney / "labels")
-    files = list_slices(kidney / "images")
-    zs = np.linspace(0.25, 0.75, 3) * (len(files) - 1)
-    fig, axes = plt.subplots(3, 3, figsize=(9, 9))
-    for row, z in zip(axes, zs.astype(int)):
-        img = read_slice(files[z])
-        for ax, (title, im, cmap) in zip(row, [("image", img, "gray"), ("label", labels[z:z + 1][0], "magma"),
-                                                (f"prediction >= {level / 255:.2f}", prob[z:z + 1][0] >= level,
-                                                 "magma")]):
-            ax.imshow(im, cmap=cmap)
-            ax.set_title(f"{title} (slice {z})", fontsize=8)
-            ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
 
 
 def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:

@@ -7,11 +7,14 @@ store. Slab borders are multiples of the store's one-plane chunks, so no two tas
 and no lock is needed; a task finishes by setting its own one-element chunk of ``_slabs/<kidney>``
 (uint8, 1 = done). Only the client writes attributes.
 
-The store's kidney array also gets ``params_hash`` (model folder, folds, checkpoint, TTA and its
-options, step size, input spacing and shape, slab size) and ``slab_planes``: a rerun with the same
-parameters computes only the slabs not marked done, a rerun with others is refused (unless
-``overwrite``); once every slab is done ``complete`` is set and the store reads like one written by
-single-process ``predict``. dask's ``retries`` re-run the slab of a failed task or lost worker.
+The store's kidney array also gets ``params_hash`` (the prediction options'
+:meth:`~nnunet_vasculature.inference.options.PredictionOptions.to_json`, input spacing and shape, slab size),
+``slab_planes`` and the input's fingerprint: a rerun with the same parameters on the same input computes
+only the slabs not marked done, a rerun with others or on another input is refused (unless
+``overwrite``). Each task writes through the store's one writer (``KidneyWriter.slab``). The model folder
+and the device are checked before any slab is submitted (on a remote cluster: on every worker). Once every
+slab is done ``complete`` is set and the store reads like one written by single-process ``predict``.
+dask's ``retries`` re-run the slab of a failed task or lost worker.
 ``planes_done`` is kept at the planes done from plane 0 on, so an interrupted run can also be finished
 by single-process ``predict``.
 
@@ -26,14 +29,15 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
 from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.inference.options import PredictionOptions
 from nnunet_vasculature.io.intensity import map_sources, model_mapping
-from nnunet_vasculature.io.sources import VolumeSource, open_inputs
-from nnunet_vasculature.io.store import create_kidney_array, quantize
+from nnunet_vasculature.io.sources import VolumeSource, fingerprint, open_inputs
+from nnunet_vasculature.io.store import KidneyWriter, create_kidney_array, store_path
 
 SLAB_PLANES = 256           # default slab depth (original planes); a multiple of the store's 1-plane chunks
 PROGRESS_GROUP = "_slabs"   # <store>/_slabs/<kidney>: one uint8 per slab, 1 = done
@@ -49,24 +53,36 @@ def slab_bounds(depth: int, slab_planes: int) -> list[tuple[int, int]]:
 
 
 def params_hash(params: dict) -> str:
+    """A short hash of a JSON-able dict (sorted keys)."""
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def predict_distributed(inputs: Path, out: Path, model_folder: Path, folds: Sequence[int | str],
-                        checkpoint: str = "checkpoint_final.pth", device: str = "cuda", tta: bool = True,
-                        step_size: float = 0.5, spacing: float | None = None, overwrite: bool = False,
-                        workers: int | None = None, scheduler_address: str | None = None,
-                        scheduler_file: Path | None = None, slab_planes: int = SLAB_PLANES, retries: int = 2,
-                        torch_threads: int | None = None, on_slab: SlabHook | None = None,
-                        tta_rotations: bool = False, tta_permutations: bool = False,
-                        tta_scale: float = 1.0) -> dict[str, list[int]]:
-    """Predict every kidney of ``inputs`` into the store ``out`` on a dask cluster: a ``LocalCluster`` of
-    ``workers`` processes, or the cluster at ``scheduler_address`` / described by ``scheduler_file``.
+def predict_distributed(inputs: Path, out: Path, options: PredictionOptions, device: str = "cuda",
+                        spacing: float | None = None, overwrite: bool = False, workers: int | None = None,
+                        scheduler_address: str | None = None, scheduler_file: Path | None = None,
+                        slab_planes: int = SLAB_PLANES, retries: int = 2, torch_threads: int | None = None,
+                        on_slab: SlabHook | None = None) -> dict[str, list[int]]:
+    """Predict every kidney of ``inputs`` into the store ``out`` on a dask cluster.
 
-    ``torch_threads``: torch threads per worker (default: the cores divided among a local cluster's
-    workers; dask's own setting, one, on an existing cluster). ``on_slab(kidney, slab)`` is called in the
-    worker before each slab (tests use it to inject failures). ``tta_*``: as in single-process ``predict``
-    (in the parameter hash when on). Returns the slabs computed, per kidney."""
+    Args:
+        inputs: as for single-process ``predict``.
+        out: the output zarr store.
+        options: the prediction options (the store's record and part of the parameter hash).
+        device: where the workers run the networks.
+        spacing: voxel size (µm) when the input does not say.
+        overwrite: replace kidneys already in the store.
+        workers: start a ``LocalCluster`` of this many processes, or
+        scheduler_address: use the cluster at this address, or
+        scheduler_file: the cluster described by this scheduler file.
+        slab_planes: original planes per task.
+        retries: dask's retries of a failed task.
+        torch_threads: torch threads per worker (default: the cores divided among a local cluster's
+            workers; dask's own setting, one, on an existing cluster).
+        on_slab: ``on_slab(kidney, slab)`` is called in the worker before each slab (tests inject failures).
+
+    Returns:
+        The slabs computed, per kidney.
+    """
     import zarr
     if sum(x is not None for x in (workers, scheduler_address, scheduler_file)) != 1:
         raise UserError("give one of --workers N, --scheduler ADDRESS, --scheduler_file FILE")
@@ -74,19 +90,15 @@ def predict_distributed(inputs: Path, out: Path, model_folder: Path, folds: Sequ
         raise UserError(f"--workers {workers}: need at least 1")
     if slab_planes < 1:
         raise UserError(f"--slab_planes {slab_planes}: need at least 1")
-    model_folder = Path(model_folder).resolve()
-    folds = [str(f) for f in folds]
-    from nnunet_vasculature.inference.streaming import check_model_folder
-    from nnunet_vasculature.inference.tta import check_scale, tta_options
-    check_model_folder(model_folder, folds, checkpoint)
-    tta_scale = check_scale(tta_scale)
-    sources = map_sources(open_inputs(inputs, spacing), model_mapping(model_folder))
+    from nnunet_vasculature.inference.model import check_model_folder, resolve_device
+    check_model_folder(options.model_folder, options.folds, options.checkpoint)
+    if workers is not None:
+        resolve_device(device)          # the local workers see this machine's devices
+    sources = map_sources(open_inputs(inputs, spacing), model_mapping(options.model_folder))
     out = Path(out)
     if out.exists() and not (out / "zarr.json").is_file():
         raise UserError(f"{out}: exists and is not a zarr store")
-    model = {"folder": str(model_folder), "folds": folds, "checkpoint": checkpoint, "tta": tta,
-             "step_size": step_size, **tta_options(tta_rotations, tta_permutations, tta_scale)}
-    source = {"tool": "predict", "model": model}
+    source = {"tool": "predict", "model": options.to_json()}
     group = zarr.open_group(str(out), mode="a")
     todo = {src.name: _prepare(group, src, source, slab_planes, overwrite) for src in sources}
     jobs = {src.name: src for src in sources if todo[src.name]}
@@ -95,11 +107,12 @@ def predict_distributed(inputs: Path, out: Path, model_folder: Path, folds: Sequ
         return {}
     if workers is not None and torch_threads is None and not device.startswith("cuda"):
         torch_threads = max(1, (os.cpu_count() or 1) // workers)
-    base = {"inputs": str(Path(inputs).resolve()), "spacing": spacing, "out": str(out.resolve()), "model": model,
-            "device": device, "torch_threads": torch_threads, "on_slab": on_slab}
+    base = {"inputs": str(Path(inputs).resolve()), "spacing": spacing, "out": str(out.resolve()),
+            "options": options.to_json(), "device": device, "torch_threads": torch_threads, "on_slab": on_slab}
     client, cluster = _connect(workers, scheduler_address, scheduler_file, device)
     done: dict[str, list[int]] = {name: [] for name in jobs}
     try:
+        _check_workers(client, base)
         errors = _run(client, group, jobs, todo, base, retries, done)
     finally:
         client.close()
@@ -119,22 +132,43 @@ def _prepare(group: Any, src: VolumeSource, source: dict, slab_planes: int, over
     h = params_hash(params)
     n = len(slab_bounds(src.shape[0], slab_planes))
     progress = group.require_group(PROGRESS_GROUP)
+    input_fingerprint = fingerprint(src)
     if src.name in group and not overwrite:
         attrs = dict(group[src.name].attrs)
         if attrs.get("params_hash") != h:
             how = "with other settings" if "params_hash" in attrs else "without --workers/--scheduler"
-            raise UserError(f"{group.store}: '{src.name}' holds a prediction made {how} (pass --overwrite)")
+            raise UserError(f"{store_path(group)}: '{src.name}' holds a prediction made {how} (pass --overwrite)")
         if attrs.get("complete"):
             print(f"{src.name}: already complete, skipped")
             return []
+        if attrs.get("input") != input_fingerprint:
+            raise UserError(f"{store_path(group)}: '{src.name}' holds an interrupted run of another input (its files, "
+                            f"sizes or modification times differ; pass --overwrite to start again)")
         marks = progress[src.name][:] if src.name in progress else np.zeros(n, np.uint8)
         todo = [i for i in range(n) if not marks[i]]
         print(f"resuming {src.name}: {n - len(todo)} of {n} slabs already done")
         return todo
-    create_kidney_array(group, src.name, src.shape, src.spacing, src.slice_ids, source, params_hash=h,
-                        slab_planes=slab_planes)
+    create_kidney_array(group, src.name, src.shape, src.spacing, src.slice_ids, source, input_fingerprint,
+                        params_hash=h, slab_planes=slab_planes)
     progress.create_array(src.name, shape=(n,), chunks=(1,), dtype="uint8", fill_value=0, overwrite=True)
     return list(range(n))
+
+
+def _check_workers(client: Any, base: dict) -> None:
+    """Every worker can run the networks on ``device`` and load the model: one line otherwise, before any slab."""
+    problems = {w: p for w, p in client.run(_worker_problem, base).items() if p}
+    if problems:
+        worker, problem = next(iter(problems.items()))
+        raise UserError(f"{problem} (on {len(problems)} of the cluster's workers, e.g. {worker})")
+
+
+def _worker_problem(base: dict) -> str | None:
+    """In a worker: why it cannot predict (the device or the model), or None."""
+    try:
+        _predictor(base)
+    except UserError as e:
+        return str(e)
+    return None
 
 
 def _connect(workers: int | None, address: str | None, scheduler_file: Path | None, device: str) -> tuple:
@@ -215,10 +249,10 @@ def _cached(kind: str, key: Any, make: Callable[[], Any]) -> Any:
 
 
 def _source(base: dict, name: str) -> VolumeSource:
-    srcs = _cached("sources", (base["inputs"], base["spacing"], base["model"]["folder"]),
+    folder = Path(base["options"]["folder"])
+    srcs = _cached("sources", (base["inputs"], base["spacing"], str(folder)),
                    lambda: {s.name: s for s in map_sources(open_inputs(Path(base["inputs"]), base["spacing"]),
-                                                           model_mapping(Path(base["model"]["folder"])),
-                                                           log=lambda m: None)})
+                                                           model_mapping(folder), log=lambda m: None)})
     if name not in srcs:
         raise UserError(f"{base['inputs']}: no kidney '{name}' (any more)")
     return srcs[name]
@@ -242,52 +276,32 @@ def _worker_device(device: str) -> str:
 
 
 def _predictor(base: dict) -> Any:
+    """The worker's predictor for ``base`` (built once per worker process and parameters)."""
     import torch
 
+    from nnunet_vasculature.inference.model import resolve_device
     from nnunet_vasculature.inference.streaming import StreamingPredictor
-    from nnunet_vasculature.trainers import ext_trainer_value
-    os.environ["nnUNet_extTrainer"] = ext_trainer_value()
-    m, device = base["model"], _worker_device(base["device"])
+    device = _worker_device(base["device"])
     if base["torch_threads"]:
         torch.set_num_threads(base["torch_threads"])
-    key = json.dumps([m, device, base["torch_threads"]], sort_keys=True)
-    return _cached("predictor", key, lambda: StreamingPredictor(
-        Path(m["folder"]), m["folds"], m["checkpoint"], torch.device(device), m["tta"], m["step_size"],
-        tta_rotations=m.get("tta_rotations", False), tta_permutations=m.get("tta_permutations", False),
-        tta_scale=m.get("tta_scale", 1.0)))
+    key = json.dumps([base["options"], device, base["torch_threads"]], sort_keys=True)
+    options = PredictionOptions.from_json(base["options"])
+    return _cached("predictor", key, lambda: StreamingPredictor.from_options(options, resolve_device(device)))
 
 
 def _slab_task(task: dict) -> tuple[str, int, float]:
     """Predict planes [z0, z1) of one kidney into the store and mark the slab done."""
     import zarr
-    t0 = time.time()
+    started = time.time()
     name, slab, z0, z1 = task["kidney"], task["slab"], task["z0"], task["z1"]
     if task["on_slab"] is not None:
         task["on_slab"](name, slab)
     src = _source(task, name)
     predictor = _predictor(task)
     group = zarr.open_group(task["out"], mode="r+")
-    arr = group[name]
-    buf: list[np.ndarray] = []
-    first = [z0]
-
-    def flush() -> None:
-        if buf:
-            arr[first[0]:first[0] + len(buf)] = np.stack(buf)
-            first[0] += len(buf)
-            buf.clear()
-
-    def sink(z: int, planes: np.ndarray) -> None:
-        if z != first[0] + len(buf):
-            raise RuntimeError(f"{name}: plane {z} out of order")
-        buf.extend(quantize(planes, f"{name} plane {z}"))
-        if len(buf) >= WRITE_PLANES:
-            flush()
-
-    scan = task["scan"]
-    predictor.predict(src, sink, z0, end=z1, scan=(scan[0], scan[1]))
-    flush()
-    if first[0] != z1:
-        raise RuntimeError(f"{name}: slab {slab} wrote planes {z0}..{first[0]} of {z0}..{z1}")
+    sink = KidneyWriter.slab(group, name, z0, z1, flush_planes=WRITE_PLANES)
+    crop_box, stats = task["scan"]
+    predictor.predict(src, sink, z0, end=z1, scan=(crop_box, stats))
+    sink.close()
     group[PROGRESS_GROUP][name][slab] = 1
-    return name, slab, time.time() - t0
+    return name, slab, time.time() - started

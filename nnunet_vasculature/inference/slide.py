@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from nnunet_vasculature.errors import UserError, atomic_dir
+from nnunet_vasculature.inference.options import DEFAULT_CHECKPOINT
 
 LEVEL_HALF = 128        # uint8 >= 128 <=> foreground probability >= 0.5 (argmax of two classes)
 THUMB = 8               # tissue thumbnail: one pixel per THUMB downscaled pixels
@@ -85,64 +86,47 @@ class _Upsampler:
 
 
 class SlidePredictor:
-    def __init__(self, model_folder: Path, folds: Sequence[int | str], checkpoint: str = "checkpoint_final.pth",
+    def __init__(self, model_folder: Path, folds: Sequence[int | str], checkpoint: str = DEFAULT_CHECKPOINT,
                  device: str = "cpu", use_mirroring: bool = True, step_size: float = 0.5, batch_size: int = 8):
-        import copy
-        import os
-
+        """A 2D RGB model loaded by :func:`~nnunet_vasculature.inference.model.load_model` (folder check,
+        device check, weights-only checkpoints, ``nnUNet_compile``)."""
         import torch
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-        from nnunet_vasculature.inference.streaming import check_model_folder
-        from nnunet_vasculature.trainers import ext_trainer_value
-        model_folder = Path(model_folder)
-        check_model_folder(model_folder, folds, checkpoint)
-        os.environ["nnUNet_extTrainer"] = ext_trainer_value()      # models trained with our trainers load too
-        dev = torch.device(device)
-        pred = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=use_mirroring,
-                               perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
-                               verbose_preprocessing=False, allow_tqdm=False)
-        pred.initialize_from_trained_model_folder(str(model_folder), [f if f == "all" else int(f) for f in folds],
-                                                  checkpoint)
-        self.pred, self.device, self.step, self.batch_size = pred, dev, step_size, batch_size
-        self.cm = pred.configuration_manager
-        if len(self.cm.patch_size) != 2:
-            raise UserError(f"{model_folder}: a {len(self.cm.patch_size)}D model; predict-slide needs a 2D model")
-        self.patch = tuple(int(p) for p in self.cm.patch_size)
-        self.downscale = int(pred.dataset_json.get("downscale", 1))
-        if len(pred.dataset_json["channel_names"]) != 3:
-            n = len(pred.dataset_json["channel_names"])
-            raise UserError(f"{model_folder}: the model takes {n} channels, not RGB")
-        plain = getattr(pred.network, "_orig_mod", pred.network)
-        self.nets = []
-        for params in pred.list_of_parameters:
-            net = copy.deepcopy(plain)
-            net.load_state_dict(params)
-            self.nets.append(net.to(dev).eval())
         from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+        from nnunet_vasculature.inference.model import load_model, resolve_device
+        model_folder = Path(model_folder)
+        dev = resolve_device(device) if isinstance(device, str) else device
+        self.model = load_model(model_folder, [str(f) for f in folds], checkpoint, dev, use_mirroring, step_size)
+        self.device, self.step, self.batch_size = dev, step_size, batch_size
+        self.cm = self.model.configuration_manager
+        if len(self.cm.patch_size) != 2:
+            raise UserError(f"{model_folder}: a {len(self.cm.patch_size)}D model; predict hubmap-kidney needs a "
+                            f"2D model")
+        self.patch = tuple(int(p) for p in self.cm.patch_size)
+        self.downscale = int(self.model.dataset_json.get("downscale", 1))
+        if len(self.model.dataset_json["channel_names"]) != 3:
+            n = len(self.model.dataset_json["channel_names"])
+            raise UserError(f"{model_folder}: the model takes {n} channels, not RGB")
         self.gaussian = compute_gaussian(self.patch, sigma_scale=1. / 8, value_scaling_factor=10,
                                          device=torch.device("cpu")).numpy().astype(np.float32)
-        from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
-        self._pre = DefaultPreprocessor(verbose=False)
-        self.props = pred.plans_manager.foreground_intensity_properties_per_channel
+        self.props = self.model.plans_manager.foreground_intensity_properties_per_channel
         self.model_folder = model_folder
 
     def normalize(self, rgb: np.ndarray) -> np.ndarray:
         """(h, w, 3) uint8/float -> (3, 1, h, w) float32, normalised as nnU-Net's preprocessing does."""
+        from nnunet_vasculature.inference.model import normalize_channels
         data = np.moveaxis(np.asarray(rgb, np.float32), -1, 0)[:, None].copy()
-        seg = np.zeros((1,) + data.shape[1:], np.int8)
-        return self._pre._normalize(data, seg, self.cm, self.props)
+        return normalize_channels(data, self.cm, self.props)
 
     def _logits(self, batch: np.ndarray) -> np.ndarray:
         import torch
         x = torch.from_numpy(batch).to(self.device)
         out = None
         with torch.inference_mode():
-            for net in self.nets:
-                self.pred.network = net
-                y = self.pred._internal_maybe_mirror_and_predict(x).float().cpu()
+            for net in self.model.networks:
+                y = self.model.mirrored(net)(x).float().cpu()
                 out = y if out is None else out + y
-        return (out / len(self.nets)).numpy()
+        return (out / len(self.model.networks)).numpy()
 
     def predict(self, slide: "Slide", sink: "StripSink", skip_empty: bool = True,  # noqa: F821
                 progress: bool = True) -> dict:
@@ -156,7 +140,7 @@ class SlidePredictor:
         hp, wp = max(hs, ph), max(ws, pw)
         ys, xs = compute_steps_for_sliding_window((hp, wp), self.patch, self.step)
         tissue = tissue_mask(slide.thumbnail(ds * THUMB)) if skip_empty else None
-        n_cls = len(self.pred.label_manager.foreground_labels) + 1
+        n_cls = len(self.model.label_manager.foreground_labels) + 1
         acc = np.zeros((n_cls, hp, pw), np.float32)
         wsum = np.zeros((hp, pw), np.float32)
         done, skipped = 0, 0
@@ -202,11 +186,9 @@ class StripSink:
     """Receives full-resolution uint8 probability strips left to right: a zarr array and the RLE."""
 
     def __init__(self, store: Path, height: int, width: int, level: int = LEVEL_HALF):
-        import zarr
-
         from nnunet_vasculature.io.rle import ColumnStripEncoder
-        self.arr = zarr.open_array(str(store), mode="w", shape=(height, width), dtype="uint8",
-                                   chunks=(min(height, 4096), min(width, 1024)), fill_value=0)
+        from nnunet_vasculature.io.store import create_slide_array
+        self.arr = create_slide_array(store, height, width)
         self.enc = ColumnStripEncoder(height, empty="")
         self.level, self.next = level, 0
 
@@ -225,17 +207,14 @@ def predict_slides(inputs: list[Path], out: Path, model_folder: Path, folds: Seq
 
     ``predictor``: an already loaded ``SlidePredictor`` of the same model (the other model arguments are then
     only recorded), to load a model once for several calls."""
-    from nnunet_vasculature.io.slide import Slide, read_info
+    from nnunet_vasculature.io.slide import Slide
     paths = []
     for p in inputs:
         p = Path(p)
         paths += sorted(p.glob("*.tiff")) + sorted(p.glob("*.tif")) if p.is_dir() else [p]
     if not paths:
         raise UserError(f"{inputs[0]}: no .tiff slides")
-    sizes = {}
-    info = Path(info_csv) if info_csv else paths[0].parent.parent / "HuBMAP-20-dataset_information.csv"
-    if info.is_file():
-        sizes = read_info(info.parent) if info.name == "HuBMAP-20-dataset_information.csv" else {}
+    sizes = slide_sizes(Path(info_csv) if info_csv else None, paths[0].parent.parent)
     if predictor is None:
         predictor = SlidePredictor(model_folder, folds, checkpoint, device, tta, step_size)
     rows = []
@@ -259,9 +238,37 @@ def predict_slides(inputs: list[Path], out: Path, model_folder: Path, folds: Seq
     return Path(out)
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """``predict-slide``: registers the command in ``sub``."""
-    p = sub.add_parser("predict-slide", help="predict a whole slide with an nnU-Net 2D model")
+def slide_sizes(info_csv: Path | None, kaggle_dir: Path) -> dict[str, dict]:
+    """Slide sizes by id from the dataset information CSV, to check each TIFF against.
+
+    Args:
+        info_csv: the file ``--info`` gives (any name); None: ``kaggle_dir/HuBMAP-20-dataset_information.csv``
+            when it exists (no check otherwise).
+        kaggle_dir: the Kaggle download the slides come from (the slides' folder's parent).
+
+    Returns:
+        Rows by slide id (``height``, ``width``, ...); a given file that is missing or unreadable is a
+        one-line UserError.
+    """
+    from nnunet_vasculature.io.slide import INFO_CSV, read_info
+    if info_csv is None:
+        return read_info(kaggle_dir) if (Path(kaggle_dir) / INFO_CSV).is_file() else {}
+    info_csv = Path(info_csv)
+    if not info_csv.is_file():
+        raise UserError(f"{info_csv}: --info file not found" if not info_csv.exists() else
+                        f"{info_csv}: --info must be a CSV file (the dataset information), not a folder")
+    return read_info(info_csv)
+
+
+def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
+    """Registers ``predict hubmap-kidney`` under ``groups["predict"]``.
+
+    Args:
+        groups: the competition sub-parsers of each command (:func:`nnunet_vasculature.competitions.command_groups`).
+    """
+    p = groups["predict"].add_parser("hubmap-kidney", help="predict whole slides with an nnU-Net 2D model",
+                                     description="Predict HuBMAP Hacking the Kidney slides tile by tile into "
+                                                 "<id>.zarr uint8 probability stores and predictions.csv.")
     p.add_argument("-i", dest="input", type=Path, nargs="+", required=True, help="slide TIFFs or folders of them")
     p.add_argument("-o", dest="output", type=Path, required=True,
                    help="output folder: <id>.zarr (uint8 probabilities) per slide and predictions.csv")
@@ -271,18 +278,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-tr", dest="trainer", default="nnUNetTrainer")
     p.add_argument("-p", dest="plans", default="nnUNetPlans")
     p.add_argument("-f", dest="folds", nargs="+", default=["0"], help="folds to average (default 0)")
-    p.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth")
+    p.add_argument("-chk", dest="checkpoint", default=DEFAULT_CHECKPOINT)
     p.add_argument("-device", dest="device", default="cuda", choices=("cuda", "cpu", "mps"))
     p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
     p.add_argument("-step_size", type=float, default=0.5, help="sliding-window step (fraction of the patch)")
-    p.add_argument("--info", type=Path, help="HuBMAP-20-dataset_information.csv (default: beside the slides' folder)")
+    p.add_argument("--info", type=Path, metavar="CSV",
+                   help="the dataset information CSV with each slide's width and height, checked against the "
+                        "TIFFs (default: HuBMAP-20-dataset_information.csv beside the slides' folder, if there)")
     p.add_argument("--all_tiles", action="store_true", help="predict tiles without tissue too")
     p.add_argument("--overwrite", action="store_true")
 
     def run(a: argparse.Namespace) -> None:
-        from nnunet_vasculature.inference.predict import model_folder_from_args
+        from nnunet_vasculature.inference.model import model_folder_from_args, resolve_device
         if a.model_folder is None and a.dataset_id is None:
             raise UserError("give -m MODEL_FOLDER or -d DATASET (with -c/-tr/-p)")
+        resolve_device(a.device)          # before any work
         folder = a.model_folder or model_folder_from_args(a.dataset_id, a.configuration, a.trainer, a.plans)
         predict_slides(a.input, a.output, folder, a.folds, a.checkpoint, a.device, not a.disable_tta,
                        a.step_size, not a.all_tiles, a.overwrite, a.info)

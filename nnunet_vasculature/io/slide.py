@@ -129,8 +129,10 @@ def area_downscale(a: np.ndarray, ds: int, pad_value: int = 0) -> np.ndarray:
 
 
 def read_info(kaggle_dir: Path) -> dict[str, dict]:
-    """Rows of ``HuBMAP-20-dataset_information.csv`` by slide id (``image_file`` without ``.tiff``)."""
-    path = Path(kaggle_dir) / INFO_CSV
+    """Rows of ``HuBMAP-20-dataset_information.csv`` (the file, or the download folder holding it) by slide id
+    (``image_file`` without ``.tiff``)."""
+    path = Path(kaggle_dir)
+    path = path / INFO_CSV if path.is_dir() else path
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))

@@ -1,8 +1,23 @@
 """Input volumes for prediction, read a few slices at a time: a Kaggle kidney folder of TIFF slices,
 an nnU-Net raw image (3D TIFF + spacing JSON, NIfTI/MHA), or the z-chunks of one kidney written by
-``convert sennet`` (read as one volume, so the kidney is predicted without seams)."""
+``convert sennet`` (read as one volume, so the kidney is predicted without seams).
+
+:class:`VolumeSource` is what every reader hands to prediction (readers of other formats, e.g. the Human
+Organ Atlas ones, build one too). What a VolumeSource provides:
+
+- ``name``: the kidney's name (the store's array name; ``slice_ids`` start with it);
+- ``shape``: (z, y, x) voxels; ``spacing``: voxel size (z, y, x) in the dataset's units (µm);
+- ``slice_ids``: one Kaggle id per z-plane (``kidney_5_0000``, ...);
+- ``parts``: ``[(z0, z1, reader)]`` covering [0, z) in order, ``reader(a, b)`` giving planes [z0 + a, z0 + b)
+  as an (n, y, x) array; :meth:`VolumeSource.read` (planes [z0, z1) as float32) is built on them;
+- ``intensity``: the intensity mapping applied at conversion (:mod:`nnunet_vasculature.io.intensity`), or None;
+- ``files``: the files the volume is read from (for :func:`fingerprint`: an interrupted prediction is resumed
+  only on the same input). A source without files (in memory, remote) is fingerprinted by the content of its
+  first, middle and last planes instead.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -27,8 +42,10 @@ class VolumeSource:
     slice_ids: list[str]
     parts: list = field(default_factory=list)     # [(z0, z1, reader)] covering the volume in order
     intensity: dict | None = None                 # set when the values read are intensity-mapped (io.intensity)
+    files: list[Path] = field(default_factory=list)     # the files read (for the fingerprint)
 
     def read(self, z0: int, z1: int) -> np.ndarray:
+        """Planes [z0, z1) as float32 (n, y, x)."""
         out = []
         for a, b, reader in self.parts:
             lo, hi = max(a, z0), min(b, z1)
@@ -62,7 +79,8 @@ def kaggle_kidney(folder: Path, spacing: float | None = None) -> VolumeSource:
     if sp is None:
         raise UserError(f"{folder}: unknown voxel size for '{name}'; pass --spacing UM")
     ids = [slice_id(name, n) for n in stack.slice_names]
-    return VolumeSource(name, stack.shape, (sp, sp, sp), ids, [(0, stack.shape[0], lambda a, b: stack[a:b])])
+    return VolumeSource(name, stack.shape, (sp, sp, sp), ids, [(0, stack.shape[0], lambda a, b: stack[a:b])],
+                        files=list(stack.files))
 
 
 def raw_image(path: Path, spacing: float | None = None) -> VolumeSource:
@@ -88,8 +106,10 @@ def raw_image(path: Path, spacing: float | None = None) -> VolumeSource:
         arr = sitk.GetArrayFromImage(img)
         shape, reader, sp = arr.shape, (lambda a, b: arr[a:b]), tuple(img.GetSpacing()[::-1])
     ids = [slice_id(name, f"{i:04d}") for i in range(shape[0])]
+    aux = path.with_name(f"{name}.json")
     return VolumeSource(name, tuple(shape), tuple(float(s) for s in sp), ids, [(0, shape[0], reader)],
-                        _case_intensity(path.parent.parent / CASES_FILE, name))
+                        _case_intensity(path.parent.parent / CASES_FILE, name),
+                        [path, aux] if aux.is_file() else [path])
 
 
 def _case_intensity(meta_file: Path, case: str) -> dict | None:
@@ -127,7 +147,7 @@ def chunked_kidneys(images_dir: Path) -> list[VolumeSource]:
             print(f"note: {kidney} has slices left out of its cases (e.g. kept by another volume); "
                   f"predicting its {z} converted slices as one volume")
         sp = float(k["spacing_um"])
-        out.append(VolumeSource(kidney, (z, *plane), (sp, sp, sp), ids, parts, k.get("intensity")))
+        out.append(VolumeSource(kidney, (z, *plane), (sp, sp, sp), ids, parts, k.get("intensity"), files))
     if not out:
         raise UserError(f"{images_dir}: no images of the kidneys listed in {meta_file}")
     return out
@@ -152,3 +172,29 @@ def open_inputs(path: Path, spacing: float | None = None) -> list[VolumeSource]:
     if kids:   # a Kaggle test/ folder
         return [kaggle_kidney(d, spacing) for d in kids]
     raise UserError(f"{path}: no kidney slices, nnU-Net images or kidney folders inside")
+
+
+def fingerprint(src: VolumeSource) -> dict:
+    """What identifies the input of a prediction, recorded in the probability store.
+
+    Args:
+        src: the input volume.
+
+    Returns:
+        ``{"files": count, "bytes": total size, "sha256": hash}``: the hash covers the shape and every file's
+        name, size and modification time (ns), or, for a source without files, the content of its first,
+        middle and last planes.
+    """
+    digest = hashlib.sha256(json.dumps([list(src.shape), list(src.slice_ids[:1])]).encode())
+    total = 0
+    for f in src.files:
+        try:
+            st = Path(f).stat()
+        except OSError as e:
+            raise UserError(f"{f}: cannot read ({e.strerror})") from None
+        total += st.st_size
+        digest.update(f"{Path(f).name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    if not src.files and src.shape[0]:
+        for z in sorted({0, src.shape[0] // 2, src.shape[0] - 1}):
+            digest.update(np.ascontiguousarray(src.read(z, z + 1)).tobytes())
+    return {"files": len(src.files), "bytes": total, "sha256": digest.hexdigest()}

@@ -9,11 +9,21 @@ of one plane, values from :func:`quantize`. Attributes:
 - ``encoding``: ``"uint8 = round(255 * foreground probability)"``;
 - ``source``: what produced it (``{"tool": "predict", "model": {...}}`` or ``{"tool": "stitch", ...}``);
 - ``planes_done``: planes written so far, in z order; ``complete``: true once every plane is written.
-  A store with ``complete`` false is refused by readers and resumed by ``predict``.
+  A store with ``complete`` false is refused by readers and resumed by ``predict``;
+- ``every_chunk_stored``: true: every chunk is written, all-zero planes included (zarr leaves out chunks
+  equal to the fill value unless told otherwise), so a complete array with a chunk file missing is damaged
+  and :func:`check_chunks` refuses it (zarr itself would read the missing chunk as zeros);
+- ``input``: the fingerprint of the input volume (:func:`nnunet_vasculature.io.sources.fingerprint`: file
+  count, bytes and a hash of names, sizes and modification times): an interrupted run is resumed only on the
+  same input.
+
+A slide store (``predict hubmap-kidney``: one (H, W) uint8 array per slide) is written with
+:func:`create_slide_array` (every chunk stored, recorded alike) and read with :func:`open_slide_probabilities`.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -44,43 +54,116 @@ def quantize(prob: np.ndarray, where: str) -> np.ndarray:
     return np.rint(np.clip(prob, 0, 1) * 255).astype(np.uint8)
 
 
+EVERY_CHUNK = {"write_empty_chunks": True}     # zarr array config: all-zero chunks are written too
+
+
 def create_kidney_array(group: zarr.Group, kidney: str, shape: tuple[int, int, int], spacing: Sequence[float],
-                        slice_ids: Sequence[str], source: dict, **extra: object) -> zarr.Array:
-    """A new (or replaced) kidney array of the store with the documented attributes, ``complete`` false,
-    ``planes_done`` 0, plus ``extra`` attributes of the writer."""
-    arr = group.create_array(kidney, shape=tuple(shape), chunks=(1, *shape[1:]), dtype="uint8", overwrite=True)
-    arr.attrs.update({"kidney": kidney, "spacing": [float(s) for s in spacing], "slice_ids": list(slice_ids),
-                      "encoding": ENCODING, "source": source, "complete": False, "planes_done": 0, **extra})
+                        slice_ids: Sequence[str], source: dict, input_fingerprint: dict | None = None,
+                        **extra: object) -> zarr.Array:
+    """A new (or replaced) kidney array of the store with the documented attributes.
+
+    Args:
+        group: the store's group.
+        kidney: the kidney's name (the array's name).
+        shape: (z, y, x).
+        spacing: voxel size (z, y, x).
+        slice_ids: the Kaggle id of every plane.
+        source: what produces it (``{"tool": "predict", "model": ...}``).
+        input_fingerprint: the input's fingerprint (recorded as ``input``), if known.
+        **extra: further attributes of the writer.
+
+    Returns:
+        The array (``complete`` false, ``planes_done`` 0), opened to store every chunk.
+    """
+    arr = group.create_array(kidney, shape=tuple(shape), chunks=(1, *shape[1:]), dtype="uint8", overwrite=True,
+                             config=EVERY_CHUNK)
+    attrs = {"kidney": kidney, "spacing": [float(s) for s in spacing], "slice_ids": list(slice_ids),
+             "encoding": ENCODING, "source": source, "complete": False, "planes_done": 0,
+             "every_chunk_stored": True, **extra}
+    if input_fingerprint is not None:
+        attrs["input"] = input_fingerprint
+    arr.attrs.update(attrs)
     return arr
+
+
+def check_chunks(arr: zarr.Array, where: str) -> None:
+    """Refuse (one line) an array recorded as ``every_chunk_stored`` whose chunks are not all stored.
+
+    Args:
+        arr: a complete probability array.
+        where: what the message names (the store's path).
+    """
+    if not arr.attrs.get("every_chunk_stored"):
+        return          # written by other code: zarr's own semantics (missing chunks are the fill value)
+    stored, total = int(arr.nchunks_initialized), int(arr.nchunks)
+    if stored < total:
+        raise UserError(f"{where}: {total - stored} of {total} chunks are missing (deleted or lost; they would "
+                        f"read as zeros): predict it again")
+
+
+def store_path(group: zarr.Group) -> str:
+    """The store's path for messages (a local store's folder; the store's own text otherwise)."""
+    return str(getattr(group.store, "root", group.store))
+
+
+def _open_existing(group: zarr.Group, kidney: str) -> zarr.Array:
+    """``group[kidney]`` opened to store every chunk (zarr's array config is not kept in the store)."""
+    return group[kidney].with_config(EVERY_CHUNK)
 
 
 class KidneyWriter:
     """Writes one kidney's planes into ``group[kidney]`` in z order, buffered, resumable.
 
-    ``source`` identifies the run: an interrupted array is resumed only by a writer with the same
-    shape and source; a complete one is refused unless ``overwrite``.
+    ``source`` identifies the run, ``input_fingerprint`` its input: an interrupted array is resumed only by
+    a writer with the same shape, source and input; a complete one is refused unless ``overwrite``.
+    :meth:`slab` writes planes [start, stop) of an existing array for one task of a distributed run
+    (without touching the attributes, which the run's client keeps).
     """
 
     def __init__(self, group: zarr.Group, kidney: str, shape: tuple[int, int, int], spacing: Sequence[float],
-                 slice_ids: list[str], source: dict, overwrite: bool = False, flush_planes: int = 8):
+                 slice_ids: list[str], source: dict, overwrite: bool = False, flush_planes: int = 8,
+                 input_fingerprint: dict | None = None):
         if len(slice_ids) != shape[0]:
             raise ValueError(f"{kidney}: {len(slice_ids)} slice ids for {shape[0]} planes")
         self.kidney, self.flush_planes = kidney, flush_planes
-        self.start = 0
+        self.start, self.track = 0, True
         if kidney in group and not overwrite:
-            arr = group[kidney]
+            arr = _open_existing(group, kidney)
             old = dict(arr.attrs)
             if old.get("complete"):
-                raise UserError(f"{group.store}: '{kidney}' is already written (pass --overwrite)")
+                raise UserError(f"{store_path(group)}: '{kidney}' is already written (pass --overwrite)")
             if tuple(arr.shape) != tuple(shape) or old.get("source") != source:
-                raise UserError(f"{group.store}: '{kidney}' holds an interrupted run made with other "
+                raise UserError(f"{store_path(group)}: '{kidney}' holds an interrupted run made with other "
                                 f"settings (pass --overwrite)")
+            if input_fingerprint is not None and old.get("input") != input_fingerprint:
+                raise UserError(f"{store_path(group)}: '{kidney}' holds an interrupted run of another input (its "
+                                f"files, sizes or modification times differ; pass --overwrite to start again)")
             self.start = int(old.get("planes_done", 0))
         else:
-            arr = create_kidney_array(group, kidney, shape, spacing, slice_ids, source)
-        self.arr = arr
+            arr = create_kidney_array(group, kidney, shape, spacing, slice_ids, source, input_fingerprint)
+        self.arr, self.stop = arr, int(shape[0])
         self.buf: list[np.ndarray] = []
         self.buf_start = self.start
+
+    @classmethod
+    def slab(cls, group: zarr.Group, kidney: str, start: int, stop: int, flush_planes: int = 8) -> KidneyWriter:
+        """A writer of planes [start, stop) of the existing ``group[kidney]`` that leaves its attributes alone.
+
+        Args:
+            group: the store's group.
+            kidney: the array's name.
+            start: first plane.
+            stop: end of the planes.
+            flush_planes: planes written at a time.
+
+        Returns:
+            The writer; :meth:`close` checks that every plane of the slab was written.
+        """
+        writer = cls.__new__(cls)
+        writer.kidney, writer.flush_planes, writer.track = kidney, flush_planes, False
+        writer.arr, writer.start, writer.stop = _open_existing(group, kidney), int(start), int(stop)
+        writer.buf, writer.buf_start = [], int(start)
+        return writer
 
     def __call__(self, z: int, planes: np.ndarray) -> None:
         """Write planes ``z, z + 1, ...`` (float probabilities or uint8 levels); z must follow on."""
@@ -94,14 +177,57 @@ class KidneyWriter:
         if self.buf:
             end = self.buf_start + len(self.buf)
             self.arr[self.buf_start:end] = np.stack(self.buf)
-            self.arr.attrs["planes_done"] = end
+            if self.track:
+                self.arr.attrs["planes_done"] = end
             self.buf, self.buf_start = [], end
 
     def close(self) -> None:
+        """Write what is buffered; mark the array complete (a slab: check that it is whole)."""
         self.flush()
-        if self.buf_start != self.arr.shape[0]:
-            raise RuntimeError(f"{self.kidney}: {self.buf_start} of {self.arr.shape[0]} planes written")
-        self.arr.attrs["complete"] = True
+        if self.buf_start != self.stop:
+            raise RuntimeError(f"{self.kidney}: planes {self.start}..{self.buf_start} of {self.start}..{self.stop} "
+                               f"written")
+        if self.track:
+            self.arr.attrs["complete"] = True
 
 
-__all__ = ["ENCODING", "quantize", "create_kidney_array", "KidneyWriter"]
+def create_slide_array(path: Path, height: int, width: int) -> zarr.Array:
+    """A new slide probability store (``predict hubmap-kidney``): (H, W) uint8, every chunk stored.
+
+    Args:
+        path: the ``<id>.zarr`` path.
+        height: slide height (px).
+        width: slide width (px).
+
+    Returns:
+        The array (recorded ``every_chunk_stored``).
+    """
+    import zarr
+    arr = zarr.create_array(str(path), shape=(height, width), dtype="uint8", fill_value=0, overwrite=True,
+                            chunks=(min(height, 4096), min(width, 1024)), config=EVERY_CHUNK)
+    arr.attrs["every_chunk_stored"] = True
+    return arr
+
+
+def open_slide_probabilities(path: Path) -> Any:
+    """A slide probability store for reading, checked: (H, W) uint8 with no chunk missing.
+
+    Args:
+        path: the ``<id>.zarr`` path.
+
+    Returns:
+        The zarr array; a one-line UserError for anything else.
+    """
+    import zarr
+    try:
+        arr = zarr.open_array(str(path), mode="r")
+    except Exception as e:  # noqa: BLE001 - zarr raises many types for a bad store
+        raise UserError(f"{path}: not a slide probability store ({type(e).__name__})") from None
+    if arr.ndim != 2 or arr.dtype != np.uint8:
+        raise UserError(f"{path}: expected a (H, W) uint8 array, got {arr.shape} {arr.dtype}")
+    check_chunks(arr, str(path))
+    return arr
+
+
+__all__ = ["ENCODING", "EVERY_CHUNK", "quantize", "store_path", "create_kidney_array", "check_chunks", "KidneyWriter",
+           "create_slide_array", "open_slide_probabilities"]

@@ -11,7 +11,7 @@ import tifffile
 
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.io.slices import list_slices, read_label_slice, read_slice, slice_shape
-from nnunet_vasculature.io.store import quantize
+from nnunet_vasculature.io.store import check_chunks, quantize
 
 if TYPE_CHECKING:      # zarr is imported by the functions that open stores
     import zarr
@@ -102,7 +102,15 @@ class CheckedU8:
 
 
 def open_probabilities(path: Path | str) -> tuple[ZSliceable, dict]:
-    """Foreground probabilities as a uint8 volume plus metadata (slice ids, kidney name)."""
+    """Foreground probabilities as a uint8 volume plus metadata (slice ids, kidney name).
+
+    Args:
+        path: a kidney array of a probability store (or a store holding one), a folder of probability slices,
+            or an nnU-Net ``.npz``.
+
+    Returns:
+        (volume, attributes). An incomplete store, or one with chunks missing, is a one-line UserError.
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: not found")
@@ -122,6 +130,7 @@ def open_probabilities(path: Path | str) -> tuple[ZSliceable, dict]:
                             f"{arr.shape[0]} planes); run predict again to resume it")
         if arr.ndim != 3:
             raise UserError(f"{path}: expected a 3D array, got shape {arr.shape}")
+        check_chunks(arr, str(path))
         return CheckedU8(arr, str(path)), attrs
     if path.is_dir():
         stack = SliceStack(list_slices(path))

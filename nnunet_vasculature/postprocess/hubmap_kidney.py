@@ -1,9 +1,9 @@
-"""score/tune/submit/validate for HuBMAP Hacking the Kidney (per-slide Dice, column-major RLE).
+"""HuBMAP Hacking the Kidney post-processing: ``score``, ``tune``, ``submit``, ``validate``, ``overlay hubmap-kidney``.
 
 Metric: Dice 2|X∩Y| / (|X| + |Y|) per slide, 1 when both masks are empty, mean over slides. It is
 computed on the runs of the two RLEs (interval intersection), so no mask is decoded. Probability
 stores are ``predict-slide``'s (H, W) uint8 zarr arrays; they are read in vertical strips. A slide is
-seen by the shared SenNet code (``tune.masks``, ``components``) as a volume of shape (W, H, 1) whose
+seen by the shared code (``tune.masks``, ``components``) as a volume of shape (W, H, 1) whose
 "slices" are columns: z-blocks are then vertical strips, 26-connectivity is 8-connectivity in the
 slide, and the post-processed strips come out in the order of the column-major RLE.
 """
@@ -14,12 +14,30 @@ import csv
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from nnunet_vasculature.errors import UserError, atomic_file
+from nnunet_vasculature.io.rle import ColumnStripEncoder, column_major_regions, rle_runs
+from nnunet_vasculature.io.tables import read_table
+from nnunet_vasculature.postprocess.components import StreamingComponents
+from nnunet_vasculature.postprocess.files import check_outputs, refuse_other_competition
+from nnunet_vasculature.postprocess.tune import (
+    LEVEL_HALF,
+    best_option,
+    grid_edge_warning,
+    level_edge_warning,
+    masks,
+    non_negative_int,
+    plot_curves,
+    read_postprocessing,
+    warn,
+    write_postprocessing,
+)
 
-SENNET_CC_DEFAULT = [8, 32, 128, 512]
+COMPETITION = "hubmap-kidney"
 CC_PIXELS = [256, 1024, 4096, 16384]     # full-resolution pixels (a glomerulus is ~10^4-10^5)
 STRIP = 1024
+TRUTH_COLUMNS = ("encoding", "predicted", "expected")   # train.csv, a submission, an old solution
 
 
 class ColumnView:
@@ -69,7 +87,6 @@ def dice_runs(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
 
 
 def _runs(rle: str, where: str, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    from nnunet_vasculature.io.rle import rle_runs
     try:
         s, n = rle_runs(rle)
     except ValueError as e:
@@ -79,27 +96,42 @@ def _runs(rle: str, where: str, size: int | None = None) -> tuple[np.ndarray, np
     return s, n
 
 
+def _truth_column(rows: list[dict], path: Path) -> str:
+    column = next((c for c in TRUTH_COLUMNS if c in rows[0]), None) if rows else None
+    if column is None:
+        raise UserError(f"{path}: expected an encoding (or predicted/expected) column")
+    return column
+
+
 def score_csv(solution: Path, submission: Path) -> dict[str, float]:
-    """Per-slide Dice of a submission (``id,predicted``) against a solution (``id,encoding[,width,height]``)."""
-    from nnunet_vasculature.io.rle import allow_long_csv_fields
-    allow_long_csv_fields()
-    from nnunet_vasculature.postprocess.submission import read_csv
-    sol = read_csv(solution, ("id",))
-    col = next((c for c in ("encoding", "predicted", "expected") if c in sol[0]), None) if sol else None
-    if col is None:
-        raise UserError(f"{solution}: expected an encoding (or predicted/expected) column")
-    sub = {r["id"]: r["predicted"] for r in read_csv(submission, ("id", "predicted"))}
+    """Per-slide Dice of a submission (``id,predicted``) against a solution (``id,encoding[,width,height]``).
+
+    A repeated id in either file is refused; each row's width and height (when given) bound its runs.
+
+    Args:
+        solution: the truth.
+        submission: the prediction.
+
+    Returns:
+        Dice per slide id.
+    """
+    sol = read_table(solution, ("id",), competition=COMPETITION)
+    column = _truth_column(sol, solution)
+    sub = {r["id"]: r["predicted"] for r in read_table(submission, ("id", "predicted"), competition=COMPETITION)}
     scores = {}
-    for r in sol:
+    for line, r in enumerate(sol, start=2):
         if r["id"] not in sub:
             raise UserError(f"{submission}: id {r['id']} of the solution is missing")
-        size = int(r["width"]) * int(r["height"]) if r.get("width") and r.get("height") else None
-        scores[r["id"]] = dice_runs(_runs(r[col], f"{solution} (id {r['id']})", size),
+        try:
+            size = int(r["width"]) * int(r["height"]) if r.get("width") and r.get("height") else None
+        except ValueError:
+            raise UserError(f"{solution}:{line}: width/height are not integers") from None
+        scores[r["id"]] = dice_runs(_runs(r[column], f"{solution} (id {r['id']})", size),
                                     _runs(sub[r["id"]] or "", f"{submission} (id {r['id']})", size))
     return scores
 
 
-def _stores(paths: list) -> list[Path]:
+def stores(paths: list) -> list[Path]:
     """predict-slide stores: ``<id>.zarr`` paths, or a predict-slide output folder holding them."""
     out = []
     for p in map(Path, paths):
@@ -113,29 +145,32 @@ def _stores(paths: list) -> list[Path]:
 
 
 def _open(store: Path) -> object:
-    import zarr
-    try:
-        arr = zarr.open_array(str(store), mode="r")
-    except Exception as e:  # noqa: BLE001 - zarr raises many types for a bad store
-        raise UserError(f"{store}: not a predict-slide probability store ({type(e).__name__})") from None
-    if arr.ndim != 2 or arr.dtype != np.uint8:
-        raise UserError(f"{store}: expected a (H, W) uint8 array, got {arr.shape} {arr.dtype}")
-    return arr
+    from nnunet_vasculature.io.store import open_slide_probabilities
+    return open_slide_probabilities(store)
 
 
-def determine(stores: list[Path], labels_csv: Path, cc_sizes: list[int]) -> dict:
+def read_truth(labels_csv: Path) -> dict[str, str]:
+    """{slide id: column-major RLE} of ``train.csv`` (a second row for a slide is refused)."""
+    rows = read_table(labels_csv, ("id",), competition=COMPETITION)
+    column = _truth_column(rows, labels_csv)
+    return {r["id"]: r[column] or "" for r in rows}
+
+
+def determine(slide_stores: list[Path], labels_csv: Path, cc_sizes: list[int]) -> dict:
     """Best uint8 threshold by mean Dice over held-out slides (all 256 at once from histograms), then
-    whether removing components smaller than some size helps (kept only if it raises the mean)."""
-    from nnunet_vasculature.io.rle import allow_long_csv_fields
-    allow_long_csv_fields()
-    from tqdm import tqdm
+    whether removing components smaller than some size helps (kept only if it raises the mean).
 
-    from nnunet_vasculature.io.rle import column_major_regions
-    from nnunet_vasculature.postprocess.components import StreamingComponents
-    from nnunet_vasculature.postprocess.submission import read_csv
-    truth = {r["id"]: r["encoding"] for r in read_csv(labels_csv, ("id", "encoding"))}
+    Args:
+        slide_stores: predict-slide stores of held-out slides.
+        labels_csv: ``train.csv`` with their masks.
+        cc_sizes: minimum component sizes (full-resolution pixels) to try.
+
+    Returns:
+        The decision and its evidence (postprocessing.json without its competition record).
+    """
+    truth = read_truth(labels_csv)
     curves, names, gts = [], [], []
-    for store in stores:
+    for store in slide_stores:
         arr, sid = _open(store), store.stem
         if sid not in truth:
             raise UserError(f"{labels_csv}: no mask for slide {sid} ({store})")
@@ -159,41 +194,53 @@ def determine(stores: list[Path], labels_csv: Path, cc_sizes: list[int]) -> dict
     best = int(np.argmax(mean))
     cc_scores = {0: float(mean[best])}
     for size in cc_sizes:
-        dices = []
-        for arr, gt in gts:
-            view = ColumnView(arr)
-            comps = StreamingComponents(lambda a, b, v=view: v[a:b] >= best, view.shape[0], STRIP)
-            inter = npred = ngt = 0
-            for z0, (m,) in comps.filtered_blocks([size]):
-                m = m[..., 0].T
-                g = gt(0, m.shape[0], z0, z0 + m.shape[1]).astype(bool)
-                inter, npred, ngt = inter + int((m & g).sum()), npred + int(m.sum()), ngt + int(g.sum())
-            dices.append(1.0 if npred + ngt == 0 else 2 * inter / (npred + ngt))
-        cc_scores[int(size)] = float(np.mean(dices))
-    min_size = max(cc_scores, key=lambda s: (cc_scores[s], -s))
-    if cc_scores[min_size] <= cc_scores[0]:
-        min_size = 0
+        cc_scores[int(size)] = float(np.mean([_dice_without_small(arr, gt, best, size) for arr, gt in gts]))
+    min_size = best_option(cc_scores)
     return {
-        "competition": "hubmap-kidney",
         "threshold": best / 255.0,
         "threshold_u8": best,
-        "min_component_voxels": int(min_size),
         "min_component_pixels": int(min_size),
         "mean_dice": cc_scores[min_size],
-        "mean_dice_at_0.5": float(mean[128]),
+        "mean_dice_at_0.5": float(mean[LEVEL_HALF]),
         "slides": names,
         "per_slide_at_threshold": {k: float(c[best]) for k, c in zip(names, curves)},
-        "per_slide_at_0.5": {k: float(c[128]) for k, c in zip(names, curves)},
+        "per_slide_at_0.5": {k: float(c[LEVEL_HALF]) for k, c in zip(names, curves)},
         "component_removal_scores": {str(k): v for k, v in cc_scores.items()},
         "curve_u8_levels": "entry k: mean Dice of probability_u8 >= k",
         "mean_curve": [float(x) for x in mean],
+        "per_slide_curves": {k: [float(x) for x in c] for k, c in zip(names, curves)},
     }
+
+
+def _dice_without_small(arr: object, gt: object, level: int, size: int) -> float:
+    """Dice of a slide thresholded at ``level`` without its 8-connected components smaller than ``size``."""
+    view = ColumnView(arr)
+    comps = StreamingComponents(lambda a, b: view[a:b] >= level, view.shape[0], STRIP)
+    inter = npred = ngt = 0
+    for z0, (m,) in comps.filtered_blocks([size]):
+        m = m[..., 0].T
+        g = gt(0, m.shape[0], z0, z0 + m.shape[1]).astype(bool)
+        inter, npred, ngt = inter + int((m & g).sum()), npred + int(m.sum()), ngt + int(g.sum())
+    return 1.0 if npred + ngt == 0 else 2 * inter / (npred + ngt)
+
+
+def load_postprocessing(path: Path | str) -> dict:
+    """The threshold and minimum component size of a ``tune hubmap-kidney`` file (another competition's
+    file is refused), in the form :func:`~.tune.masks` reads."""
+    pp = read_postprocessing(path, COMPETITION)
+    try:
+        level = int(pp["threshold_u8"])
+        min_size = int(pp.get("min_component_pixels", pp.get("min_component_voxels", 0)))
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a postprocessing.json from 'tune hubmap-kidney' ({type(e).__name__}: {e})"
+                        ) from None
+    if not 0 <= level <= 255 or min_size < 0:
+        raise UserError(f"{path}: threshold_u8 {level} outside 0..255 or negative min_component_pixels {min_size}")
+    return {"threshold_u8": level, "min_component_voxels": min_size}
 
 
 def slide_rle(store: Path, pp: dict) -> str:
     """Column-major RLE of a store's post-processed mask, strip by strip (``tune.masks`` on the column view)."""
-    from nnunet_vasculature.io.rle import ColumnStripEncoder
-    from nnunet_vasculature.postprocess.tune import masks
     arr = _open(store)
     enc = ColumnStripEncoder(arr.shape[0], empty="")
     for _, m in masks(ColumnView(arr), pp):
@@ -201,22 +248,26 @@ def slide_rle(store: Path, pp: dict) -> str:
     return enc.finish()
 
 
-def submit(stores: list[Path], pp_path: Path, out_csv: Path, sample: Path | None) -> Path:
-    from tqdm import tqdm
+def submit(slide_stores: list[Path], pp_path: Path, out_csv: Path, sample: Path | None) -> Path:
+    """``id,predicted`` per slide, in the sample's order when given.
 
-    from nnunet_vasculature.postprocess.submission import read_csv
-    from nnunet_vasculature.postprocess.tune import load_postprocessing
+    Returns:
+        ``out_csv``.
+    """
     pp = load_postprocessing(pp_path)
-    rows = {s.stem: slide_rle(s, pp) for s in tqdm(stores, desc="submit", unit="slide")}
-    order = list(rows)
-    if sample is not None:
-        order = [r["id"] for r in read_csv(sample, ("id", "predicted"))]
+    order = [r["id"] for r in read_table(sample, ("id", "predicted"), competition=COMPETITION)] if sample else None
+    if len({s.stem for s in slide_stores}) != len(slide_stores):
+        raise UserError(f"{slide_stores[0].parent}: two stores of one slide among the inputs")
+    rows = {s.stem: slide_rle(s, pp) for s in tqdm(slide_stores, desc="submit", unit="slide")}
+    if order is not None:
         missing = [i for i in order if i not in rows]
         if missing:
             raise UserError(f"{sample}: id {missing[0]} has no prediction ({len(missing)} ids missing)")
         extra = [i for i in rows if i not in set(order)]
         if extra:
             raise UserError(f"{sample}: predicted slide {extra[0]} is not in the sample submission")
+    else:
+        order = list(rows)
     with atomic_file(Path(out_csv)) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(("id", "predicted"))
@@ -226,24 +277,23 @@ def submit(stores: list[Path], pp_path: Path, out_csv: Path, sample: Path | None
 
 
 def validate(sub_csv: Path, sample: Path, images: Path | None = None) -> int:
-    from nnunet_vasculature.io.rle import allow_long_csv_fields
-    allow_long_csv_fields()
+    """Refuse repeated/missing/unknown ids, malformed RLE and (with ``images``) runs past the slide.
+
+    Returns:
+        The number of rows.
+    """
     from nnunet_vasculature.io.slide import INFO_CSV, read_info
-    from nnunet_vasculature.postprocess.submission import read_csv
-    rows = read_csv(sub_csv, ("id", "predicted"))
-    expected = [r["id"] for r in read_csv(sample, ("id",))]
+    rows = read_table(sub_csv, ("id", "predicted"), competition=COMPETITION)
+    expected = [r["id"] for r in read_table(sample, ("id",), competition=COMPETITION)]
     sizes = {}
     if images is not None:
         info_dir = next((d for d in (Path(images), Path(images).parent) if (d / INFO_CSV).is_file()), None)
         if info_dir is None:
             raise UserError(f"{images}: no {INFO_CSV} here or in the parent folder")
         sizes = {k: v["width"] * v["height"] for k, v in read_info(info_dir).items()}
-    seen = set()
-    for n, r in enumerate(rows, start=2):
-        if r["id"] in seen:
-            raise UserError(f"{sub_csv}:{n}: duplicate id {r['id']}")
-        seen.add(r["id"])
-        _runs(r["predicted"] or "", f"{sub_csv}:{n}: id {r['id']}", sizes.get(r["id"]))
+    for line, r in enumerate(rows, start=2):
+        _runs(r["predicted"] or "", f"{sub_csv}:{line}: id {r['id']}", sizes.get(r["id"]))
+    seen = {r["id"] for r in rows}
     missing = [i for i in expected if i not in seen]
     if missing:
         raise UserError(f"{sub_csv}: id {missing[0]} of the sample submission is missing ({len(missing)} missing)")
@@ -255,41 +305,126 @@ def validate(sub_csv: Path, sample: Path, images: Path | None = None) -> int:
     return len(rows)
 
 
-def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
-    """Add this competition's own flags to the shared ``command`` parser (score, tune, submit, validate).
+def draw_overlay(slide: Path, truth_csv: Path, submission: Path, png: Path, slide_id: str | None = None,
+                 side: int = 512) -> None:
+    """Thumbnail | truth | prediction against truth (green truth only, magenta prediction only, yellow both) of
+    one slide, titled with its Dice.
 
-    None are needed: score uses --solution/--submission, tune -i (stores or a predict-slide folder)
-    --labels (train.csv) -o --cc_sizes/--no_cc, submit -i -pp -o --sample, validate --sample --images."""
+    Args:
+        slide: the slide TIFF.
+        truth_csv: ``train.csv`` or ``solution.csv`` holding its mask.
+        submission: the prediction (``id,predicted``).
+        png: the picture to write.
+        slide_id: the id in the CSVs (default: the TIFF's name).
+        side: the thumbnail's longer side is at most about this many pixels.
+    """
+    from nnunet_vasculature.io.rle import rle_decode
+    from nnunet_vasculature.io.slide import Slide
+    from nnunet_vasculature.postprocess.overlay import save_panels, tint
+    sid = slide_id or Path(slide).stem
+    truth = read_truth(truth_csv)
+    pred = {r["id"]: r["predicted"] for r in read_table(submission, ("id", "predicted"), competition=COMPETITION)}
+    for table, rows in ((truth_csv, truth), (submission, pred)):
+        if sid not in rows:
+            raise UserError(f"{table}: no row for slide {sid}")
+    with Slide(slide) as s:
+        h, w = s.shape
+        factor = max(1, max(h, w) // side)
+        thumb = s.thumbnail(factor)
+    score = dice_runs(_runs(truth[sid], f"{truth_csv} (id {sid})", h * w),
+                      _runs(pred[sid] or "", f"{submission} (id {sid})", h * w))
+    gt, pr = (rle_decode(rle or "", (h, w), order="F")[::factor, ::factor].astype(bool) for rle in (truth[sid],
+                                                                                                  pred[sid]))
+    save_panels([[(f"slide {sid} (1/{factor} scale)", thumb), ("truth", tint(thumb, gt, None)),
+                  (f"prediction: Dice {score:.4f}", tint(thumb, gt, pr))]],
+                f"{sid}: {Path(submission).name} against {Path(truth_csv).name}", png)
 
 
-def run(command: str, a: argparse.Namespace) -> None:
-    """Run ``command`` for this competition."""
-    from nnunet_vasculature.io.rle import allow_long_csv_fields
-    from nnunet_vasculature.postprocess.tune import write_json
-    allow_long_csv_fields()
-    if command == "score":
-        if not (a.solution and a.submission):
-            raise UserError("score --competition hubmap-kidney: give --solution and --submission")
-        scores = score_csv(a.solution, a.submission)
-        for k, v in scores.items():
-            print(f"{k:<20s} {v:.6f}")
-        print(f"{'mean':<20s} {np.mean(list(scores.values())):.6f}")
-    elif command == "tune":
-        if len(a.labels) != 1:
-            raise UserError("tune --competition hubmap-kidney: --labels takes one train.csv (id,encoding)")
-        sizes = [] if a.no_cc else ([int(s) for s in a.cc_sizes] if list(map(int, a.cc_sizes)) != SENNET_CC_DEFAULT
-                                    else CC_PIXELS)
-        res = determine(_stores(a.input), Path(a.labels[0]), sizes)
-        write_json(res, a.output)
-        for k in res["slides"]:
-            print(f"{k:<20s} @0.5 {res['per_slide_at_0.5'][k]:.4f}  @best {res['per_slide_at_threshold'][k]:.4f}")
-        print(f"threshold {res['threshold']:.4f} (u8 {res['threshold_u8']}), min component "
-              f"{res['min_component_pixels']} px, mean Dice {res['mean_dice']:.4f} "
-              f"(at 0.5: {res['mean_dice_at_0.5']:.4f})")
-        print(f"wrote {a.output}")
-    elif command == "submit":
-        submit(_stores(a.input), a.pp, a.output, a.sample)
-    elif command == "validate":
-        validate(a.submission, a.sample, a.images)
-    else:
-        raise UserError(f"{command} --competition hubmap-kidney: not available")
+# ---------------------------------------------------------------------------------------------- command line
+def _run_score(a: argparse.Namespace) -> None:
+    refuse_other_competition([a.solution, a.submission], COMPETITION, "score")
+    scores = score_csv(a.solution, a.submission)
+    for k, v in scores.items():
+        print(f"{k:<20s} {v:.6f}")
+    print(f"{'mean':<20s} {np.mean(list(scores.values())):.6f}")
+
+
+def _run_tune(a: argparse.Namespace) -> None:
+    refuse_other_competition([*a.input, a.labels], COMPETITION, "tune")
+    check_outputs([("-i", p) for p in a.input] + [("--labels", a.labels)], [("-o", a.output), ("--plot", a.plot)])
+    sizes = [] if a.no_cc else a.cc_sizes
+    res = determine(stores(a.input), a.labels, sizes)
+    write_postprocessing(res, a.output, COMPETITION)
+    for k in res["slides"]:
+        print(f"{k:<20s} @0.5 {res['per_slide_at_0.5'][k]:.4f}  @best {res['per_slide_at_threshold'][k]:.4f}")
+    print(f"threshold {res['threshold']:.4f} (u8 {res['threshold_u8']}), min component "
+          f"{res['min_component_pixels']} px, mean Dice {res['mean_dice']:.4f} (at 0.5: {res['mean_dice_at_0.5']:.4f})")
+    for message in (level_edge_warning(res["threshold_u8"]),
+                    grid_edge_warning("--cc_sizes", [0, *sizes], res["min_component_pixels"], True)):
+        if message:
+            warn(message)
+    if a.plot:
+        cc = res["min_component_pixels"]
+        plot_curves(res["per_slide_curves"], res["mean_curve"], res["threshold_u8"], "Dice", a.plot,
+                    [f"{res['mean_dice']:.4f} without components < {cc} px"] if cc else [])
+    print(f"wrote {a.output}")
+
+
+def _run_submit(a: argparse.Namespace) -> None:
+    refuse_other_competition([*a.input, a.sample], COMPETITION, "submit")
+    check_outputs([("-i", p) for p in a.input] + [("-pp", a.pp), ("--sample", a.sample)], [("-o", a.output)])
+    submit(stores(a.input), a.pp, a.output, a.sample)
+
+
+def _run_validate(a: argparse.Namespace) -> None:
+    refuse_other_competition([a.submission, a.sample], COMPETITION, "validate")
+    validate(a.submission, a.sample, a.images)
+
+
+def _run_overlay(a: argparse.Namespace) -> None:
+    refuse_other_competition([a.truth, a.submission], COMPETITION, "overlay")
+    check_outputs([("--slide", a.slide), ("--truth", a.truth), ("--submission", a.submission)], [("-o", a.output)])
+    draw_overlay(a.slide, a.truth, a.submission, a.output, a.id)
+    print(f"wrote {a.output}")
+
+
+def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
+    """Register ``hubmap-kidney`` under score, tune, submit, validate and overlay (those of ``groups``)."""
+    if "score" in groups:
+        s = groups["score"].add_parser(COMPETITION, help="Dice per slide and mean")
+        s.add_argument("--solution", type=Path, required=True, help="solution CSV (id,encoding[,width,height])")
+        s.add_argument("--submission", type=Path, required=True, help="submission CSV (id,predicted)")
+        s.set_defaults(func=_run_score)
+    if "tune" in groups:
+        t = groups["tune"].add_parser(COMPETITION, help="best threshold (and component removal) by mean Dice")
+        t.add_argument("-i", dest="input", nargs="+", required=True,
+                       help="predict-slide stores (<id>.zarr) or their folder, of held-out slides")
+        t.add_argument("--labels", type=Path, required=True, help="train.csv (id,encoding)")
+        t.add_argument("-o", dest="output", type=Path, required=True, help="postprocessing.json to write")
+        t.add_argument("--plot", type=Path, help="write the Dice vs threshold curve (PNG)")
+        t.add_argument("--cc_sizes", nargs="+", type=non_negative_int, default=list(CC_PIXELS),
+                       help=f"component sizes to try (full-resolution pixels; default {CC_PIXELS})")
+        t.add_argument("--no_cc", action="store_true", help="do not try removing small components")
+        t.set_defaults(func=_run_tune)
+    if "submit" in groups:
+        sm = groups["submit"].add_parser(COMPETITION, help="write the submission CSV (id,predicted)")
+        sm.add_argument("-i", dest="input", nargs="+", required=True, help="predict-slide stores or their folder")
+        sm.add_argument("-pp", type=Path, required=True, help="postprocessing.json from tune hubmap-kidney")
+        sm.add_argument("-o", dest="output", type=Path, required=True, help="submission CSV to write")
+        sm.add_argument("--sample", type=Path, help="sample_submission.csv: row order and the ids that must be present")
+        sm.set_defaults(func=_run_submit)
+    if "validate" in groups:
+        v = groups["validate"].add_parser(COMPETITION, help="check a submission against the sample submission")
+        v.add_argument("submission", type=Path)
+        v.add_argument("--sample", type=Path, required=True)
+        v.add_argument("--images", type=Path, help="Kaggle test/ folder (HuBMAP-20-dataset_information.csv in "
+                                                   "it or its parent): check runs against slide sizes")
+        v.set_defaults(func=_run_validate)
+    if "overlay" in groups:
+        o = groups["overlay"].add_parser(COMPETITION, help="draw a slide's prediction against its mask (PNG)")
+        o.add_argument("--slide", type=Path, required=True, help="the slide TIFF")
+        o.add_argument("--truth", type=Path, required=True, help="train.csv or solution.csv with its mask")
+        o.add_argument("--submission", type=Path, required=True, help="the prediction (id,predicted)")
+        o.add_argument("--id", help="the slide's id in the CSVs (default: the TIFF's name)")
+        o.add_argument("-o", dest="output", type=Path, required=True, help="PNG to write")
+        o.set_defaults(func=_run_overlay)

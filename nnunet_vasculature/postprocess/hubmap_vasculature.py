@@ -1,10 +1,12 @@
-"""score/tune/submit/validate for HuBMAP Hacking the Human Vasculature (AP@0.6, COCO RLE; DOMAIN §8).
+"""HuBMAP Hacking the Human Vasculature post-processing (AP@0.6, COCO RLE; DOMAIN §8): ``score``, ``tune``,
+``apply``, ``submit``, ``validate`` and ``overlay hubmap-vasculature``.
 
 * ``score --solution S --submission P``: AP@0.6 of a submission CSV against a solution CSV
   (``id,height,width,annotations``: the truth vessel masks in the submission encoding, space-joined, as
   ``synthesize hubmap-vasculature`` writes it).
 * ``tune -i PROBS --labels polygons.jsonl -o pp.json``: threshold × minimum size × dilation (× split) by AP on
   the tiles of the probabilities folder(s) that have blood_vessel polygons; writes the best and the grid.
+* ``apply -i PROBS -o INSTANCES [-pp pp.json]``: ``<case>.npz`` instances and scores per tile.
 * ``submit -i PROBS -pp pp.json -o submission.csv [--sample]``: ``id,height,width,prediction_string`` with
   ``0 <score> <mask>`` space-joined per instance.
 * ``validate SUBMISSION --sample S``: ids, sizes, every mask decodes to its tile size.
@@ -16,29 +18,28 @@ import csv
 import itertools
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from nnunet_vasculature.errors import UserError, atomic_file
+from nnunet_vasculature.io.polygons import read_polygons
+from nnunet_vasculature.io.tables import read_table
+from nnunet_vasculature.postprocess.files import check_outputs, refuse_other_competition
+from nnunet_vasculature.postprocess.instances import InstanceParams
+from nnunet_vasculature.postprocess.tune import (
+    grid_edge_warning,
+    non_negative_int,
+    probability,
+    read_postprocessing,
+    warn,
+    write_postprocessing,
+)
 
+COMPETITION = "hubmap-vasculature"
 DEFAULT_GRID = {"thresholds": [0.3, 0.4, 0.5, 0.6, 0.7], "min_sizes": [0, 16, 64, 128], "dilations": [0, 1, 2]}
-
-
-def _add(parser: argparse.ArgumentParser, flag: str, **kw: object) -> None:
-    """Add a flag unless another competition already registered it (then its value is read the same way)."""
-    if flag not in parser._option_string_actions:
-        parser.add_argument(flag, **kw)
-
-
-def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
-    """Add this competition's own flags to the shared ``command`` parser (score, tune, submit, validate)."""
-    if command == "tune":
-        _add(parser, "--thresholds", nargs="+", help="hubmap-vasculature: vessel thresholds to try")
-        _add(parser, "--min_sizes", nargs="+", help="hubmap-vasculature: minimum instance sizes (pixels) to try")
-        _add(parser, "--dilations", nargs="+", help="hubmap-vasculature: instance dilations (pixels) to try")
-        _add(parser, "--try_split", action="store_true",
-             help="hubmap-vasculature: also try splitting touching vessels")
+HIT = (255, 255, 255)          # outline of a detection that matches a truth at IoU >= 0.6
 
 
 def polygon_masks(anns: list[dict], shape: tuple[int, int]) -> np.ndarray:
@@ -56,30 +57,6 @@ def polygon_masks(anns: list[dict], shape: tuple[int, int]) -> np.ndarray:
             m[polygon_perimeter(p[:, 1], p[:, 0], shape)] = True
         out.append(m)
     return np.stack(out) if out else np.zeros((0, *shape), bool)
-
-
-def read_polygons(path: Path) -> dict[str, list[dict]]:
-    """{id: annotations} of a Kaggle ``polygons.jsonl``."""
-    out = {}
-    try:
-        for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-            if line.strip():
-                rec = json.loads(line)
-                out[str(rec["id"])] = rec["annotations"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path}: not a polygons.jsonl ({e})") from None
-    return out
-
-
-def _read_csv(path: Path, need: list[str]) -> list[dict]:
-    try:
-        with open(path, newline="") as f:
-            r = csv.DictReader(f)
-            if not r.fieldnames or not set(need) <= set(r.fieldnames):
-                raise UserError(f"{path}: expected columns {','.join(need)}, got {r.fieldnames}")
-            return list(r)
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
 
 
 def parse_prediction(text: str, h: int, w: int, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -103,16 +80,28 @@ def parse_prediction(text: str, h: int, w: int, where: str) -> tuple[np.ndarray,
     return (np.stack(masks) if masks else np.zeros((0, h, w), bool)), np.asarray(scores)
 
 
-def score_csv(solution: Path, submission: Path) -> float:
-    """AP@0.6 of a submission CSV against a solution CSV (tiles missing from the submission: no detections)."""
+def _tile_truth(r: dict, solution: Path) -> tuple[int, int, np.ndarray]:
     from nnunet_vasculature.io.coco_rle import decode_mask
-    from nnunet_vasculature.postprocess.average_precision import APAccumulator
-    sub = {r["id"]: r for r in _read_csv(submission, ["id", "prediction_string"])}
-    acc = APAccumulator()
-    for r in _read_csv(solution, ["id", "height", "width", "annotations"]):
+    try:
         h, w = int(r["height"]), int(r["width"])
-        gt = [decode_mask(t, h, w, f"{solution} {r['id']}") for t in r["annotations"].split()]
-        gt = np.stack(gt) if gt else np.zeros((0, h, w), bool)
+    except ValueError:
+        raise UserError(f"{solution} {r['id']}: height/width are not integers") from None
+    gt = [decode_mask(t, h, w, f"{solution} {r['id']}") for t in r["annotations"].split()]
+    return h, w, (np.stack(gt) if gt else np.zeros((0, h, w), bool))
+
+
+def score_csv(solution: Path, submission: Path) -> float:
+    """AP@0.6 of a submission CSV against a solution CSV (tiles missing from the submission: no detections;
+    a repeated id in either file is refused).
+
+    Returns:
+        The AP.
+    """
+    from nnunet_vasculature.postprocess.average_precision import APAccumulator
+    sub = {r["id"]: r for r in read_table(submission, ["id", "prediction_string"], competition=COMPETITION)}
+    acc = APAccumulator()
+    for r in read_table(solution, ["id", "height", "width", "annotations"], competition=COMPETITION):
+        h, w, gt = _tile_truth(r, solution)
         det, scores = parse_prediction(sub[r["id"]]["prediction_string"] if r["id"] in sub else "", h, w,
                                        f"{submission} {r['id']}")
         acc.add(gt, det, scores)
@@ -120,12 +109,14 @@ def score_csv(solution: Path, submission: Path) -> float:
 
 
 def validate(submission: Path, sample: Path) -> int:
-    """Check ids (as in the sample), sizes and every mask; returns the number of instances."""
-    rows = _read_csv(submission, ["id", "height", "width", "prediction_string"])
-    ref = {r["id"]: r for r in _read_csv(sample, ["id", "height", "width"])}
+    """Check ids (as in the sample, none repeated), sizes and every mask.
+
+    Returns:
+        The number of instances.
+    """
+    rows = read_table(submission, ["id", "height", "width", "prediction_string"], competition=COMPETITION)
+    ref = {r["id"]: r for r in read_table(sample, ["id", "height", "width"], competition=COMPETITION)}
     ids = [r["id"] for r in rows]
-    if len(set(ids)) != len(ids):
-        raise UserError(f"{submission}: duplicate id {next(i for i in ids if ids.count(i) > 1)}")
     if set(ids) != set(ref):
         missing, extra = sorted(set(ref) - set(ids)), sorted(set(ids) - set(ref))
         raise UserError(f"{submission}: ids differ from {sample} (missing {missing[:3]}, unexpected {extra[:3]})")
@@ -139,22 +130,50 @@ def validate(submission: Path, sample: Path) -> int:
     return n
 
 
+def probability_files(folders: list[Path]) -> dict[str, Path]:
+    """{tile id: ``<id>.npz``} of probabilities folders; a tile found in two folders is refused."""
+    from nnunet_vasculature.postprocess.instances import list_probabilities
+    files: dict[str, Path] = {}
+    for folder in folders:
+        for f in list_probabilities(folder):
+            if f.stem in files:
+                raise UserError(f"{f}: tile {f.stem} also in {files[f.stem].parent}; give each tile once")
+            files[f.stem] = f
+    return files
+
+
+def load_params(path: Path | None) -> InstanceParams:
+    """InstanceParams of a ``tune hubmap-vasculature`` file (defaults without one; another competition's file
+    and values out of range are refused).
+
+    Returns:
+        The parameters.
+    """
+    if path is None:
+        return InstanceParams()
+    record = read_postprocessing(path, COMPETITION)
+    try:
+        d = record["instances"]
+        return InstanceParams(**{k: d[k] for k in asdict(InstanceParams())})
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a hubmap-vasculature postprocessing.json ({e})") from None
+
+
 def submit(folders: list[Path], pp: Path, out: Path, sample: Path | None = None) -> Path:
-    """Write the submission CSV from probabilities folders with the tuned instance parameters."""
+    """Write the submission CSV from probabilities folders with the tuned instance parameters.
+
+    Returns:
+        ``out``.
+    """
     from tqdm import tqdm
 
     from nnunet_vasculature.io.coco_rle import encode_masks
-    from nnunet_vasculature.postprocess.instances import (
-        instances_from_probabilities,
-        list_probabilities,
-        load_params,
-        read_probabilities,
-    )
+    from nnunet_vasculature.postprocess.instances import instances_from_probabilities, read_probabilities
     params = load_params(pp)
-    files = {f.stem: f for d in folders for f in list_probabilities(d)}
+    files = probability_files(folders)
     order = list(files)
     if sample is not None:
-        order = [r["id"] for r in _read_csv(sample, ["id"])]
+        order = [r["id"] for r in read_table(sample, ["id"], competition=COMPETITION)]
         missing = [i for i in order if i not in files]
         if missing:
             raise UserError(f"{folders[0]}: no probabilities for tile {missing[0]} of {sample}")
@@ -171,18 +190,23 @@ def submit(folders: list[Path], pp: Path, out: Path, sample: Path | None = None)
 
 
 def determine(folders: list[Path], polygons: Path, grid: dict, try_split: bool = False) -> dict:
-    """AP of every combination of the grid on the tiles with polygons; the best one and the whole table."""
+    """AP of every combination of the grid on the tiles with polygons; the best one and the whole table.
+
+    Args:
+        folders: probabilities folders.
+        polygons: the Kaggle ``polygons.jsonl``.
+        grid: ``thresholds``, ``min_sizes``, ``dilations`` to try.
+        try_split: also try splitting touching vessels.
+
+    Returns:
+        The decision and the table (postprocessing.json without its competition record).
+    """
     from tqdm import tqdm
 
     from nnunet_vasculature.postprocess.average_precision import APAccumulator
-    from nnunet_vasculature.postprocess.instances import (
-        InstanceParams,
-        instances_from_probabilities,
-        list_probabilities,
-        read_probabilities,
-    )
+    from nnunet_vasculature.postprocess.instances import instances_from_probabilities, read_probabilities
     truth = read_polygons(polygons)
-    files = [f for d in folders for f in list_probabilities(d) if f.stem in truth]
+    files = [f for f in probability_files(folders).values() if f.stem in truth]
     if not files:
         raise UserError(f"{polygons}: none of the probability files' tiles has polygons")
     tiles = []
@@ -207,37 +231,224 @@ def determine(folders: list[Path], polygons: Path, grid: dict, try_split: bool =
             "ap": best["ap"], "ap_at_defaults": default["ap"] if default else None, "grid": table}
 
 
+def plot_grid(result: dict, out_png: Path) -> None:
+    """AP versus threshold, one line per (minimum size, dilation, split) of the grid; the best marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    lines: dict[tuple, list[tuple[float, float]]] = {}
+    for r in result["grid"]:
+        lines.setdefault((r["min_size"], r["dilate"], r["split"]), []).append((r["threshold"], r["ap"]))
+    best = result["instances"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (size, dilate, split), points in sorted(lines.items()):
+        x, y = zip(*sorted(points))
+        chosen = (size, dilate, split) == (best["min_size"], best["dilate"], best["split"])
+        ax.plot(x, y, "o-", lw=2.5 if chosen else 1, alpha=1 if chosen else 0.6,
+                label=f"min size {size}, dilate {dilate}" + (", split" if split else ""))
+    ax.plot([best["threshold"]], [result["ap"]], "r*", ms=14, label=f"best: AP {result['ap']:.4f}")
+    ax.set_xlabel("vessel threshold (probability)")
+    ax.set_ylabel("AP@0.6")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    with atomic_file(Path(out_png)) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def draw_overlay(image: np.ndarray, annotations: list[dict], lab: np.ndarray, scores: np.ndarray, png: Path,
+                 tile_id: str = "") -> dict:
+    """Tile | truth outlines (vessels green, glomeruli blue, unsure yellow) | predicted instances coloured by
+    score (blue 0 -> red 1), hits at IoU 0.6 outlined in white, truth vessels outlined in green; titled with
+    the tile's AP.
+
+    Args:
+        image: the tile (H, W, 3).
+        annotations: its ``polygons.jsonl`` annotations.
+        lab: predicted instances (label image).
+        scores: one score per instance.
+        png: the picture to write.
+        tile_id: for the title.
+
+    Returns:
+        ``hits`` and ``instances`` (counts) and ``ap`` (of this tile).
+    """
+    from skimage.segmentation import find_boundaries
+
+    from nnunet_vasculature.postprocess.average_precision import average_precision, mask_ious, match_tile
+    from nnunet_vasculature.postprocess.overlay import as_rgb, save_panels
+    rgb = as_rgb(image)
+    truth = polygon_masks(annotations, rgb.shape[:2])
+    hits = match_tile(mask_ious(lab, truth), scores) if len(scores) else np.zeros(0, bool)
+    ap = average_precision([(truth, lab, scores)])
+    outlines = _outlined(rgb, annotations)
+    right = rgb.astype(np.float32)
+    for k, s in enumerate(scores, 1):
+        m = lab == k
+        right[m] = 0.35 * right[m] + 0.65 * np.array([255 * s, 30, 255 * (1 - s)], np.float32)
+    right = _outlined(np.clip(right, 0, 255).astype(np.uint8), annotations, ("blood_vessel",))
+    for k in np.flatnonzero(hits) + 1:
+        right[find_boundaries(lab == k, mode="inner")] = HIT
+    bar = max(1, min(128, right.shape[1] - 8))            # the score scale, bottom left
+    right[-14:-4, 4:4 + bar] = np.stack([[255 * v, 30, 255 * (1 - v)] for v in np.linspace(0, 1, bar)])[None]
+    save_panels([[(f"tile {tile_id}", rgb), (f"truth: {len(truth)} vessels", outlines),
+                  (f"{len(scores)} instances, {int(hits.sum())} hits (white): AP@0.6 {ap:.3f}", right)]],
+                f"{tile_id}: instances coloured by score (scale bottom left: blue 0 -> red 1)", png,
+                footnote="outlines: green truth vessel, blue glomerulus, yellow unsure; white: a hit at IoU >= 0.6")
+    return {"hits": int(hits.sum()), "instances": int(len(scores)), "ap": ap}
+
+
+def _outlined(rgb: np.ndarray, annotations: list[dict], types: tuple[str, ...] | None = None) -> np.ndarray:
+    from PIL import Image, ImageDraw
+    colours = {"blood_vessel": (0, 200, 0), "glomerulus": (0, 80, 255)}
+    panel = Image.fromarray(np.ascontiguousarray(rgb))
+    draw = ImageDraw.Draw(panel)
+    for a in annotations:
+        if types is None or a.get("type") in types:
+            for ring in a["coordinates"]:
+                draw.polygon([tuple(p) for p in ring], outline=colours.get(a.get("type"), (255, 220, 0)))
+    return np.array(panel)
+
+
+def _instances_of(pred: Path, tile_id: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A tile's instances from an ``apply`` folder or file (``<id>.npz``) or a submission CSV."""
+    if pred.suffix == ".csv":
+        row = next((r for r in read_table(pred, ["id", "prediction_string"], competition=COMPETITION)
+                    if r["id"] == tile_id), None)
+        if row is None:
+            raise UserError(f"{pred}: no row for tile {tile_id}")
+        det, scores = parse_prediction(row["prediction_string"], *shape, f"{pred} {tile_id}")
+        lab = np.zeros(shape, np.int32)
+        for k, m in enumerate(det, 1):
+            lab[m & (lab == 0)] = k
+        return lab, scores
+    path = pred / f"{tile_id}.npz" if pred.is_dir() else pred
+    try:
+        with np.load(path) as z:
+            return z["instances"], z["scores"]
+    except (OSError, KeyError, ValueError) as e:
+        raise UserError(f"{path}: not an instances .npz of 'apply hubmap-vasculature' ({e})") from None
+
+
 def _grid(a: argparse.Namespace) -> dict:
-    out = {}
-    for k, v in DEFAULT_GRID.items():
-        given = getattr(a, k, None)
-        try:
-            out[k] = [float(x) if k == "thresholds" else int(x) for x in given] if given else v
-        except ValueError:
-            raise UserError(f"--{k}: expected numbers, got {given}") from None
-    return out
+    return {k: getattr(a, k) or v for k, v in DEFAULT_GRID.items()}
 
 
-def run(command: str, a: argparse.Namespace) -> None:
-    """Run ``command`` for this competition."""
-    if command == "score":
-        if not (a.solution and a.submission):
-            raise UserError("score --competition hubmap-vasculature: give --solution and --submission")
-        print(f"AP@0.6 {score_csv(a.solution, a.submission):.6f}")
-    elif command == "tune":
-        if len(a.labels) != 1:
-            raise UserError("tune --competition hubmap-vasculature: --labels takes one polygons.jsonl")
-        res = determine([Path(p) for p in a.input], Path(a.labels[0]), _grid(a), getattr(a, "try_split", False))
-        with atomic_file(a.output) as tmp:
-            tmp.write_text(json.dumps(res, indent=1))
-        i = res["instances"]
-        print(f"best AP@0.6 {res['ap']:.4f} (defaults: {res['ap_at_defaults']}) at threshold {i['threshold']}, "
-              f"min size {i['min_size']}, dilate {i['dilate']}, split {i['split']} on {len(res['tiles'])} tiles")
-        print(f"wrote {a.output}")
-    elif command == "submit":
-        print(f"wrote {submit([Path(p) for p in a.input], a.pp, a.output, a.sample)}")
-    elif command == "validate":
-        n = validate(a.submission, a.sample)
-        print(f"{a.submission}: valid ({n} instances)")
-    else:
-        raise UserError(f"{command} --competition hubmap-vasculature: not supported")
+def _run_score(a: argparse.Namespace) -> None:
+    refuse_other_competition([a.solution, a.submission], COMPETITION, "score")
+    print(f"AP@0.6 {score_csv(a.solution, a.submission):.6f}")
+
+
+def _run_tune(a: argparse.Namespace) -> None:
+    refuse_other_competition([*a.input, a.labels], COMPETITION, "tune")
+    check_outputs([("-i", p) for p in a.input] + [("--labels", a.labels)], [("-o", a.output), ("--plot", a.plot)])
+    grid = _grid(a)
+    res = determine(a.input, a.labels, grid, a.try_split)
+    write_postprocessing(res, a.output, COMPETITION)
+    i = res["instances"]
+    print(f"best AP@0.6 {res['ap']:.4f} (defaults: {res['ap_at_defaults']}) at threshold {i['threshold']}, "
+          f"min size {i['min_size']}, dilate {i['dilate']}, split {i['split']} on {len(res['tiles'])} tiles")
+    for message in (grid_edge_warning("--thresholds", grid["thresholds"], i["threshold"]),
+                    grid_edge_warning("--min_sizes", grid["min_sizes"], i["min_size"], True),
+                    grid_edge_warning("--dilations", grid["dilations"], i["dilate"], True)):
+        if message:
+            warn(message)
+    if a.plot:
+        plot_grid(res, a.plot)
+    print(f"wrote {a.output}")
+
+
+def _run_apply(a: argparse.Namespace) -> None:
+    from nnunet_vasculature.postprocess.instances import write_instances
+    check_outputs([("-i", a.input), ("-pp", a.pp)], [("-o", a.output)])
+    params = load_params(a.pp) if a.pp else InstanceParams(a.threshold, a.min_size, a.dilate, a.split,
+                                                           not a.no_glomerulus_filter)
+    print(f"wrote {write_instances(a.input, a.output, params, a.overwrite)}")
+
+
+def _run_submit(a: argparse.Namespace) -> None:
+    refuse_other_competition([*a.input, a.sample], COMPETITION, "submit")
+    check_outputs([("-i", p) for p in a.input] + [("-pp", a.pp), ("--sample", a.sample)], [("-o", a.output)])
+    print(f"wrote {submit(a.input, a.pp, a.output, a.sample)}")
+
+
+def _run_validate(a: argparse.Namespace) -> None:
+    refuse_other_competition([a.submission, a.sample], COMPETITION, "validate")
+    n = validate(a.submission, a.sample)
+    print(f"{a.submission}: valid ({n} instances)")
+
+
+def _run_overlay(a: argparse.Namespace) -> None:
+    import tifffile
+    refuse_other_competition([a.labels, a.pred], COMPETITION, "overlay")
+    check_outputs([("--tile", a.tile), ("--labels", a.labels), ("--pred", a.pred)], [("-o", a.output)])
+    tile_id = a.id or a.tile.stem
+    truth = read_polygons(a.labels)
+    if tile_id not in truth:
+        raise UserError(f"{a.labels}: no record for tile {tile_id}")
+    try:
+        image = tifffile.imread(a.tile)
+    except Exception as e:  # noqa: BLE001 - tifffile raises many types for a bad file
+        raise UserError(f"{a.tile}: not a readable TIFF ({type(e).__name__})") from None
+    lab, scores = _instances_of(a.pred, tile_id, image.shape[:2])
+    seen = draw_overlay(image, truth[tile_id], lab, scores, a.output, tile_id)
+    print(f"wrote {a.output} ({seen['instances']} instances, {seen['hits']} hits, AP@0.6 {seen['ap']:.4f})")
+
+
+def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
+    """Register ``hubmap-vasculature`` under score, tune, apply, submit, validate and overlay (those of ``groups``)."""
+    if "score" in groups:
+        s = groups["score"].add_parser(COMPETITION, help="AP@0.6 of a submission")
+        s.add_argument("--solution", type=Path, required=True, help="solution CSV (id,height,width,annotations)")
+        s.add_argument("--submission", type=Path, required=True, help="submission CSV")
+        s.set_defaults(func=_run_score)
+    if "tune" in groups:
+        t = groups["tune"].add_parser(COMPETITION, help="instance parameters by AP@0.6 on tiles with polygons")
+        t.add_argument("-i", dest="input", nargs="+", type=Path, required=True,
+                       help="folders of <case>.npz from nnUNetv2_predict --save_probabilities")
+        t.add_argument("--labels", type=Path, required=True, help="polygons.jsonl")
+        t.add_argument("-o", dest="output", type=Path, required=True, help="postprocessing.json to write")
+        t.add_argument("--plot", type=Path, help="write AP vs threshold for every grid setting (PNG)")
+        t.add_argument("--thresholds", nargs="+", type=probability, help="vessel thresholds to try")
+        t.add_argument("--min_sizes", nargs="+", type=non_negative_int, help="minimum instance sizes (pixels)")
+        t.add_argument("--dilations", nargs="+", type=non_negative_int, help="instance dilations (pixels)")
+        t.add_argument("--try_split", action="store_true", help="also try splitting touching vessels")
+        t.set_defaults(func=_run_tune)
+    if "apply" in groups:
+        d = InstanceParams()
+        p = groups["apply"].add_parser(COMPETITION, help="turn vessel probabilities into scored instances")
+        p.add_argument("-i", dest="input", type=Path, required=True,
+                       help="folder of <case>.npz from nnUNetv2_predict --save_probabilities")
+        p.add_argument("-o", dest="output", type=Path, required=True, help="output folder of <case>.npz instances")
+        p.add_argument("-pp", type=Path, help="take the parameters from a tune hubmap-vasculature JSON")
+        p.add_argument("--threshold", type=probability, default=d.threshold)
+        p.add_argument("--min_size", type=non_negative_int, default=d.min_size, help="drop instances of fewer pixels")
+        p.add_argument("--dilate", type=non_negative_int, default=d.dilate,
+                       help="grow each instance by this many pixels")
+        p.add_argument("--split", action="store_true", help="split touching vessels (distance-transform watershed)")
+        p.add_argument("--no_glomerulus_filter", action="store_true",
+                       help="keep vessel predictions inside predicted glomeruli")
+        p.add_argument("--overwrite", action="store_true")
+        p.set_defaults(func=_run_apply)
+    if "submit" in groups:
+        sm = groups["submit"].add_parser(COMPETITION, help="write the submission CSV")
+        sm.add_argument("-i", dest="input", nargs="+", type=Path, required=True, help="probabilities folders")
+        sm.add_argument("-pp", type=Path, required=True, help="postprocessing.json from tune hubmap-vasculature")
+        sm.add_argument("-o", dest="output", type=Path, required=True, help="submission CSV to write")
+        sm.add_argument("--sample", type=Path, help="sample_submission.csv: row order and the ids that must be present")
+        sm.set_defaults(func=_run_submit)
+    if "validate" in groups:
+        v = groups["validate"].add_parser(COMPETITION, help="check a submission against the sample submission")
+        v.add_argument("submission", type=Path)
+        v.add_argument("--sample", type=Path, required=True)
+        v.set_defaults(func=_run_validate)
+    if "overlay" in groups:
+        o = groups["overlay"].add_parser(COMPETITION, help="draw a tile's instances against its polygons (PNG)")
+        o.add_argument("--tile", type=Path, required=True, help="the tile TIFF")
+        o.add_argument("--labels", type=Path, required=True, help="polygons.jsonl with the tile's annotations")
+        o.add_argument("--pred", type=Path, required=True,
+                       help="apply's output folder or <id>.npz, or a submission CSV")
+        o.add_argument("--id", help="the tile's id (default: the TIFF's name)")
+        o.add_argument("-o", dest="output", type=Path, required=True, help="PNG to write")
+        o.set_defaults(func=_run_overlay)

@@ -8,8 +8,8 @@ and optionally grows each instance by a few pixels (without overlaps), as a corr
 """
 from __future__ import annotations
 
-import argparse
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +27,15 @@ class InstanceParams:
     dilate: int = 0
     split: bool = False
     glomerulus_filter: bool = True
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold)
+                and 0 <= self.threshold <= 1):
+            raise ValueError(f"threshold {self.threshold!r} is not a probability in [0, 1]")
+        for name in ("min_size", "dilate"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} {value!r} is not an integer >= 0")
 
 
 def instances_from_probabilities(vessel: np.ndarray, glomerulus: np.ndarray | None = None,
@@ -78,6 +87,12 @@ def read_probabilities(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         prob = prob[:, 0]
     if prob.ndim != 3 or prob.shape[0] < 2:
         raise UserError(f"{path}: expected probabilities (C, 1, H, W) with C >= 2, got {prob.shape}")
+    if not np.issubdtype(prob.dtype, np.floating):
+        raise UserError(f"{path}: probabilities of dtype {prob.dtype}, expected floats in [0, 1]")
+    if not np.isfinite(prob).all():
+        raise UserError(f"{path}: probabilities are not finite (NaN or infinity)")
+    if prob.min() < -1e-3 or prob.max() > 1 + 1e-3:
+        raise UserError(f"{path}: probabilities outside [0, 1] (min {prob.min():.3g}, max {prob.max():.3g})")
     return prob[VESSEL], (prob[GLOMERULUS] if prob.shape[0] > GLOMERULUS else None)
 
 
@@ -89,19 +104,18 @@ def list_probabilities(folder: Path) -> list[Path]:
     return files
 
 
-def load_params(path: Path | None) -> InstanceParams:
-    """InstanceParams from a ``tune --competition hubmap-vasculature`` JSON (its ``instances`` entry)."""
-    if path is None:
-        return InstanceParams()
-    try:
-        d = json.loads(Path(path).read_text())["instances"]
-        return InstanceParams(**{k: d[k] for k in asdict(InstanceParams())})
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path}: not a hubmap-vasculature postprocessing JSON ({e})") from None
-
-
 def write_instances(folder: Path, out: Path, p: InstanceParams, overwrite: bool = False) -> Path:
-    """``<case>.npz`` with ``instances`` (int32 H×W) and ``scores`` for every probabilities file."""
+    """``<case>.npz`` with ``instances`` (int32 H×W) and ``scores`` for every probabilities file.
+
+    Args:
+        folder: ``<case>.npz`` probabilities (nnUNetv2_predict --save_probabilities).
+        out: the folder to write (all or nothing).
+        p: the instance parameters.
+        overwrite: replace an existing ``out``.
+
+    Returns:
+        ``out``.
+    """
     from tqdm import tqdm
     files = list_probabilities(folder)
     with atomic_dir(Path(out), overwrite) as tmp:
@@ -110,26 +124,3 @@ def write_instances(folder: Path, out: Path, p: InstanceParams, overwrite: bool 
             np.savez_compressed(tmp / f.name, instances=lab, scores=scores)
         (tmp / "instances.json").write_text(json.dumps(asdict(p), indent=1))
     return Path(out)
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """``instances``: registers the command in ``sub``."""
-    d = InstanceParams()
-    p = sub.add_parser("instances", help="turn vessel probabilities into scored instances (HuBMAP vasculature)")
-    p.add_argument("-i", dest="input", type=Path, required=True,
-                   help="folder of <case>.npz from nnUNetv2_predict --save_probabilities")
-    p.add_argument("-o", dest="output", type=Path, required=True, help="output folder of <case>.npz instances")
-    p.add_argument("-pp", type=Path, help="take the parameters from a tune --competition hubmap-vasculature JSON")
-    p.add_argument("--threshold", type=float, default=d.threshold)
-    p.add_argument("--min_size", type=int, default=d.min_size, help="drop instances of fewer pixels")
-    p.add_argument("--dilate", type=int, default=d.dilate, help="grow each instance by this many pixels")
-    p.add_argument("--split", action="store_true", help="split touching vessels (distance-transform watershed)")
-    p.add_argument("--no_glomerulus_filter", action="store_true",
-                   help="keep vessel predictions inside predicted glomeruli")
-    p.add_argument("--overwrite", action="store_true")
-
-    def run(a: argparse.Namespace) -> None:
-        params = load_params(a.pp) if a.pp else InstanceParams(a.threshold, a.min_size, a.dilate, a.split,
-                                                               not a.no_glomerulus_filter)
-        print(f"wrote {write_instances(a.input, a.output, params, a.overwrite)}")
-    p.set_defaults(func=run)

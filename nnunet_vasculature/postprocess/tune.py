@@ -1,19 +1,22 @@
-"""Determine and apply post-processing, nnU-Net style: ``determine`` picks the threshold (and whether
-removing small components helps) on validation kidneys and saves the decision as readable JSON;
-``apply`` turns probabilities into masks with that decision."""
+"""What the three competitions' post-processing shares: the ``postprocessing.json`` record (its competition and
+the tool version), masks from uint8 probability levels, picking the best option of a grid, warning when the
+pick sits at the edge of its grid, and the score-versus-threshold picture.
+
+Each competition's own tuning lives in its module (:mod:`.sennet`, :mod:`.hubmap_kidney`,
+:mod:`.hubmap_vasculature`); this module knows none of them.
+"""
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
-import tifffile
-from tqdm import tqdm
 
-from nnunet_vasculature.errors import UserError, atomic_dir, atomic_file
-from nnunet_vasculature.io.sennet import slice_id, split_slice_id
-from nnunet_vasculature.io.volumes import ZSliceable, open_labels, open_probabilities
+from nnunet_vasculature.errors import UserError, atomic_file
+from nnunet_vasculature.io.volumes import ZSliceable
 from nnunet_vasculature.postprocess.components import StreamingComponents, remove_small_components
 from nnunet_vasculature.postprocess.morphology import (
     closed_reader,
@@ -21,99 +24,131 @@ from nnunet_vasculature.postprocess.morphology import (
     level_for_fraction,
     level_histogram,
 )
-from nnunet_vasculature.postprocess.surface_dice import SurfaceDiceAccumulator, surface_dice_sweep
 
 LEVEL_HALF = 128          # uint8 level equivalent to probability 0.5 (argmax of two classes)
-CC_CANDIDATES = (8, 32, 128, 512)
-BLOCK = 32
+BLOCK = 32                # planes (or columns) read at a time
+EDGE_LEVELS = 6           # a tuned uint8 level within this many levels of 0 or 255 is "at the edge" (~2 %)
 
 
-def _name(path: Path | str, attrs: dict) -> str:
-    return str(attrs.get("kidney") or Path(str(path)).stem)
+def tool_version() -> str:
+    """The installed nnunet-vasculature version (recorded in every postprocessing.json)."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("nnunet-vasculature")
+    except PackageNotFoundError:          # run from a source tree that was never installed
+        return "unknown"
 
 
-def _check_shapes(prob: ZSliceable, labels: ZSliceable, p_path: Path | str, l_path: Path | str) -> None:
-    if tuple(prob.shape) != tuple(labels.shape):
-        raise UserError(f"{p_path}: probabilities of shape {tuple(prob.shape)} but labels {l_path} "
-                        f"have shape {tuple(labels.shape)}")
+def postprocessing_competition(record: dict) -> str | None:
+    """The competition a postprocessing.json belongs to: its ``competition`` entry, or for files written
+    before that entry existed, the competition whose schema it has (None when it has none of them).
 
+    Args:
+        record: the parsed JSON.
 
-def determine(prob_paths: list, label_paths: list, cc_candidates: Sequence[int] = CC_CANDIDATES,
-              closing_radii: Sequence[int] = (), by_fraction: bool = False) -> dict:
-    """Best threshold by mean surface Dice over kidneys, then whether a 3D closing (``closing_radii``,
-    voxels) and small-component removal help, each kept only if it improves the mean.
-
-    ``by_fraction``: each kidney is thresholded where its predicted foreground is the tuned fraction of
-    its voxels (the fraction is chosen by the same mean surface Dice) instead of at one probability.
+    Returns:
+        ``"sennet"``, ``"hubmap-kidney"``, ``"hubmap-vasculature"`` or None.
     """
-    if len(prob_paths) != len(label_paths):
-        raise UserError(f"{len(prob_paths)} probability volumes but {len(label_paths)} label volumes")
-    curves, kidneys, pairs, hists = [], [], [], []
-    for p_path, l_path in zip(prob_paths, label_paths):
-        prob, attrs = open_probabilities(p_path)
-        labels = open_labels(l_path)
-        _check_shapes(prob, labels, p_path, l_path)
-        if not _any_foreground(labels):
-            raise UserError(f"{l_path}: label volume is empty; it cannot rank thresholds")
-        name = _name(p_path, attrs)
-        print(f"sweeping 256 thresholds on {name} {tuple(prob.shape)}")
-        curves.append(surface_dice_sweep(prob, labels, block=BLOCK))
-        hists.append(level_histogram(prob, BLOCK))
-        kidneys.append(name)
-        pairs.append((prob, labels))
-    mean = np.mean(curves, axis=0)
-    best = int(np.argmax(mean))
-    fraction, fraction_score, fraction_levels = _best_fraction(curves, hists)
-    levels = fraction_levels if by_fraction else [best] * len(pairs)
-    base = fraction_score if by_fraction else float(mean[best])
-    per_kidney_best = {k: float(c[lv]) for k, c, lv in zip(kidneys, curves, levels)}
-    # closing, then small-component removal on top of the chosen closing, each kept only if it helps
-    closing_scores = {0: base}
-    for r in closing_radii:
-        print(f"testing a closing of radius {r}")
-        closing_scores[int(r)] = float(np.mean([_cc_scores(prob, labels, lv, [0], int(r))[0]
-                                                for (prob, labels), lv in zip(pairs, levels)]))
-    radius = _best_key(closing_scores)
-    cc_scores = {0: closing_scores[radius]}
-    if cc_candidates:
-        totals = np.zeros(len(cc_candidates))
-        for (prob, labels), name, lv in zip(pairs, kidneys, levels):
-            print(f"testing component removal on {name}")
-            totals += _cc_scores(prob, labels, lv, list(cc_candidates), radius)
-        cc_scores.update({int(s): float(t / len(pairs)) for s, t in zip(cc_candidates, totals)})
-    min_size = _best_key(cc_scores)
-    return {
-        "threshold_mode": "fraction" if by_fraction else "probability",
-        "threshold": best / 255.0,
-        "threshold_u8": best,
-        "vessel_fraction": fraction,
-        "closing_radius": int(radius),
-        "min_component_voxels": int(min_size),
-        "mean_surface_dice": cc_scores[min_size],
-        "mean_surface_dice_at_0.5": float(mean[LEVEL_HALF]),
-        "mean_surface_dice_at_threshold": float(mean[best]),
-        "mean_surface_dice_at_fraction": fraction_score,
-        "kidneys": kidneys,
-        "per_kidney_levels": {k: int(lv) for k, lv in zip(kidneys, levels)},
-        "per_kidney_at_threshold": per_kidney_best,
-        "per_kidney_at_0.5": {k: float(c[LEVEL_HALF]) for k, c in zip(kidneys, curves)},
-        "closing_scores": {str(k): v for k, v in closing_scores.items()},
-        "component_removal_scores": {str(k): v for k, v in cc_scores.items()},
-        "curve_u8_levels": "entry k: mean surface Dice of probability_u8 >= k",
-        "mean_curve": [float(x) for x in mean],
-        "per_kidney_curves": {k: [float(x) for x in c] for k, c in zip(kidneys, curves)},
-    }
+    if "competition" in record:
+        return str(record["competition"])
+    if "instances" in record:
+        return "hubmap-vasculature"
+    if "slides" in record or "min_component_pixels" in record:
+        return "hubmap-kidney"
+    if "threshold_u8" in record:
+        return "sennet"
+    return None
 
 
-def _best_key(scores: dict[int, float]) -> int:
-    """The option with the best score, the smallest on ties; 0 (off) unless it strictly helps."""
+def read_postprocessing(path: Path | str, competition: str) -> dict:
+    """The parsed postprocessing.json of ``competition``; another competition's file is refused in one line.
+
+    Args:
+        path: the file ``tune COMPETITION`` wrote.
+        competition: the competition of the command reading it.
+
+    Returns:
+        The parsed JSON object.
+
+    Raises:
+        UserError: unreadable, not a JSON object, or written for another competition.
+    """
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a postprocessing.json from 'tune' ({type(e).__name__}: {e})") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{path}: not a postprocessing.json from 'tune' (not a JSON object)")
+    owner = postprocessing_competition(record)
+    if owner is None:
+        raise UserError(f"{path}: not a postprocessing.json from 'tune {competition}' (no threshold or instances)")
+    if owner != competition:
+        raise UserError(f"{path}: the postprocessing of {owner} ('tune {owner}'), not of {competition}; "
+                        f"tune {competition} writes the one this needs")
+    return record
+
+
+def write_postprocessing(result: dict, path: Path | str, competition: str) -> dict:
+    """Write ``result`` as ``path`` (all or nothing) with its competition and the tool version first.
+
+    Args:
+        result: what the tuning found (JSON-serialisable).
+        path: the postprocessing.json to write.
+        competition: the competition it belongs to.
+
+    Returns:
+        The record as written.
+    """
+    record = {"competition": competition, "nnunet_vasculature_version": tool_version(),
+              **{k: v for k, v in result.items() if k not in ("competition", "nnunet_vasculature_version")}}
+    with atomic_file(Path(path)) as tmp:
+        tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    return record
+
+
+def masks(prob: ZSliceable, pp: dict) -> Iterator[tuple[int, np.ndarray]]:
+    """Stream (z0, boolean block) of the post-processed mask of a uint8 probability volume.
+
+    Args:
+        prob: (z, y, x) uint8 probability levels, read ``prob[a:b]``.
+        pp: ``threshold_u8`` (foreground: level >= it), ``min_component_voxels`` (26-connected components
+            smaller than this are removed) and optionally ``threshold_mode`` ("fraction": the level of this
+            volume where the foreground is ``vessel_fraction`` of its voxels) and ``closing_radius``.
+
+    Returns:
+        An iterator of (first plane, mask block) pairs covering the volume in order.
+    """
+    level = pp["threshold_u8"]
+    if pp.get("threshold_mode") == "fraction":
+        level = level_for_fraction(level_histogram(prob, BLOCK), pp["vessel_fraction"])
+    read = closed_reader(lambda a, b: np.asarray(prob[a:b]) >= level, prob.shape[0], pp.get("closing_radius", 0))
+    yield from remove_small_components(read, prob.shape[0], pp["min_component_voxels"], BLOCK)
+
+
+def best_option(scores: dict[int, float]) -> int:
+    """The option (0 = off) with the best score, the smallest on ties; 0 unless another strictly helps.
+
+    Args:
+        scores: score of each option, with the entry 0 for "off".
+
+    Returns:
+        The chosen option.
+    """
     key = max(scores, key=lambda s: (scores[s], -s))
     return key if scores[key] > scores[0] else 0
 
 
-def _best_fraction(curves: list[np.ndarray], hists: list[np.ndarray]) -> tuple[float, float, list[int]]:
-    """The foreground fraction whose per-kidney levels give the best mean surface Dice; every fraction
-    reached by some kidney at some level is a candidate."""
+def best_fraction(curves: Sequence[np.ndarray], hists: Sequence[np.ndarray]) -> tuple[float, float, list[int]]:
+    """The foreground fraction whose per-volume levels give the best mean score; every fraction some volume
+    reaches at some level is a candidate.
+
+    Args:
+        curves: each volume's score at the 256 levels.
+        hists: each volume's histogram of uint8 levels (:func:`~.morphology.level_histogram`).
+
+    Returns:
+        (fraction, its mean score, the level of each volume for it).
+    """
     fracs = [fraction_at_levels(h) for h in hists]
     candidates = np.unique(np.concatenate([f[1:] for f in fracs]))
     candidates = candidates[candidates > 0]
@@ -122,102 +157,112 @@ def _best_fraction(curves: list[np.ndarray], hists: list[np.ndarray]) -> tuple[f
     score = np.zeros(len(candidates))
     for c, f in zip(curves, fracs):
         # level for each candidate: the highest level whose fraction is >= the candidate (f is non-increasing)
-        lv = np.searchsorted(-f[1:], -candidates, side="right")
-        score += c[np.clip(lv, 1, 255)]
+        level = np.searchsorted(-f[1:], -candidates, side="right")
+        score += c[np.clip(level, 1, 255)]
     i = int(np.argmax(score))
     best = float(candidates[i])
     return best, float(score[i] / len(curves)), [level_for_fraction(h, best) for h in hists]
 
 
-def _any_foreground(vol: ZSliceable) -> bool:
-    return any(np.asarray(vol[z:z + BLOCK]).any() for z in range(0, vol.shape[0], BLOCK))
+def option_scores(prob: ZSliceable, labels: ZSliceable, level: int, sizes: Sequence[int], closing: int,
+                  scorer: Callable[[tuple[int, ...]], object]) -> np.ndarray:
+    """The score of a volume thresholded at ``level`` (and closed) for each minimum component size, in one pass.
 
+    Args:
+        prob: uint8 probability levels (z, y, x).
+        labels: the truth, same shape.
+        level: the threshold level.
+        sizes: minimum 26-connected component sizes (0: none removed).
+        closing: closing radius in voxels (0: none).
+        scorer: makes the competition's accumulator for a plane shape (``add(pred, gt)``, ``score(empty)``).
 
-def _cc_scores(prob: ZSliceable, labels: ZSliceable, level: int, sizes: list[int], closing: int = 0) -> np.ndarray:
+    Returns:
+        One score per size (0.0 when both masks are empty).
+    """
     read = closed_reader(lambda a, b: np.asarray(prob[a:b]) >= level, prob.shape[0], closing)
     comps = StreamingComponents(read, prob.shape[0], BLOCK)
-    accs = [SurfaceDiceAccumulator(prob.shape[1:]) for _ in sizes]
-    for z0, masks in comps.filtered_blocks(sizes):
+    scorers = [scorer(tuple(prob.shape[1:])) for _ in sizes]
+    for z0, blocks in comps.filtered_blocks(list(sizes)):
         gt = np.asarray(labels[z0:z0 + BLOCK])
-        for acc, m in zip(accs, masks):
-            acc.add(m, gt)
-    return np.array([acc.score(0.0) for acc in accs])
+        for one, m in zip(scorers, blocks):
+            one.add(m, gt)
+    return np.array([one.score(0.0) for one in scorers])
 
 
-def load_postprocessing(path: Path | str) -> dict:
-    try:
-        pp = json.loads(Path(path).read_text())
-        level = int(pp["threshold_u8"])
-        min_size = int(pp.get("min_component_voxels", 0))
-        mode = str(pp.get("threshold_mode", "probability"))
-        fraction = float(pp.get("vessel_fraction", 0.0))
-        closing = int(pp.get("closing_radius", 0))
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path}: not a postprocessing.json from 'tune' ({type(e).__name__}: {e})") from None
-    if not 0 <= level <= 255:
-        raise UserError(f"{path}: threshold_u8 {level} outside 0..255")
-    if mode not in ("probability", "fraction"):
-        raise UserError(f"{path}: threshold_mode {mode!r} is neither 'probability' nor 'fraction'")
-    if mode == "fraction" and not 0 < fraction <= 1:
-        raise UserError(f"{path}: vessel_fraction {fraction} outside (0, 1]")
-    if closing < 0 or min_size < 0:
-        raise UserError(f"{path}: negative closing_radius or min_component_voxels")
-    return {"threshold_u8": level, "min_component_voxels": min_size, "threshold_mode": mode,
-            "vessel_fraction": fraction, "closing_radius": closing}
+def warn(message: str) -> None:
+    """One ``warning:`` line on stderr."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
-def masks(prob: ZSliceable, pp: dict) -> Iterator[tuple[int, np.ndarray]]:
-    """Stream (z0, boolean block) of the post-processed mask of a probability volume: threshold (one
-    probability, or this volume's level for the tuned vessel fraction), closing, small-component removal."""
-    level = pp["threshold_u8"]
-    if pp.get("threshold_mode") == "fraction":
-        level = level_for_fraction(level_histogram(prob, BLOCK), pp["vessel_fraction"])
-    read = closed_reader(lambda a, b: np.asarray(prob[a:b]) >= level, prob.shape[0], pp.get("closing_radius", 0))
-    yield from remove_small_components(read, prob.shape[0], pp["min_component_voxels"], BLOCK)
+def level_edge_warning(level: int, what: str = "threshold") -> str | None:
+    """A warning when a tuned uint8 level sits at the low or high end of 0..255, else None.
+
+    Args:
+        level: the tuned uint8 level.
+        what: how the message names it.
+
+    Returns:
+        The message, or None.
+    """
+    if level <= EDGE_LEVELS:
+        return (f"the tuned {what} {level / 255:.3f} (u8 {level}) is at the low end of the 256 levels: the model "
+                f"is likely under-trained (few confident voxels); train longer before trusting it")
+    if level >= 255 - EDGE_LEVELS:
+        return (f"the tuned {what} {level / 255:.3f} (u8 {level}) is at the high end of the 256 levels: the model "
+                f"over-predicts foreground; check the labels and the training")
+    return None
 
 
-def slice_ids(path: Path | str, prob: ZSliceable, attrs: dict) -> list[str]:
-    """Kaggle ids (``kidney_5_0000``) of each slice of a probability volume."""
-    if "slice_ids" in attrs:
-        ids = list(attrs["slice_ids"])
-    else:
-        names = attrs.get("slice_names") or [f"{i:04d}" for i in range(prob.shape[0])]
-        ids = [slice_id(_name(path, attrs), n) for n in names]
-    if len(ids) != prob.shape[0]:
-        raise UserError(f"{path}: {len(ids)} slice ids for {prob.shape[0]} slices")
-    return ids
+def grid_edge_warning(name: str, values: Sequence[float], chosen: float, low_edge_ok: bool = False) -> str | None:
+    """A warning when ``chosen`` is the smallest or largest of at least two grid ``values``, else None.
+
+    Args:
+        name: the flag of the grid (``--thresholds``).
+        values: the values tried.
+        chosen: the best of them.
+        low_edge_ok: the smallest value is a natural floor (0 = off), not an edge worth a warning.
+
+    Returns:
+        The message, or None.
+    """
+    values = sorted(set(values))
+    if len(values) < 2:
+        return None
+    if chosen == values[-1] or (chosen == values[0] and not low_edge_ok):
+        side = "largest" if chosen == values[-1] else "smallest"
+        return (f"the best {name} {chosen:g} is the {side} value tried ({', '.join(f'{v:g}' for v in values)}): "
+                f"the optimum may lie beyond it; try a wider {name} grid")
+    return None
 
 
-def apply_to_folder(prob_path: Path | str, pp_path: Path | str, out_dir: Path, overwrite: bool = False) -> Path:
-    """Write the post-processed mask as per-slice TIFFs (0/255, the Kaggle label convention)."""
-    prob, attrs = open_probabilities(prob_path)
-    pp = load_postprocessing(pp_path)
-    names = [split_slice_id(i)[1] for i in slice_ids(prob_path, prob, attrs)]
-    with atomic_dir(Path(out_dir), overwrite) as tmp, tqdm(total=prob.shape[0], desc="apply", unit="slice") as bar:
-        for z0, m in masks(prob, pp):
-            for i, plane in enumerate(m):
-                tifffile.imwrite(tmp / f"{names[z0 + i]}.tif", plane.astype(np.uint8) * np.uint8(255))
-            bar.update(len(m))
-    return Path(out_dir)
+def plot_curves(curves: dict[str, Sequence[float]], mean: Sequence[float], chosen_level: int, ylabel: str,
+                out_png: Path, notes: Sequence[str] = ()) -> None:
+    """Score versus uint8 threshold level: one thin line per case, the mean in black, the tuned and the 0.5
+    thresholds marked (all or nothing on ``out_png``).
 
-
-def plot_curve(result: dict, out_png: Path) -> None:
+    Args:
+        curves: score at each of the 256 levels, per case (kidney, slide).
+        mean: the mean curve.
+        chosen_level: the tuned level.
+        ylabel: what the score is.
+        out_png: the PNG to write.
+        notes: extra lines for the legend (e.g. the score after component removal).
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     x = np.arange(256) / 255.0
     fig, ax = plt.subplots(figsize=(6, 4))
-    for k, c in result["per_kidney_curves"].items():
-        ax.plot(x, c, lw=1, alpha=0.7, label=k)
-    ax.plot(x, result["mean_curve"], "k", lw=2, label="mean")
-    best = result["threshold_u8"]
-    cc = result["min_component_voxels"]
-    ax.axvline(result["threshold"], color="tab:red", ls="--",
-               label=f"best {result['threshold']:.3f}: {result['mean_curve'][best]:.4f}"
-                     + (f" ({result['mean_surface_dice']:.4f} without components < {cc} voxels)" if cc else ""))
-    ax.axvline(0.5, color="grey", ls=":", label=f"0.5: {result['mean_surface_dice_at_0.5']:.4f}")
+    for name, curve in curves.items():
+        ax.plot(x, curve, lw=1, alpha=0.7, label=name)
+    ax.plot(x, mean, "k", lw=2, label="mean")
+    ax.axvline(chosen_level / 255, color="tab:red", ls="--", label=f"tuned {chosen_level / 255:.3f}: "
+                                                                   f"{mean[chosen_level]:.4f}")
+    ax.axvline(0.5, color="grey", ls=":", label=f"0.5: {mean[LEVEL_HALF]:.4f}")
+    for note in notes:
+        ax.plot([], [], " ", label=note)
     ax.set_xlabel("threshold (foreground probability)")
-    ax.set_ylabel("surface Dice (tolerance 0)")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -226,6 +271,23 @@ def plot_curve(result: dict, out_png: Path) -> None:
     plt.close(fig)
 
 
-def write_json(obj: dict, path: Path) -> None:
-    with atomic_file(Path(path)) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1))
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def probability(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:             # also refuses NaN
+        raise argparse.ArgumentTypeError(f"{text} is not a probability in [0, 1]")
+    return value

@@ -33,6 +33,7 @@ class WarmupPolyLRScheduler(_LRScheduler):
 
     def __init__(self, optimizer: torch.optim.Optimizer, initial_lr: float, max_steps: int, warmup: int,
                  exponent: float = 0.9):
+        warmup = min(warmup, max_steps - 1)       # a 1-epoch schedule has no warm-up (the decay needs a step)
         self.warmup = warmup
         # lr = initial_lr * (epoch + 1) / (warmup + 1) during the warm-up
         self.warm = Lin_incr_LRScheduler(optimizer, initial_lr, warmup + 1)
