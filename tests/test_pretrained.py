@@ -193,3 +193,26 @@ def test_missing_fold(tmp_path, download):
     bad = _rewrite_zip(tmp_path, download, "fold0.zip")
     with pytest.raises(UserError, match=r"no fold 3 \(has: 0\)"):
         read_v1_model(bad, folds=(3,))
+
+
+def test_v1_stem_adapted_to_two_channels(tmp_path):
+    """A v1 source for a 2-channel target: for an input equal in both channels the adapted network gives the
+    real v1 network's logits on that channel."""
+    from nnunet_vasculature.pretrained.archive import ModelFiles
+    from nnunet_vasculature.pretrained.transfer import adapt_input_channels, build_network, load_source
+    zpath, nets = write_task008_zip(tmp_path / "Task008_HepaticVessel.zip", folds=(0,), configurations=("3d_fullres",))
+    src = load_source(ModelFiles(zpath), "3d_fullres", "0", "checkpoint_final.pth", None, None)
+    weights, adapted = adapt_input_channels(src, 2)
+    assert adapted == ["encoder.stages.0.0.convs.0.conv.weight", "encoder.stages.0.0.convs.0.all_modules.0.weight"]
+    net = build_network(src.architecture, 2, 3, deep_supervision=False)
+    net.load_state_dict(weights, strict=True)
+    x = torch.randn(1, 1, 8, 24, 24, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert _max_diff(net.eval()(x.expand(1, 2, 8, 24, 24).contiguous()), nets[("3d_fullres", 0)](x)[0]) <= 1e-4
+
+
+def test_v1_trainer_and_plans_are_chosen_by_name(download):
+    zpath, _ = download
+    assert read_v1_model(zpath, trainer="nnUNetTrainerV2", plans="nnUNetPlansv2.1").trainer == "nnUNetTrainerV2"
+    with pytest.raises(UserError, match=r"no v1 model for -p nnUNetPlans_Task008 \(has: nnUNetPlansv2.1\)"):
+        read_v1_model(zpath, plans="nnUNetPlans_Task008")

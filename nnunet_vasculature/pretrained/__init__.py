@@ -1,4 +1,6 @@
-"""Import nnU-Net v1 pretrained models (Task008_HepaticVessel) into nnU-Net v2."""
+"""Import pretrained models for fine-tuning in nnU-Net v2: the nnU-Net v1 download (Task008_HepaticVessel,
+:mod:`.v1_checkpoint`, :mod:`.convert`) and nnU-Net v2 export zips or model folders (e.g. TotalSegmentator's
+Dataset008_HepaticVessel, :mod:`.v2_model`); :mod:`.transfer` turns either into the transfer trainers' weights."""
 from __future__ import annotations
 
 from pathlib import Path

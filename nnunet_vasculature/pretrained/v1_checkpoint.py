@@ -2,22 +2,23 @@
 
 The download is untrusted input: pickles are read with a restricted unpickler (plain containers and
 numpy arrays only), torch checkpoints with ``weights_only=True``, and zip members are checked against
-path traversal. Members are read from the zip directly; nothing is extracted.
+path traversal and zip bombs (:mod:`.archive`). Members are read from the zip directly; nothing is extracted.
 """
 from __future__ import annotations
 
 import io
 import pickle
 import re
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.pretrained.archive import MAX_SMALL_FILE_BYTES, ModelFiles
+from nnunet_vasculature.pretrained.v2_model import torch_error_reason
 
 CHECKPOINT = "model_final_checkpoint.model"
 _MODEL_RE = re.compile(r"(?:^|/)(?P<config>2d|3d_lowres|3d_fullres|3d_cascade_fullres)/(?P<task>Task\d+_[^/]+)/"
@@ -51,36 +52,6 @@ def restricted_loads(data: bytes, where: str) -> object:
         raise UserError(f"{where}: unsafe or invalid pickle ({e})") from None
     except Exception as e:
         raise UserError(f"{where}: not a readable pickle ({type(e).__name__}: {e})") from None
-
-
-class _Source:
-    """Files of a v1 download: a zip (read in place) or an unpacked folder."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        if not self.path.exists():
-            raise UserError(f"{self.path}: not found")
-        if self.path.is_dir():
-            self.zip = None
-            self.names = [p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file()]
-        else:
-            try:
-                self.zip = zipfile.ZipFile(self.path)
-            except (zipfile.BadZipFile, OSError) as e:
-                raise UserError(f"{self.path}: not a valid zip file ({e})") from None
-            self.names = self.zip.namelist()
-            for n in self.names:
-                pp = PurePosixPath(n.replace("\\", "/"))
-                if pp.is_absolute() or ".." in pp.parts or re.match(r"^[A-Za-z]:", n):
-                    raise UserError(f"{self.path}: unsafe member path '{n}' (path traversal)")
-
-    def read(self, name: str) -> bytes:
-        try:
-            if self.zip is not None:
-                return self.zip.read(name)
-            return (self.path / name).read_bytes()
-        except (KeyError, OSError, zipfile.BadZipFile, EOFError) as e:
-            raise UserError(f"{self.path}: cannot read {name} ({e})") from None
 
 
 @dataclass
@@ -123,7 +94,7 @@ def _load_state_dict(data: bytes, where: str) -> dict:
             ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:
         raise UserError(f"{where}: not a readable torch checkpoint ({type(e).__name__}: "
-                        f"{_torch_error_reason(e)})") from None
+                        f"{torch_error_reason(e)})") from None
     if not isinstance(ckpt, dict):
         raise UserError(f"{where}: checkpoint is a {type(ckpt).__name__}, expected a dict")
     if "network_weights" in ckpt:
@@ -134,28 +105,48 @@ def _load_state_dict(data: bytes, where: str) -> dict:
     return ckpt["state_dict"]
 
 
-def _torch_error_reason(e: Exception) -> str:
-    """The informative line of a torch.load error (weights-only errors start with a long preamble)."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    for ln in lines:
-        if ln.startswith("WeightsUnpickler error:"):
-            return ln.split(" Please use")[0][:200]
-    return lines[0][:200] if lines else ""
+def find_v1_models(files: ModelFiles) -> list[tuple[str, re.Match]]:
+    """Every v1 model checkpoint in ``files``: (member name, match of the layout pattern)."""
+    return [(n, m) for n in files.names if (m := _MODEL_RE.search(n.replace("\\", "/")))]
 
 
-def read_v1_model(path: Path, configuration: str = "3d_fullres", folds: Sequence[int | str] = (0,)) -> V1Model:
-    """Find and read a v1 model (plans + weights of the requested folds) in a zip or folder."""
-    src = _Source(path)
-    found = {}
-    for n in src.names:
-        m = _MODEL_RE.search(n.replace("\\", "/"))
-        if m:
-            found.setdefault(m.group("config"), {})[m.group("fold")] = (n, m)
-    if not found:
+def read_v1_model(path: Path | ModelFiles, configuration: str = "3d_fullres", folds: Sequence[int | str] = (0,),
+                  trainer: str | None = None, plans: str | None = None) -> V1Model:
+    """Find and read a v1 model (plans + weights of the requested folds) in a zip or folder.
+
+    Args:
+        path: the download zip or unpacked folder (or its :class:`~.archive.ModelFiles`).
+        configuration: ``3d_fullres`` or ``3d_lowres``.
+        folds: folds to read.
+        trainer: the v1 trainer to read (``-tr``; needed when a configuration has several).
+        plans: the v1 plans identifier to read (``-p``; needed when a configuration has several).
+
+    Returns:
+        The model: its plans and the state dict of each fold.
+    """
+    src = path if isinstance(path, ModelFiles) else ModelFiles(Path(path))
+    path = src.path
+    matches = find_v1_models(src)
+    if not matches:
         raise UserError(f"{path}: no nnU-Net v1 model inside (expected "
                         f"<config>/TaskXXX_*/<trainer>__<plans>/fold_N/{CHECKPOINT})")
+    for flag, group, value in (("-tr", "trainer", trainer), ("-p", "plans", plans)):
+        if value is not None:
+            have = sorted({m.group(group) for _, m in matches})
+            if value not in have:
+                hint = "; -p chooses the source's plans, -tp names the plans written" if flag == "-p" else ""
+                raise UserError(f"{path}: no v1 model for {flag} {value} (has: {', '.join(have)}){hint}")
+            matches = [(n, m) for n, m in matches if m.group(group) == value]
+    found: dict[str, dict[str, tuple[str, re.Match]]] = {}
+    for n, m in matches:
+        found.setdefault(m.group("config"), {})[m.group("fold")] = (n, m)
     if configuration not in found:
         raise UserError(f"{path}: no '{configuration}' model (has: {', '.join(sorted(found))})")
+    models = sorted({f"{m.group('task')}/{m.group('trainer')}__{m.group('plans')}" for _, m in matches
+                     if m.group("config") == configuration})
+    if len(models) > 1:
+        raise UserError(f"{path}: several {configuration} models inside; choose with -tr TRAINER -p PLANS "
+                        f"(has: {', '.join(models)})")
     if configuration == "2d":
         raise UserError(f"{path}: 2D models are not supported; use 3d_fullres or 3d_lowres")
     if configuration == "3d_cascade_fullres":
@@ -166,20 +157,25 @@ def read_v1_model(path: Path, configuration: str = "3d_fullres", folds: Sequence
     missing = [f for f in wanted if f not in available]
     if missing:
         raise UserError(f"{path}: {configuration} has no fold {missing[0]} (has: {', '.join(sorted(available))})")
-    state_dicts, plans, stage, m0 = [], None, None, None
+    for f in wanted:             # every member's declared size before reading any of them
+        src.check_member(available[f][0] + ".pkl", MAX_SMALL_FILE_BYTES)
+        src.check_member(available[f][0])
+    state_dicts, v1_plans, stage, m0 = [], None, None, None
     for f in wanted:
         name, m = available[f]
-        meta = restricted_loads(src.read(name + ".pkl"), f"{path}:{name}.pkl")
+        meta = restricted_loads(src.read(name + ".pkl", MAX_SMALL_FILE_BYTES), src.where(name + ".pkl"))
         if not isinstance(meta, dict) or "plans" not in meta:
             raise UserError(f"{path}:{name}.pkl: no 'plans' entry")
-        if plans is None:
-            plans, m0 = meta["plans"], m
+        if v1_plans is None:
+            v1_plans, m0 = meta["plans"], m
+            if not isinstance(v1_plans, dict) or "plans_per_stage" not in v1_plans:
+                raise UserError(f"{src.where(name + '.pkl')}: v1 plans lack 'plans_per_stage'")
             init = meta.get("init") or ()
             stage = int(init[5]) if len(init) > 5 and isinstance(init[5], (int, np.integer)) \
-                else (0 if configuration == "3d_lowres" else len(plans["plans_per_stage"]) - 1)
-        state_dicts.append(_load_state_dict(src.read(name), f"{path}:{name}"))
+                else (0 if configuration == "3d_lowres" else len(v1_plans["plans_per_stage"]) - 1)
+        state_dicts.append(_load_state_dict(src.read(name), src.where(name)))
     for key in ("plans_per_stage", "num_classes", "num_modalities"):
-        if key not in plans:
+        if key not in v1_plans:
             raise UserError(f"{path}: v1 plans lack '{key}'")
-    return V1Model(Path(path), configuration, m0.group("task"), m0.group("trainer"), wanted, plans, stage,
+    return V1Model(Path(path), configuration, m0.group("task"), m0.group("trainer"), wanted, v1_plans, stage,
                    state_dicts)
