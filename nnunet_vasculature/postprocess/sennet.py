@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import tifffile
@@ -24,26 +23,33 @@ from nnunet_vasculature.io.sennet import slice_id, split_slice_id
 from nnunet_vasculature.io.tables import read_table
 from nnunet_vasculature.io.volumes import ZSliceable, expand_probabilities, open_labels, open_probabilities
 from nnunet_vasculature.postprocess.files import check_outputs, refuse_other_competition
-from nnunet_vasculature.postprocess.morphology import level_histogram
-from nnunet_vasculature.postprocess.surface_dice import SurfaceDiceAccumulator, surface_dice_sweep
+from nnunet_vasculature.postprocess.kidney_metrics import (
+    METRICS,
+    OBJECTIVES,
+    check_metrics,
+    kidney_scores,
+    mean_scores,
+    write_scores_json,
+)
+from nnunet_vasculature.postprocess.sennet_metrics import BlockStream
+from nnunet_vasculature.postprocess.sennet_tune import (
+    CC_CANDIDATES,
+    COMPETITION,
+    determine,
+    kidney_of,
+    load_postprocessing,
+    plot_curve,
+)
+from nnunet_vasculature.postprocess.surface_dice import SurfaceDiceAccumulator
 from nnunet_vasculature.postprocess.tune import (
     BLOCK,
-    LEVEL_HALF,
-    best_fraction,
-    best_option,
     grid_edge_warning,
     level_edge_warning,
     masks,
     non_negative_int,
-    option_scores,
-    plot_curves,
-    read_postprocessing,
     warn,
     write_postprocessing,
 )
-
-COMPETITION = "sennet"
-CC_CANDIDATES = (8, 32, 128, 512)
 
 
 # ---------------------------------------------------------------------------------------------- the metric
@@ -85,18 +91,10 @@ def split_id(i: str) -> tuple[str, int]:
     return kidney, int(name)
 
 
-def score_csv(solution: Path, submission: Path) -> dict[str, float]:
-    """Per-kidney score of a submission (``id,rle``) against a solution (``id,rle,width,height``), as the official
-    metric groups it. Every solution row's size is read (a kidney whose rows disagree is refused), a repeated id in
-    either file is refused, an id of the solution missing from the submission is refused.
-
-    Args:
-        solution: the solution CSV.
-        submission: the submission CSV.
-
-    Returns:
-        Score per kidney (NaN where labels and prediction are both empty).
-    """
+def _csv_kidneys(solution: Path, submission: Path) -> dict[str, tuple[list[dict], tuple[int, int], dict[str, str]]]:
+    """Solution rows grouped by kidney in slice order, with the kidney's slice size and the submission's RLEs.
+    Every solution row's size is read (a kidney whose rows disagree is refused), a repeated id in either file
+    is refused, an id of the solution missing from the submission is refused."""
     sol = read_table(solution, ("id", "rle", "width", "height"), competition=COMPETITION)
     sub = {r["id"]: r["rle"] for r in read_table(submission, ("id", "rle"), competition=COMPETITION)}
     kidneys: dict[str, list[tuple[int, dict, tuple[int, int], int]]] = {}
@@ -109,7 +107,7 @@ def score_csv(solution: Path, submission: Path) -> dict[str, float]:
         except ValueError as e:
             raise UserError(f"{solution}:{line}: {e}") from None
         kidneys.setdefault(kidney, []).append((z, r, shape, line))
-    scores = {}
+    out = {}
     for kidney, rows in kidneys.items():
         rows.sort(key=lambda t: t[0])
         shape, first_line = rows[0][2], rows[0][3]
@@ -117,20 +115,53 @@ def score_csv(solution: Path, submission: Path) -> dict[str, float]:
         if odd is not None:
             raise UserError(f"{solution}:{odd[3]}: slice {odd[1]['id']} is {odd[2][1]} x {odd[2][0]} (width x "
                             f"height), line {first_line} of the same kidney {shape[1]} x {shape[0]}")
+        out[kidney] = ([r for _, r, _, _ in rows], shape, sub)
+    return out
 
-        def pairs(rows: list = rows, shape: tuple[int, int] = shape) -> Iterable[tuple[np.ndarray, np.ndarray]]:
-            for _, r, _, _ in rows:
-                try:
-                    pred = rle_decode(sub[r["id"]], shape)
-                except ValueError as e:
-                    raise UserError(f"{submission}: id {r['id']}: {e}") from None
-                try:
-                    truth = rle_decode(r["rle"], shape)
-                except ValueError as e:
-                    raise UserError(f"{solution}: id {r['id']}: {e}") from None
-                yield pred[None], truth[None]
-        scores[kidney] = score_blocks(pairs(), shape)
-    return scores
+
+def _decoded(rows: list[dict], shape: tuple[int, int], rles: dict[str, str] | None, path: Path) -> Iterator[np.ndarray]:
+    """One side of a kidney's rows decoded slice by slice: the submission's RLEs (``rles``) or the solution's."""
+    for r in rows:
+        try:
+            yield rle_decode(rles[r["id"]] if rles is not None else r["rle"], shape)[None]
+        except ValueError as e:
+            raise UserError(f"{path}: id {r['id']}: {e}") from None
+
+
+def score_csv(solution: Path, submission: Path) -> dict[str, float]:
+    """Per-kidney score of a submission (``id,rle``) against a solution (``id,rle,width,height``), as the official
+    metric groups it (see :func:`_csv_kidneys` for what is refused).
+
+    Args:
+        solution: the solution CSV.
+        submission: the submission CSV.
+
+    Returns:
+        Score per kidney (NaN where labels and prediction are both empty).
+    """
+    return {kidney: score_blocks(zip(_decoded(rows, shape, sub, submission), _decoded(rows, shape, None, solution)),
+                                 shape)
+            for kidney, (rows, shape, sub) in _csv_kidneys(solution, submission).items()}
+
+
+def score_csv_metrics(solution: Path, submission: Path, metrics: Sequence[str]) -> dict[str, dict[str, float]]:
+    """The hosts' metrics (:mod:`.kidney_metrics`) per kidney of a submission against a solution.
+
+    Args:
+        solution: the solution CSV.
+        submission: the submission CSV.
+        metrics: names among ``nsd0 nsd1 cldice assd dice``.
+
+    Returns:
+        ``{kidney: {metric: value}}``.
+    """
+    out = {}
+    for kidney, (rows, shape, sub) in _csv_kidneys(solution, submission).items():
+        volume = (len(rows), *shape)
+        out[kidney] = kidney_scores(BlockStream(volume, _decoded(rows, shape, sub, submission)),
+                                    BlockStream(volume, _decoded(rows, shape, None, solution)), metrics,
+                                    where=kidney, progress=True)
+    return out
 
 
 def kidney_name(labels: Path) -> str:
@@ -138,16 +169,18 @@ def kidney_name(labels: Path) -> str:
     return labels.parent.name if labels.name == "labels" else labels.name.split(".")[0]
 
 
-def score_volumes(labels: Path, pred: Path, pp_path: Path | None = None) -> dict[str, float]:
+def score_volumes(labels: Path, pred: Path, pp_path: Path | None = None,
+                  metrics: Sequence[str] | None = None) -> dict:
     """Score of a predicted mask (slice folder, 3D file) or of probabilities turned into a mask with ``pp_path``.
 
     Args:
         labels: the kidney's labels.
         pred: the mask, or probabilities when ``pp_path`` is given.
         pp_path: postprocessing.json.
+        metrics: the hosts' metrics to compute (None: the competition's surface Dice alone).
 
     Returns:
-        {kidney: score}.
+        ``{kidney: score}``, or ``{kidney: {metric: value}}`` with ``metrics``.
     """
     gt = open_labels(labels)
     if pp_path:
@@ -162,128 +195,11 @@ def score_volumes(labels: Path, pred: Path, pp_path: Path | None = None) -> dict
         blocks = ((z, mask[z:z + BLOCK]) for z in range(0, shape[0], BLOCK))
     if shape != tuple(gt.shape):
         raise UserError(f"{pred}: shape {shape} differs from labels {labels} {tuple(gt.shape)}")
-    score = score_blocks(((m, gt[z0:z0 + len(m)]) for z0, m in blocks), gt.shape[1:])
-    return {kidney_name(Path(labels)): score}
-
-
-# ---------------------------------------------------------------------------------------------- tuning
-def _check_shapes(prob: ZSliceable, labels: ZSliceable, p_path: Path | str, l_path: Path | str) -> None:
-    if tuple(prob.shape) != tuple(labels.shape):
-        raise UserError(f"{p_path}: probabilities of shape {tuple(prob.shape)} but labels {l_path} "
-                        f"have shape {tuple(labels.shape)}")
-
-
-def _name(path: Path | str, attrs: dict) -> str:
-    return str(attrs.get("kidney") or Path(str(path)).stem)
-
-
-def determine(prob_paths: list, label_paths: list, cc_candidates: Sequence[int] = CC_CANDIDATES,
-              closing_radii: Sequence[int] = (), by_fraction: bool = False) -> dict:
-    """Best threshold by mean score over kidneys, then whether a 3D closing and small-component removal help.
-
-    Args:
-        prob_paths: probability volumes (one per kidney).
-        label_paths: their labels, same order.
-        cc_candidates: minimum component sizes (voxels) to try.
-        closing_radii: closing radii (voxels) to try.
-        by_fraction: threshold each kidney where its foreground is the tuned fraction of its voxels.
-
-    Returns:
-        The decision and its evidence (postprocessing.json without its competition record).
-    """
-    if len(prob_paths) != len(label_paths):
-        raise UserError(f"{len(prob_paths)} probability volumes but {len(label_paths)} label volumes")
-    curves, kidneys, pairs, hists = [], [], [], []
-    for p_path, l_path in zip(prob_paths, label_paths):
-        prob, attrs = open_probabilities(p_path)
-        labels = open_labels(l_path)
-        _check_shapes(prob, labels, p_path, l_path)
-        if not any(np.asarray(labels[z:z + BLOCK]).any() for z in range(0, labels.shape[0], BLOCK)):
-            raise UserError(f"{l_path}: label volume is empty; it cannot rank thresholds")
-        name = _name(p_path, attrs)
-        print(f"sweeping 256 thresholds on {name} {tuple(prob.shape)}")
-        curves.append(surface_dice_sweep(prob, labels, block=BLOCK))
-        hists.append(level_histogram(prob, BLOCK))
-        kidneys.append(name)
-        pairs.append((prob, labels))
-    mean = np.mean(curves, axis=0)
-    best = int(np.argmax(mean))
-    fraction, fraction_score, fraction_levels = best_fraction(curves, hists)
-    levels = fraction_levels if by_fraction else [best] * len(pairs)
-    closing_scores = {0: fraction_score if by_fraction else float(mean[best])}
-    for radius in closing_radii:
-        print(f"testing a closing of radius {radius}")
-        closing_scores[int(radius)] = float(np.mean([
-            option_scores(prob, labels, level, [0], int(radius), kidney_scorer)[0]
-            for (prob, labels), level in zip(pairs, levels)]))
-    radius = best_option(closing_scores)
-    cc_scores = {0: closing_scores[radius]}
-    if cc_candidates:
-        totals = np.zeros(len(cc_candidates))
-        for (prob, labels), name, level in zip(pairs, kidneys, levels):
-            print(f"testing component removal on {name}")
-            totals += option_scores(prob, labels, level, list(cc_candidates), radius, kidney_scorer)
-        cc_scores.update({int(s): float(t / len(pairs)) for s, t in zip(cc_candidates, totals)})
-    min_size = best_option(cc_scores)
-    return {
-        "threshold_mode": "fraction" if by_fraction else "probability",
-        "threshold": best / 255.0,
-        "threshold_u8": best,
-        "vessel_fraction": fraction,
-        "closing_radius": int(radius),
-        "min_component_voxels": int(min_size),
-        "mean_surface_dice": cc_scores[min_size],
-        "mean_surface_dice_at_0.5": float(mean[LEVEL_HALF]),
-        "mean_surface_dice_at_threshold": float(mean[best]),
-        "mean_surface_dice_at_fraction": fraction_score,
-        "kidneys": kidneys,
-        "per_kidney_levels": {k: int(lv) for k, lv in zip(kidneys, levels)},
-        "per_kidney_at_threshold": {k: float(c[lv]) for k, c, lv in zip(kidneys, curves, levels)},
-        "per_kidney_at_0.5": {k: float(c[LEVEL_HALF]) for k, c in zip(kidneys, curves)},
-        "closing_scores": {str(k): v for k, v in closing_scores.items()},
-        "component_removal_scores": {str(k): v for k, v in cc_scores.items()},
-        "curve_u8_levels": "entry k: mean surface Dice of probability_u8 >= k",
-        "mean_curve": [float(x) for x in mean],
-        "per_kidney_curves": {k: [float(x) for x in c] for k, c in zip(kidneys, curves)},
-    }
-
-
-def load_postprocessing(path: Path | str) -> dict:
-    """SenNet's decision from a postprocessing.json (another competition's file is refused).
-
-    Args:
-        path: the file ``tune`` wrote (files without a competition entry are read when their schema is SenNet's).
-
-    Returns:
-        ``threshold_u8``, ``min_component_voxels``, ``threshold_mode``, ``vessel_fraction``, ``closing_radius``.
-    """
-    pp = read_postprocessing(path, COMPETITION)
-    try:
-        level = int(pp["threshold_u8"])
-        min_size = int(pp.get("min_component_voxels", 0))
-        mode = str(pp.get("threshold_mode", "probability"))
-        fraction = float(pp.get("vessel_fraction", 0.0))
-        closing = int(pp.get("closing_radius", 0))
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path}: not a postprocessing.json from 'tune' ({type(e).__name__}: {e})") from None
-    if not 0 <= level <= 255:
-        raise UserError(f"{path}: threshold_u8 {level} outside 0..255")
-    if mode not in ("probability", "fraction"):
-        raise UserError(f"{path}: threshold_mode {mode!r} is neither 'probability' nor 'fraction'")
-    if mode == "fraction" and not 0 < fraction <= 1:
-        raise UserError(f"{path}: vessel_fraction {fraction} outside (0, 1]")
-    if closing < 0 or min_size < 0:
-        raise UserError(f"{path}: negative closing_radius or min_component_voxels")
-    return {"threshold_u8": level, "min_component_voxels": min_size, "threshold_mode": mode,
-            "vessel_fraction": fraction, "closing_radius": closing}
-
-
-def plot_curve(result: dict, out_png: Path) -> None:
-    """Surface Dice versus threshold of a ``determine`` result (per kidney and mean)."""
-    cc = result["min_component_voxels"]
-    notes = [f"{result['mean_surface_dice']:.4f} without components < {cc} voxels"] if cc else []
-    plot_curves(result["per_kidney_curves"], result["mean_curve"], result["threshold_u8"],
-                "surface Dice (tolerance 0)", out_png, notes)
+    name = kidney_name(Path(labels))
+    if metrics is not None:
+        return {name: kidney_scores(BlockStream(shape, (m for _, m in blocks)), gt, metrics, where=name,
+                                    progress=True)}
+    return {name: score_blocks(((m, gt[z0:z0 + len(m)]) for z0, m in blocks), gt.shape[1:])}
 
 
 # ---------------------------------------------------------------------------------------------- apply / submit
@@ -293,7 +209,7 @@ def slice_ids(path: Path | str, prob: ZSliceable, attrs: dict) -> list[str]:
         ids = list(attrs["slice_ids"])
     else:
         names = attrs.get("slice_names") or [f"{i:04d}" for i in range(prob.shape[0])]
-        ids = [slice_id(_name(path, attrs), n) for n in names]
+        ids = [slice_id(kidney_of(path, attrs), n) for n in names]
     if len(ids) != prob.shape[0]:
         raise UserError(f"{path}: {len(ids)} slice ids for {prob.shape[0]} slices")
     return ids
@@ -423,16 +339,27 @@ def draw_overlay(labels: Path, pred: Path | str, png: Path, pp_path: Path | None
 # ---------------------------------------------------------------------------------------------- command line
 def _run_score(a: argparse.Namespace) -> None:
     refuse_other_competition([a.solution, a.submission, a.labels, a.pred, a.pp], COMPETITION, "score")
-    if a.solution and a.submission:
-        scores = score_csv(a.solution, a.submission)
-    elif a.labels and a.pred:
-        scores = score_volumes(a.labels, a.pred, a.pp)
-    else:
+    metrics = check_metrics(a.metrics or ["nsd0"])
+    if a.json:
+        check_outputs([(f, p) for f, p in (("--solution", a.solution), ("--submission", a.submission),
+                                           ("--labels", a.labels), ("--pred", a.pred), ("-pp", a.pp)) if p],
+                      [("--json", a.json)])
+    if not ((a.solution and a.submission) or (a.labels and a.pred)):
         raise UserError("give --solution and --submission, or --labels and --pred")
-    for k, v in scores.items():
-        print(f"{k:<20s} {v:.6f}")
-    valid = [v for v in scores.values() if not math.isnan(v)]
-    print(f"{'mean':<20s} {np.mean(valid) if valid else float('nan'):.6f}")
+    if metrics == ["nsd0"]:            # the competition's metric alone: the one-pass scorer
+        scores = score_csv(a.solution, a.submission) if a.solution else score_volumes(a.labels, a.pred, a.pp)
+        per_kidney = {k: {"nsd0": v} for k, v in scores.items()}
+    elif a.solution:
+        per_kidney = score_csv_metrics(a.solution, a.submission, metrics)
+    else:
+        per_kidney = score_volumes(a.labels, a.pred, a.pp, metrics)
+    mean = mean_scores(per_kidney)
+    if len(metrics) > 1:
+        print(f"{'kidney':<20s} " + " ".join(f"{m:>10s}" for m in metrics))
+    for k, row in [*per_kidney.items(), ("mean", mean)]:
+        print(f"{k:<20s} " + " ".join(f"{row[m]:10.6f}" for m in metrics))
+    if a.json:
+        print(f"wrote {write_scores_json(per_kidney, a.json)}")
 
 
 def _run_tune(a: argparse.Namespace) -> None:
@@ -440,17 +367,17 @@ def _run_tune(a: argparse.Namespace) -> None:
     check_outputs([("-i", p) for p in a.input] + [("--labels", p) for p in a.labels],
                   [("-o", a.output), ("--plot", a.plot)])
     candidates = [] if a.no_cc else a.cc_sizes
-    res = determine(expand_probabilities(a.input), a.labels, candidates, a.closing, a.by_fraction)
+    res = determine(expand_probabilities(a.input), a.labels, candidates, a.closing, a.by_fraction, a.objective)
     write_postprocessing(res, a.output, COMPETITION)
     print(f"{'kidney':<20s} {'@0.5':>8s} {'@best':>8s}")
     for k in res["kidneys"]:
         print(f"{k:<20s} {res['per_kidney_at_0.5'][k]:8.4f} {res['per_kidney_at_threshold'][k]:8.4f}")
     if res["threshold_mode"] == "fraction":
         print(f"vessel fraction {res['vessel_fraction']:.6f} (levels {res['per_kidney_levels']}; one threshold "
-              f"{res['threshold']:.4f} would give {res['mean_surface_dice_at_threshold']:.4f})")
+              f"{res['threshold']:.4f} would give {res['mean_score_at_threshold']:.4f})")
     print(f"threshold {res['threshold']:.4f} (u8 {res['threshold_u8']}), closing radius {res['closing_radius']}, "
-          f"min component {res['min_component_voxels']} voxels, mean surface Dice "
-          f"{res['mean_surface_dice']:.4f} (at 0.5: {res['mean_surface_dice_at_0.5']:.4f})")
+          f"min component {res['min_component_voxels']} voxels, mean {res['objective']} "
+          f"{res['mean_score']:.4f} (at 0.5: {res['mean_score_at_0.5']:.4f})")
     for message in (level_edge_warning(res["threshold_u8"]) if res["threshold_mode"] == "probability" else None,
                     grid_edge_warning("--cc_sizes", [0, *candidates], res["min_component_voxels"], True),
                     grid_edge_warning("--closing", [0, *a.closing], res["closing_radius"], True)):
@@ -502,6 +429,10 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
         s.add_argument("--labels", type=Path, help="label slice folder (or Kaggle kidney folder / 3D file)")
         s.add_argument("--pred", type=Path, help="mask slice folder, or probabilities with -pp")
         s.add_argument("-pp", type=Path, help="postprocessing.json to turn --pred probabilities into a mask")
+        s.add_argument("--metrics", nargs="+", metavar="METRIC",
+                       help=f"the hosts' metrics to report per kidney: {' '.join(METRICS)} (default nsd0, the "
+                            "competition's surface Dice); see docs/metrics.md")
+        s.add_argument("--json", type=Path, help="also write the scores as JSON ({kidney: {metric: value}, mean})")
         s.set_defaults(func=_run_score)
     if "tune" in groups:
         t = groups["tune"].add_parser(COMPETITION, help="best threshold (and component removal) by mean surface Dice")
@@ -512,6 +443,9 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
         t.add_argument("--cc_sizes", nargs="+", type=non_negative_int, default=list(CC_CANDIDATES),
                        help="component sizes to try (voxels)")
         t.add_argument("--no_cc", action="store_true", help="do not try removing small components")
+        t.add_argument("--objective", choices=OBJECTIVES, default="nsd0",
+                       help="the metric to maximise (default nsd0, the competition's; nsd1 and cldice are scored at "
+                            "every 16th threshold level)")
         t.add_argument("--closing", nargs="+", type=non_negative_int, default=[], metavar="R",
                        help="also try a 3D closing with a ball of these voxel radii (kept only if it helps)")
         t.add_argument("--by_fraction", action="store_true",
@@ -550,3 +484,8 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
         o.add_argument("--slices", type=int, default=3, choices=range(1, 9), metavar="N", help="rows (1-8)")
         o.add_argument("-o", dest="output", type=Path, required=True, help="PNG to write")
         o.set_defaults(func=_run_overlay)
+
+
+__all__ = ["COMPETITION", "CC_CANDIDATES", "kidney_scorer", "score_blocks", "score_csv", "score_csv_metrics",
+           "score_volumes", "kidney_name", "determine", "load_postprocessing", "plot_curve", "slice_ids",
+           "apply_to_folder", "submit", "validate", "draw_overlay", "add_parsers"]
