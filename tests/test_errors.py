@@ -67,3 +67,44 @@ def test_stale_temporaries_of_dead_runs_are_removed(tmp_path):
         tmp.write_text("a,b\n")
     assert not stale.exists() and not stale_file.exists() and live.exists()
     assert (tmp_path / "out" / "done").read_text() == "ok" and (tmp_path / "table.csv").read_text() == "a,b\n"
+
+
+def _one_line(capsys, args, *expect):
+    capsys.readouterr()
+    rc = main(args)
+    stderr = capsys.readouterr().err
+    err = [line for line in stderr.splitlines() if line.startswith("error:")]      # progress bars aside
+    assert rc != 0 and len(err) == 1 and "Traceback" not in stderr and all(e in err[0] for e in expect), stderr
+    return err[0]
+
+
+def test_faults_in_real_files_are_one_line_naming_the_file(tmp_path, capsys):
+    """RLE numbers beyond 64 bits, a CSV that is not UTF-8, a truncated .npz and a corrupt zarr chunk each once
+    ended in a traceback."""
+    import numpy as np
+    import zarr
+
+    sample = tmp_path / "sample.csv"
+    sample.write_text("id,rle\nkidney_5_0000,1 0\n")
+    huge = tmp_path / "huge.csv"
+    huge.write_text("id,rle\nkidney_5_0000,99999999999999999999999 1\n")
+    _one_line(capsys, ["validate", str(huge), "--sample", str(sample)], str(huge), "beyond 64 bits")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("id,rle\nkidney_5_0000,1 0 é\n".encode("latin-1"))
+    _one_line(capsys, ["validate", str(latin), "--sample", str(sample)], str(latin), "not UTF-8")
+    npz = tmp_path / "kidney_5.npz"
+    np.savez_compressed(npz, probabilities=np.zeros((2, 4, 4, 4), np.float32))
+    npz.write_bytes(npz.read_bytes()[:60])
+    labels = tmp_path / "kidney_5" / "labels"
+    labels.mkdir(parents=True)
+    _one_line(capsys, ["tune", "-i", str(npz), "--labels", str(labels), "-o", str(tmp_path / "pp.json")], str(npz))
+    store = tmp_path / "p.zarr"
+    a = zarr.open_group(str(store), mode="w").create_array("kidney_5", shape=(4, 6, 7), chunks=(1, 6, 7),
+                                                           dtype="uint8")
+    a[:] = 200
+    a.attrs.update({"kidney": "kidney_5", "slice_ids": [f"kidney_5_{z:04d}" for z in range(4)], "complete": True})
+    (store / "kidney_5" / "c" / "1" / "0" / "0").write_bytes(b"garbage")       # zarr v3 chunk of plane 1
+    pp = tmp_path / "pp.json"
+    pp.write_text('{"competition": "sennet", "threshold_u8": 128, "min_component_voxels": 0}')
+    _one_line(capsys, ["submit", "-i", str(store), "-pp", str(pp), "-o", str(tmp_path / "s.csv")], str(store))
+    assert not (tmp_path / "s.csv").exists()

@@ -17,6 +17,5 @@ def test_a_second_train_csv_row_for_a_slide_is_refused(tmp_path, capsys):
     raw.mkdir()
     assert main(["convert", "hubmap-kidney", str(kaggle), "-d", "641", "-o", str(raw)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: {kaggle / 'train.csv'}:{len(rows)}: a second row for slide {rows[1][0]} "
-                   "(one encoding per slide)"]
+    assert err == [f"error: {kaggle / 'train.csv'}:{len(rows)}: a second row for id {rows[1][0]} (first on line 2)"]
     assert list(raw.iterdir()) == []

@@ -17,7 +17,6 @@ glomerulus unhealthy``, from the polygon JSONs (label 2 for polygons whose class
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 from typing import Callable
@@ -28,7 +27,7 @@ from tqdm import tqdm
 from nnunet_vasculature.dataset_conversion.splits import leave_one_group_out
 from nnunet_vasculature.errors import UserError, atomic_dir
 from nnunet_vasculature.io.paths import nnunet_folder
-from nnunet_vasculature.io.rle import allow_long_csv_fields, column_major_regions
+from nnunet_vasculature.io.rle import column_major_regions
 from nnunet_vasculature.io.slide import INFO_CSV, Slide, area_downscale, read_info, tissue_mask
 
 CASES_FILE = "hubmap_kidney_cases.json"
@@ -122,20 +121,9 @@ def patient_folds(meta: dict) -> list[dict]:
 
 
 def _read_train_csv(path: Path) -> dict[str, str]:
-    allow_long_csv_fields()
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
-    if rows and ("id" not in rows[0] or "encoding" not in rows[0]):
-        raise UserError(f"{path}: expected columns id,encoding")
-    out: dict[str, str] = {}
-    for n, r in enumerate(rows, 2):
-        if r["id"] in out:
-            raise UserError(f"{path}:{n}: a second row for slide {r['id']} (one encoding per slide)")
-        out[r["id"]] = r["encoding"] or ""
-    return out
+    """``train.csv`` -> {slide id: encoding}; one row per slide (a repeated id is refused)."""
+    from nnunet_vasculature.io.tables import read_table
+    return {r["id"]: r["encoding"] or "" for r in read_table(path, ("id", "encoding"), competition="hubmap-kidney")}
 
 
 def convert_hubmap_kidney(kaggle_dir: Path, dataset_id: int, name: str = "HuBMAPKidney", raw_root: Path | None = None,

@@ -26,12 +26,18 @@ def read_polygons(path: Path) -> dict[str, list[dict]]:
         raise UserError(f"{path}: missing (the Kaggle polygons.jsonl)")
     out: dict[str, list[dict]] = {}
     first_line: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, encoding="utf-8", errors="strict") as f:
+        try:
+            lines = f.readlines()
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
+                if not isinstance(rec, dict):
+                    raise TypeError("not an object")
                 tile, annotations = str(rec["id"]), list(rec["annotations"])
             except (ValueError, KeyError, TypeError):
                 raise UserError(f"{path}:{n}: not a JSON object with 'id' and 'annotations'") from None

@@ -110,6 +110,8 @@ def rle_runs(rle: str) -> tuple[np.ndarray, np.ndarray]:
         nums = np.array(text.split(), dtype=np.int64)
     except ValueError:
         raise ValueError("RLE contains non-integer tokens") from None
+    except OverflowError:
+        raise ValueError("RLE holds a number beyond 64 bits") from None
     if len(nums) % 2:
         raise ValueError("RLE has an odd number of values")
     starts, lengths = nums[0::2] - 1, nums[1::2]

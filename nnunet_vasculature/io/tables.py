@@ -67,6 +67,8 @@ def read_table(path: Path | str, required: Sequence[str], unique: str | None = "
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
     except csv.Error as e:
         raise UserError(f"{path}: not a readable CSV ({e})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     if unique is not None:
         first_line: dict[str, int] = {}
         for line, row in enumerate(rows, start=2):
