@@ -12,6 +12,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import tifffile
 
 from nnunet_vasculature.errors import UserError
 
@@ -63,7 +64,15 @@ class Slide:
         return self.height, self.width
 
     def region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """Pixels [y0, y1) x [x0, x1) (clipped to the slide) as uint8 (h, w, 3)."""
+        """Pixels [y0, y1) x [x0, x1) (clipped to the slide) as uint8 (h, w, 3); a part of the file that cannot be
+        decoded (a truncated or corrupt slide) is a one-line UserError naming the file and the region."""
+        try:
+            return self._region(y0, y1, x0, x1)
+        except (OSError, ValueError, RuntimeError, tifffile.TiffFileError) as e:
+            raise UserError(f"{self.path}: region y {y0}..{y1}, x {x0}..{x1} cannot be read, the file is truncated "
+                            f"or corrupt ({type(e).__name__}: {e})") from None
+
+    def _region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         y0, y1 = max(0, y0), min(self.height, y1)
         x0, x1 = max(0, x0), min(self.width, x1)
         lead = (0,) * (self.arrays[0].ndim - (2 if self.layout == "bands" else 3))
