@@ -15,6 +15,12 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PIP) torch==2.14.1 torchvision==0.29.1
 	$(PIP) -e '.[test]'
 	$(PIP) --no-deps nnunet==1.7.1
+	# the offline-install tests' wheel folder: this environment's pins as wheels for this Python and platform,
+	# built once by `bundle` itself (the tests then install from it with pip cut off from every index)
+	$(PY) -m pip freeze --exclude-editable | grep -v '^nnunet==' > $(VENV)/freeze.txt
+	$(PY) -m nnunet_vasculature.cli bundle -o $(VENV)/wheelhouse --overwrite -c $(VENV)/freeze.txt \
+	  --python-version $$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])') \
+	  --platform $$($(PY) -c 'import platform as p; a, b = p.libc_ver()[1].split(".")[:2]; print(f"manylinux_{a}_{b}_{p.machine()}")')
 	touch $(STAMP)
 
 lint: $(STAMP)

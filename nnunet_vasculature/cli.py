@@ -37,6 +37,8 @@ SHARED_MODULES = (
     "nnunet_vasculature.inference.pseudo_label",
     "nnunet_vasculature.env",
     "nnunet_vasculature.demo.standin_cli",
+    "nnunet_vasculature.export.model_zip",
+    "nnunet_vasculature.export.bundle",
 )
 
 

@@ -86,6 +86,10 @@ def import_pretrained(source: Path, dataset_id: int, configuration: str = "3d_fu
     from nnunet_vasculature.pretrained.transfer import adapt_input_channels, head_channels, load_source
     target_configuration = target_configuration or configuration
     files = ModelFiles(Path(source))                 # cheap checks first: layout, traversal, sizes
+    from nnunet_vasculature.pretrained.known_sources import describe_check, known_download_checksum
+    known = known_download_checksum(Path(source)) if Path(source).is_file() else None   # a mismatch: UserError
+    if describe_check(known):
+        print(describe_check(known))
     _dataset_name(dataset_id)
     model = load_source(files, configuration, str(fold), checkpoint, trainer, source_plans)
     channels, head_note = head_channels(model, vessel_channel)
@@ -114,7 +118,8 @@ def import_pretrained(source: Path, dataset_id: int, configuration: str = "3d_fu
         "file": str(Path(source).resolve()), "format": f"nnU-Net {model.kind}", "name": model.name,
         "configuration": configuration, "fold": str(fold), **model.description,
         "input_channels": [model.num_input_channels, n_channels], "stem_adapted": adapted,
-        "note": "architecture and patch size from the source; spacing and normalisation from the target"}
+        "note": "architecture and patch size from the source; spacing and normalisation from the target",
+        **({"known_download": known} if known else {})}
     plans_out = pre / f"{plans_name}.json"
     weights_out = Path(pretrained_path(str(pre), plans_name, target_configuration))
     with atomic_file(weights_out) as tmp:
