@@ -120,3 +120,24 @@ def _npz_is_2d(path: Path) -> bool:
             return "probabilities" in z and z["probabilities"].ndim == 4 and z["probabilities"].shape[1] == 1
     except (OSError, ValueError, EOFError):
         return False
+
+
+def check_sample_ids(sub_csv: Path | str, ids: Iterable[str], expected: Iterable[str]) -> None:
+    """A submission's ids are exactly the sample submission's.
+
+    Args:
+        sub_csv: the submission (for the message).
+        ids: its ids.
+        expected: the sample submission's ids.
+
+    Raises:
+        UserError: an id of the sample is missing, or an id is not in the sample.
+    """
+    seen, expected = set(ids), list(expected)
+    missing = [i for i in expected if i not in seen]
+    if missing:
+        raise UserError(f"{sub_csv}: id {missing[0]} of the sample submission is missing ({len(missing)} missing)")
+    known = set(expected)
+    unknown = sorted(i for i in seen if i not in known)
+    if unknown:
+        raise UserError(f"{sub_csv}: id {unknown[0]} is not in the sample submission ({len(unknown)} unknown)")

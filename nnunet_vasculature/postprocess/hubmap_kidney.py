@@ -20,7 +20,7 @@ from nnunet_vasculature.errors import UserError, atomic_file
 from nnunet_vasculature.io.rle import ColumnStripEncoder, column_major_regions, rle_runs
 from nnunet_vasculature.io.tables import read_table
 from nnunet_vasculature.postprocess.components import StreamingComponents
-from nnunet_vasculature.postprocess.files import check_outputs, refuse_other_competition
+from nnunet_vasculature.postprocess.files import check_outputs, check_sample_ids, refuse_other_competition
 from nnunet_vasculature.postprocess.tune import (
     LEVEL_HALF,
     best_option,
@@ -293,13 +293,7 @@ def validate(sub_csv: Path, sample: Path, images: Path | None = None) -> int:
         sizes = {k: v["width"] * v["height"] for k, v in read_info(info_dir).items()}
     for line, r in enumerate(rows, start=2):
         _runs(r["predicted"] or "", f"{sub_csv}:{line}: id {r['id']}", sizes.get(r["id"]))
-    seen = {r["id"] for r in rows}
-    missing = [i for i in expected if i not in seen]
-    if missing:
-        raise UserError(f"{sub_csv}: id {missing[0]} of the sample submission is missing ({len(missing)} missing)")
-    unknown = [i for i in seen if i not in set(expected)]
-    if unknown:
-        raise UserError(f"{sub_csv}: id {unknown[0]} is not in the sample submission")
+    check_sample_ids(sub_csv, (r["id"] for r in rows), expected)
     print(f"{sub_csv}: {len(rows)} rows, valid" + ("" if sizes else
           "; runs were not checked against slide sizes (pass --images KAGGLE/test)"))
     return len(rows)

@@ -21,8 +21,14 @@ from nnunet_vasculature.errors import UserError, atomic_dir, atomic_file
 from nnunet_vasculature.io.rle import rle_decode, rle_encode, rle_runs
 from nnunet_vasculature.io.sennet import slice_id, split_slice_id
 from nnunet_vasculature.io.tables import read_table
-from nnunet_vasculature.io.volumes import ZSliceable, expand_probabilities, open_labels, open_probabilities
-from nnunet_vasculature.postprocess.files import check_outputs, refuse_other_competition
+from nnunet_vasculature.io.volumes import (
+    ZSliceable,
+    expand_probabilities,
+    is_probability_image,
+    open_labels,
+    open_probabilities,
+)
+from nnunet_vasculature.postprocess.files import check_outputs, check_sample_ids, refuse_other_competition
 from nnunet_vasculature.postprocess.kidney_metrics import (
     METRICS,
     OBJECTIVES,
@@ -286,13 +292,7 @@ def validate(sub_csv: Path, sample: Path, shapes: dict[str, tuple[int, int]] | N
             rle_decode(r["rle"], shape) if shape is not None else rle_runs(r["rle"])
         except ValueError as e:
             raise UserError(f"{sub_csv}:{line}: id {r['id']}: {e}") from None
-    seen = {r["id"] for r in rows}
-    missing = [i for i in expected if i not in seen]
-    if missing:
-        raise UserError(f"{sub_csv}: id {missing[0]} of the sample submission is missing ({len(missing)} missing)")
-    unknown = [i for i in seen if i not in set(expected)]
-    if unknown:
-        raise UserError(f"{sub_csv}: id {unknown[0]} is not in the sample submission ({len(unknown)} unknown)")
+    check_sample_ids(sub_csv, (r["id"] for r in rows), expected)
     print(f"{sub_csv}: {len(rows)} rows, valid" + ("" if shapes else
           "; runs were not checked against slice sizes (pass --images KAGGLE/test)"))
     return len(rows)
@@ -388,9 +388,40 @@ def _run_tune(a: argparse.Namespace) -> None:
     print(f"wrote {a.output}")
 
 
+def apply_to_image(image: Path | str, pp_path: Path | str, overwrite: bool = False) -> Path:
+    """Write the post-processed mask of an NGFF probability image (``predict -o NAME.ome.zarr``) as its NGFF
+    label image ``labels/vessels`` (0/1, the image's geometry and pyramid).
+
+    Args:
+        image: the ``.ome.zarr`` image.
+        pp_path: postprocessing.json from tune.
+        overwrite: replace an existing ``labels/vessels``.
+
+    Returns:
+        The label image's path.
+    """
+    from nnunet_vasculature.io.ngff import NgffLabelsWriter
+    prob, _ = open_probabilities(image)
+    pp = load_postprocessing(pp_path)
+    sink = NgffLabelsWriter(image, {"tool": "apply", "postprocessing": pp}, overwrite)
+    with tqdm(total=prob.shape[0], desc="apply", unit="slice") as bar:
+        for z0, m in masks(prob, pp):
+            if z0 + len(m) > sink.start:
+                sink(max(z0, sink.start), m[max(0, sink.start - z0):])
+            bar.update(len(m))
+    sink.close()
+    return Path(image) / "labels" / "vessels"
+
+
 def _run_apply(a: argparse.Namespace) -> None:
     check_outputs([("-i", a.input), ("-pp", a.pp)], [("-o", a.output)])
     load_postprocessing(a.pp)                                  # before any work
+    if is_probability_image(a.input):                          # predict's .ome.zarr: labels/vessels inside it
+        print(f"wrote {apply_to_image(a.input, a.pp, a.overwrite)}")
+        if a.output is None:
+            return
+    elif a.output is None:
+        raise UserError("give -o (a folder of slice TIFFs); only an .ome.zarr image of predict takes the mask inside")
     paths = expand_probabilities([a.input])                    # a store of several kidneys: a folder per kidney
     for p in paths:
         out = a.output if len(paths) == 1 else a.output / Path(p).name
@@ -457,7 +488,9 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
         ap.add_argument("-i", dest="input", type=Path, required=True,
                         help="probabilities of one kidney, or a predict store (a folder per kidney)")
         ap.add_argument("-pp", type=Path, required=True, help="postprocessing.json from tune")
-        ap.add_argument("-o", dest="output", type=Path, required=True, help="output folder of slice TIFFs")
+        ap.add_argument("-o", dest="output", type=Path,
+                        help="output folder of slice TIFFs (optional for an .ome.zarr image of predict: its mask "
+                             "is written inside it as the NGFF label image labels/vessels)")
         ap.add_argument("--overwrite", action="store_true")
         ap.set_defaults(func=_run_apply)
     if "submit" in groups:
