@@ -122,3 +122,24 @@ def test_a_second_record_for_a_tile_is_refused(tmp_path, capsys, duplicate, mess
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
     assert list(raw.iterdir()) == []
+
+
+def test_splits_gathers_a_folds_held_out_and_the_test_images_for_stock_predict(tmp_path, capsys, monkeypatch):
+    """`splits -d ID -f F --predict_input DIR`: what the docs' CPU trial once built with a python one-liner."""
+    kaggle = _good(tmp_path / "kaggle")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    out = convert_vasculature(kaggle, 782, raw_root=raw)
+    monkeypatch.setenv("nnUNet_raw", str(raw))
+    splits = json.loads((out / "splits_final.json").read_text())
+    for fold in range(len(splits)):
+        target = tmp_path / f"in{fold}"
+        assert main(["splits", "-d", "782", "-f", str(fold), "--predict_input", str(target)]) == 0
+        expected = {f"{c}_0000.png" for c in splits[fold]["val"]} | {p.name for p in (out / "imagesTs").iterdir()}
+        assert {p.name for p in target.iterdir()} == expected
+        for name in expected:
+            src = out / ("imagesTr" if (out / "imagesTr" / name).exists() else "imagesTs") / name
+            assert (target / name).read_bytes() == src.read_bytes()
+    capsys.readouterr()
+    assert main(["splits", "-d", "782", "-f", "9", "--predict_input", str(tmp_path / "bad")]) == 2
+    assert "no fold 9" in capsys.readouterr().err and not (tmp_path / "bad").exists()

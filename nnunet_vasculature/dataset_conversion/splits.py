@@ -54,8 +54,69 @@ def install_splits(raw_dataset: Path, required: bool = False) -> Path | None:
     return dst
 
 
+def prediction_input(raw_dataset: Path, fold: int, out: Path, with_test: bool = True,
+                     overwrite: bool = False) -> list[str]:
+    """A folder for stock ``nnUNetv2_predict -i``: the images of fold ``fold``'s validation cases (and of the
+    test cases, ``imagesTs``), every channel file, hard-linked where the file system allows, else copied.
+
+    Args:
+        raw_dataset: the converted dataset (``imagesTr``, ``splits_final.json``).
+        fold: the fold whose held-out cases to predict.
+        out: the folder to write (refused if it exists, unless ``overwrite``).
+        with_test: also the test cases.
+        overwrite: replace ``out``.
+
+    Returns:
+        The case names written.
+    """
+    import shutil
+
+    from nnunet_vasculature.errors import UserError, atomic_dir
+    splits_file = raw_dataset / "splits_final.json"
+    try:
+        splits = json.loads(splits_file.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{splits_file}: not a readable splits file ({type(e).__name__})") from None
+    if not 0 <= fold < len(splits):
+        raise UserError(f"{splits_file}: no fold {fold} (it has {len(splits)})")
+    wanted = {("imagesTr", c) for c in splits[fold]["val"]}
+    files = []
+    for folder, case in sorted(wanted):
+        found = sorted((raw_dataset / folder).glob(f"{case}_[0-9][0-9][0-9][0-9].*"))
+        if not found:
+            raise UserError(f"{raw_dataset / folder}: no image of validation case {case}")
+        files += found
+    if with_test and (raw_dataset / "imagesTs").is_dir():
+        files += sorted(p for p in (raw_dataset / "imagesTs").iterdir() if p.is_file())
+    with atomic_dir(out, overwrite) as tmp:
+        for f in files:
+            try:
+                (tmp / f.name).hardlink_to(f)
+            except OSError:
+                shutil.copyfile(f, tmp / f.name)
+    cases = sorted({f.name.rsplit("_", 1)[0] for f in files})
+    print(f"wrote {out}: {len(cases)} cases ({len(wanted)} of fold {fold}'s validation"
+          + (f", {len(cases) - len(wanted)} test" if with_test else "") + ")")
+    return cases
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """``splits -d ID``: install a converted dataset's folds in nnUNet_preprocessed."""
-    s = sub.add_parser("splits", help="install a converted dataset's splits_final.json in nnUNet_preprocessed")
+    """``splits -d ID [-f F --predict_input DIR]``: install a converted dataset's folds in nnUNet_preprocessed, or
+    write the input folder of a fold's held-out (and the test) cases for stock ``nnUNetv2_predict``."""
+    s = sub.add_parser("splits", help="install a converted dataset's splits_final.json in nnUNet_preprocessed; "
+                                      "with --predict_input, gather a fold's held-out and the test images for "
+                                      "nnUNetv2_predict")
     s.add_argument("-d", dest="dataset_id", type=int, required=True)
-    s.set_defaults(func=lambda a: install_splits(find_raw_dataset(a.dataset_id), required=True))
+    s.add_argument("-f", dest="fold", type=int, default=0, help="the fold for --predict_input (default 0)")
+    s.add_argument("--predict_input", type=Path, metavar="DIR",
+                   help="write DIR: fold -f's validation images and imagesTs (hard links or copies)")
+    s.add_argument("--no_test", action="store_true", help="with --predict_input: leave out imagesTs")
+    s.add_argument("--overwrite", action="store_true")
+
+    def run(a: argparse.Namespace) -> None:
+        raw = find_raw_dataset(a.dataset_id)
+        if a.predict_input:
+            prediction_input(raw, a.fold, a.predict_input, not a.no_test, a.overwrite)
+        else:
+            install_splits(raw, required=True)
+    s.set_defaults(func=run)
