@@ -165,3 +165,35 @@ def test_killed_worker_costs_only_its_slab(tmp_path, cluster):
                 on_slab=partial(_kill_once, marker=str(marker), victim=1)) == {"kidney_5": [0, 1, 2, 3]}
     assert marker.exists()
     np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["kidney_5"][:], ref)
+
+
+def test_ngff_output_from_an_n5_store_resumes_by_chunk_aligned_slab(tmp_path, cluster, monkeypatch):
+    """An HOA-layout N5 input (written by tensorstore) into an .ome.zarr on two workers: slabs are whole
+    output chunk rows, a failed slab leaves the image incomplete, the rerun computes only that slab, and the
+    client builds the pyramid: level 0 and 1 equal single-process predict's, valid NGFF."""
+    from functools import partial
+
+    from hoa_helpers import mean2, write_hoa_n5
+    from ome_zarr_models.v04 import Image
+
+    from nnunet_vasculature.inference import distributed
+    from nnunet_vasculature.inference.predict import predict
+    monkeypatch.setattr(distributed, "NGFF_CHUNK_DEPTH", 8)      # 4 slabs of 8 planes on a 30-plane volume
+    folder = make_model_folder(tmp_path / "m")
+    volume = _image((60, 144, 136), seed=5).astype(np.uint16)
+    store = write_hoa_n5(tmp_path / "organ_n5", [volume, mean2(volume)], 25.0, block=(16, 32, 32))
+    ref = zarr.open_group(str(predict(store, tmp_path / "one.ome.zarr", _options(folder), "cpu")), mode="r")
+    out = tmp_path / "many.ome.zarr"
+    with pytest.raises(UserError, match="1 slab\\(s\\) failed"):
+        _run(store, out, folder, cluster, slab_planes=5, on_slab=partial(_fail_on, fail=2))
+    image = zarr.open_group(str(out), mode="r")
+    assert not image.attrs["nnunet_vasculature"]["complete"] and list(image["_slabs/organ_n5"][:]) == [1, 1, 0, 1]
+    assert image["0"].chunks[0] == 8 and image["0"].shape == (30, 72, 68) and "1" in ref
+    assert _run(store, out, folder, cluster, slab_planes=5) == {"organ_n5": [2]}
+    image = zarr.open_group(str(out), mode="r")
+    assert image.attrs["nnunet_vasculature"]["complete"] and "_slabs" not in image
+    for level in ("0", "1"):
+        np.testing.assert_array_equal(image[level][:], ref[level][:])
+    Image.from_zarr(image)
+    assert image.attrs["multiscales"] == ref.attrs["multiscales"]
+    assert _run(store, out, folder, cluster, slab_planes=5) == {}

@@ -18,6 +18,12 @@ dask's ``retries`` re-run the slab of a failed task or lost worker.
 ``planes_done`` is kept at the planes done from plane 0 on, so an interrupted run can also be finished
 by single-process ``predict``.
 
+An ``.ome.zarr`` output (:class:`~nnunet_vasculature.io.ngff.NgffWriter`) is written alike: the slabs are
+whole chunk rows of the image's level ``0`` (``slab_planes`` rounded up to a multiple of the 64-plane chunks,
+so again no lock), the marks live in the image's ``_slabs`` group, the parameter hash and the input's
+fingerprint in its run record; once every slab is done the client builds the pyramid, marks the image
+complete and removes ``_slabs``.
+
 Each slab also predicts the tile rows overlapping its neighbours: about (patch depth - step) model
 planes more per slab, e.g. 1.25x the tiles of a single run for 256-plane slabs, a 128-plane patch and
 step 0.5 at the model's spacing.
@@ -28,14 +34,23 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.inference.inputs import (
+    NGFF_CHUNK_DEPTH,
+    is_ngff_output,
+    ngff_metadata,
+    open_prediction_inputs,
+    output_path,
+)
 from nnunet_vasculature.inference.options import PredictionOptions
 from nnunet_vasculature.io.intensity import map_sources, model_mapping
+from nnunet_vasculature.io.ngff import ATTRS_KEY, NgffWriter
 from nnunet_vasculature.io.sources import VolumeSource, fingerprint, open_inputs
 from nnunet_vasculature.io.store import KidneyWriter, create_kidney_array, store_path
 
@@ -57,16 +72,35 @@ def params_hash(params: dict) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def predict_distributed(inputs: Path, out: Path, options: PredictionOptions, device: str = "cuda",
+@dataclass
+class _Target:
+    """Where one kidney's slabs go: ``array`` (a key of the zarr group at ``out``: the kidney's array of a
+    probability store, or level ``0`` of an NGFF image), its slab marks ``progress`` (a key of the same group),
+    the slab depth, and for an NGFF image the writer whose ``close`` builds the pyramid."""
+    out: Path
+    array: str
+    progress: str
+    slab_planes: int
+    todo: list[int]
+    flush: int = 8
+    writer: Any = None
+
+    def group(self) -> Any:
+        import zarr
+        return zarr.open_group(str(self.out), mode="r+")
+
+
+def predict_distributed(inputs: Path | str, out: Path | None, options: PredictionOptions, device: str = "cuda",
                         spacing: float | None = None, overwrite: bool = False, workers: int | None = None,
                         scheduler_address: str | None = None, scheduler_file: Path | None = None,
                         slab_planes: int = SLAB_PLANES, retries: int = 2, torch_threads: int | None = None,
-                        on_slab: SlabHook | None = None) -> dict[str, list[int]]:
-    """Predict every kidney of ``inputs`` into the store ``out`` on a dask cluster.
+                        on_slab: SlabHook | None = None, level: int | str = "auto",
+                        remote: bool = False) -> dict[str, list[int]]:
+    """Predict every kidney of ``inputs`` into ``out`` (a probability store or an NGFF image) on a dask cluster.
 
     Args:
-        inputs: as for single-process ``predict``.
-        out: the output zarr store.
+        inputs: as for single-process ``predict`` (multiscale inputs included).
+        out: the output zarr store or ``NAME.ome.zarr`` (None: as single-process ``predict`` chooses).
         options: the prediction options (the store's record and part of the parameter hash).
         device: where the workers run the networks.
         spacing: voxel size (µm) when the input does not say.
@@ -74,11 +108,13 @@ def predict_distributed(inputs: Path, out: Path, options: PredictionOptions, dev
         workers: start a ``LocalCluster`` of this many processes, or
         scheduler_address: use the cluster at this address, or
         scheduler_file: the cluster described by this scheduler file.
-        slab_planes: original planes per task.
+        slab_planes: original planes per task (an NGFF output: rounded up to a multiple of its chunk depth).
         retries: dask's retries of a failed task.
         torch_threads: torch threads per worker (default: the cores divided among a local cluster's
             workers; dask's own setting, one, on an existing cluster).
         on_slab: ``on_slab(kidney, slab)`` is called in the worker before each slab (tests inject failures).
+        level: the pyramid level of a multiscale input (``"auto"``: nearest the model's spacing).
+        remote: allow an ``hoa:`` dataset to be read over the network.
 
     Returns:
         The slabs computed, per kidney.
@@ -94,38 +130,41 @@ def predict_distributed(inputs: Path, out: Path, options: PredictionOptions, dev
     check_model_folder(options.model_folder, options.folds, options.checkpoint)
     if workers is not None:
         resolve_device(device)          # the local workers see this machine's devices
-    sources = map_sources(open_inputs(inputs, spacing), model_mapping(options.model_folder))
-    out = Path(out)
-    if out.exists() and not (out / "zarr.json").is_file():
-        raise UserError(f"{out}: exists and is not a zarr store")
+    sources = open_prediction_inputs(inputs, options, spacing, level, remote)
+    out = output_path(inputs, out, sources)
     source = {"tool": "predict", "model": options.to_json()}
-    group = zarr.open_group(str(out), mode="a")
-    todo = {src.name: _prepare(group, src, source, slab_planes, overwrite) for src in sources}
-    jobs = {src.name: src for src in sources if todo[src.name]}
+    ngff = is_ngff_output(out)
+    group = None if ngff else zarr.open_group(str(out), mode="a")
+    targets = {src.name: (_prepare_ngff(out, src, inputs, options, source, slab_planes, overwrite) if ngff else
+                          _prepare(out, group, src, source, slab_planes, overwrite)) for src in sources}
+    jobs = {src.name: src for src in sources if targets[src.name].todo}
+    for name in [n for n, t in targets.items() if not t.todo and t.writer is not None]:
+        _finalize_ngff(targets[name])               # every slab done before an interruption of the last step
     if not jobs:
         print(f"{out}: every kidney is already complete")
         return {}
     if workers is not None and torch_threads is None and not device.startswith("cuda"):
         torch_threads = max(1, (os.cpu_count() or 1) // workers)
-    base = {"inputs": str(Path(inputs).resolve()), "spacing": spacing, "out": str(out.resolve()),
+    spec = str(inputs) if str(inputs).startswith("hoa:") else str(Path(inputs).resolve())
+    base = {"inputs": spec, "spacing": spacing, "level": getattr(sources[0], "level", "auto"), "remote": remote,
             "options": options.to_json(), "device": device, "torch_threads": torch_threads, "on_slab": on_slab}
     client, cluster = _connect(workers, scheduler_address, scheduler_file, device)
     done: dict[str, list[int]] = {name: [] for name in jobs}
     try:
         _check_workers(client, base)
-        errors = _run(client, group, jobs, todo, base, retries, done)
+        errors = _run(client, jobs, targets, base, retries, done)
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
         for name in jobs:
-            _finalize(group, name)
+            _finalize(targets[name])
     if errors:
         raise UserError(f"{len(errors)} slab(s) failed ({errors[0]}); run the same command again to resume")
     return {name: sorted(s) for name, s in done.items()}
 
 
-def _prepare(group: Any, src: VolumeSource, source: dict, slab_planes: int, overwrite: bool) -> list[int]:
+def _prepare(out: Path, group: Any, src: VolumeSource, source: dict, slab_planes: int, overwrite: bool) -> _Target:
     """Create (or check) the kidney's array and slab marks; the slabs still to compute."""
     params = {**source["model"], "spacing": [float(s) for s in src.spacing], "shape": list(src.shape),
               "slab_planes": slab_planes}
@@ -133,6 +172,7 @@ def _prepare(group: Any, src: VolumeSource, source: dict, slab_planes: int, over
     n = len(slab_bounds(src.shape[0], slab_planes))
     progress = group.require_group(PROGRESS_GROUP)
     input_fingerprint = fingerprint(src)
+    target = _Target(Path(out), src.name, f"{PROGRESS_GROUP}/{src.name}", slab_planes, [], WRITE_PLANES)
     if src.name in group and not overwrite:
         attrs = dict(group[src.name].attrs)
         if attrs.get("params_hash") != h:
@@ -140,18 +180,53 @@ def _prepare(group: Any, src: VolumeSource, source: dict, slab_planes: int, over
             raise UserError(f"{store_path(group)}: '{src.name}' holds a prediction made {how} (pass --overwrite)")
         if attrs.get("complete"):
             print(f"{src.name}: already complete, skipped")
-            return []
+            return target
         if attrs.get("input") != input_fingerprint:
             raise UserError(f"{store_path(group)}: '{src.name}' holds an interrupted run of another input (its files, "
                             f"sizes or modification times differ; pass --overwrite to start again)")
         marks = progress[src.name][:] if src.name in progress else np.zeros(n, np.uint8)
-        todo = [i for i in range(n) if not marks[i]]
-        print(f"resuming {src.name}: {n - len(todo)} of {n} slabs already done")
-        return todo
+        target.todo = [i for i in range(n) if not marks[i]]
+        print(f"resuming {src.name}: {n - len(target.todo)} of {n} slabs already done")
+        return target
     create_kidney_array(group, src.name, src.shape, src.spacing, src.slice_ids, source, input_fingerprint,
                         params_hash=h, slab_planes=slab_planes)
     progress.create_array(src.name, shape=(n,), chunks=(1,), dtype="uint8", fill_value=0, overwrite=True)
-    return list(range(n))
+    target.todo = list(range(n))
+    return target
+
+
+def _prepare_ngff(out: Path, src: VolumeSource, inputs: Path | str, options: PredictionOptions, source: dict,
+                  slab_planes: int, overwrite: bool) -> _Target:
+    """Create (or resume) the NGFF image and its slab marks; slabs are whole chunk rows of level 0."""
+    import zarr
+    depth = min(NGFF_CHUNK_DEPTH, src.shape[0])
+    aligned = -(-slab_planes // depth) * depth
+    if aligned != slab_planes:
+        print(f"note: --slab_planes {slab_planes} rounded up to {aligned}, a multiple of the output's "
+              f"{depth}-plane chunks")
+    params = {**source["model"], "spacing": [float(s) for s in src.spacing], "shape": list(src.shape),
+              "slab_planes": aligned}
+    record = {**source, "input": fingerprint(src), "params_hash": params_hash(params), "slab_planes": aligned}
+    n = len(slab_bounds(src.shape[0], aligned))
+    target = _Target(Path(out), "0", f"{PROGRESS_GROUP}/{src.name}", aligned, [], depth)
+    if Path(out).is_dir() and not overwrite:
+        meta = dict(zarr.open_group(str(out), mode="r").attrs).get(ATTRS_KEY)
+        if isinstance(meta, dict) and meta.get("complete"):
+            print(f"{src.name}: already complete, skipped")
+            return target
+    writer = NgffWriter(out, src.name, src.shape, src.spacing, src.slice_ids, record, overwrite,
+                        chunk_depth=depth, **ngff_metadata(src, inputs, options))
+    target.writer = writer
+    image = writer.group
+    if target.progress in image:
+        marks = image[target.progress][:]
+        target.todo = [i for i in range(n) if not marks[i]]
+        print(f"resuming {src.name}: {n - len(target.todo)} of {n} slabs already done")
+    else:
+        image.require_group(PROGRESS_GROUP).create_array(src.name, shape=(n,), chunks=(1,), dtype="uint8",
+                                                         fill_value=0, overwrite=True)
+        target.todo = list(range(n))
+    return target
 
 
 def _check_workers(client: Any, base: dict) -> None:
@@ -196,24 +271,27 @@ def _connect(workers: int | None, address: str | None, scheduler_file: Path | No
     return Client(cluster), cluster
 
 
-def _run(client: Any, group: Any, jobs: dict[str, VolumeSource], todo: dict[str, list[int]], base: dict,
-         retries: int, done: dict[str, list[int]]) -> list[str]:
+def _run(client: Any, jobs: dict[str, VolumeSource], targets: dict[str, _Target], base: dict, retries: int,
+         done: dict[str, list[int]]) -> list[str]:
     """Scan each kidney once (crop box, intensity statistics), then every slab; error messages."""
     from distributed import as_completed
     from tqdm import tqdm
     scans = {}
     for name in jobs:
-        old = group[name].attrs.get("scan")
+        old = targets[name].group()[targets[name].array].attrs.get("scan")
         scans[name] = old if old is not None else client.submit(_scan_task, base, name, retries=retries, pure=False)
     for name, s in scans.items():
         if not isinstance(s, list):
             scans[name] = s = json.loads(json.dumps(s.result()))      # plain lists, as the store keeps it
-            group[name].attrs["scan"] = s
+            targets[name].group()[targets[name].array].attrs["scan"] = s
     futures = []
     for name, src in jobs.items():
-        bounds = slab_bounds(src.shape[0], group[name].attrs["slab_planes"])
-        for i in todo[name]:
-            task = {**base, "kidney": name, "slab": i, "z0": bounds[i][0], "z1": bounds[i][1], "scan": scans[name]}
+        target = targets[name]
+        bounds = slab_bounds(src.shape[0], target.slab_planes)
+        for i in target.todo:
+            task = {**base, "kidney": name, "slab": i, "z0": bounds[i][0], "z1": bounds[i][1], "scan": scans[name],
+                    "out": str(target.out.resolve()), "array": target.array, "progress": target.progress,
+                    "flush": target.flush}
             futures.append(client.submit(_slab_task, task, retries=retries, pure=False))
     errors = []
     with tqdm(total=len(futures), desc="predict slabs", unit="slab") as bar:
@@ -228,14 +306,29 @@ def _run(client: Any, group: Any, jobs: dict[str, VolumeSource], todo: dict[str,
     return errors
 
 
-def _finalize(group: Any, name: str) -> None:
-    """``complete`` once every slab is done; ``planes_done``: planes done from plane 0 on."""
-    arr = group[name]
-    marks = group[PROGRESS_GROUP][name][:]
-    bounds = slab_bounds(arr.shape[0], arr.attrs["slab_planes"])
+def _finalize(target: _Target) -> None:
+    """A store's kidney: ``complete`` once every slab is done, ``planes_done`` the planes done from plane 0 on.
+    An NGFF image: once every slab is done, the pyramid is built and the image marked complete."""
+    if target.writer is not None:
+        _finalize_ngff(target)
+        return
+    group = target.group()
+    arr = group[target.array]
+    marks = group[target.progress][:]
+    bounds = slab_bounds(arr.shape[0], target.slab_planes)
     first_missing = next((i for i, m in enumerate(marks) if not m), len(marks))
     planes = bounds[first_missing - 1][1] if first_missing else 0
     arr.attrs.update({"planes_done": planes, "complete": bool(marks.all())})
+
+
+def _finalize_ngff(target: _Target) -> None:
+    """Build the NGFF image's pyramid once every slab is marked done (the client's last step)."""
+    image = target.writer.group
+    if not image[target.progress][:].all():
+        return
+    target.writer.written_elsewhere(target.writer.shape[0])
+    target.writer.close()
+    del image[PROGRESS_GROUP]
 
 
 # ---- in the workers ---------------------------------------------------------------------------
@@ -250,8 +343,10 @@ def _cached(kind: str, key: Any, make: Callable[[], Any]) -> Any:
 
 def _source(base: dict, name: str) -> VolumeSource:
     folder = Path(base["options"]["folder"])
-    srcs = _cached("sources", (base["inputs"], base["spacing"], str(folder)),
-                   lambda: {s.name: s for s in map_sources(open_inputs(Path(base["inputs"]), base["spacing"]),
+    key = (base["inputs"], base["spacing"], base["level"], base["remote"], str(folder))
+    srcs = _cached("sources", key,
+                   lambda: {s.name: s for s in map_sources(open_inputs(base["inputs"], base["spacing"], base["level"],
+                                                                       remote=base["remote"], log=None),
                                                            model_mapping(folder), log=lambda m: None)})
     if name not in srcs:
         raise UserError(f"{base['inputs']}: no kidney '{name}' (any more)")
@@ -290,7 +385,7 @@ def _predictor(base: dict) -> Any:
 
 
 def _slab_task(task: dict) -> tuple[str, int, float]:
-    """Predict planes [z0, z1) of one kidney into the store and mark the slab done."""
+    """Predict planes [z0, z1) of one kidney into its array (whole chunks) and mark the slab done."""
     import zarr
     started = time.time()
     name, slab, z0, z1 = task["kidney"], task["slab"], task["z0"], task["z1"]
@@ -299,9 +394,9 @@ def _slab_task(task: dict) -> tuple[str, int, float]:
     src = _source(task, name)
     predictor = _predictor(task)
     group = zarr.open_group(task["out"], mode="r+")
-    sink = KidneyWriter.slab(group, name, z0, z1, flush_planes=WRITE_PLANES)
+    sink = KidneyWriter.slab(group, task["array"], z0, z1, flush_planes=task["flush"])
     crop_box, stats = task["scan"]
     predictor.predict(src, sink, z0, end=z1, scan=(crop_box, stats))
     sink.close()
-    group[PROGRESS_GROUP][name][slab] = 1
+    group[task["progress"]][slab] = 1
     return name, slab, time.time() - started

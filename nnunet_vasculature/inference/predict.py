@@ -1,9 +1,14 @@
 """``nnunet-vasculature predict [sennet]``: memory-bounded prediction of whole kidneys to uint8 zarr.
 
+Inputs: Kaggle TIFF slices, nnU-Net raw images and converted cases, and multiscale volumes (``hoa:NAME``,
+OME-Zarr, N5, JPEG 2000 slices) at the pyramid level ``--level`` picks
+(:mod:`nnunet_vasculature.inference.inputs`).
+
 Output: the probability store of :mod:`nnunet_vasculature.io.store` (one uint8 array per kidney, the
-model in the ``source`` attribute, the input's fingerprint in ``input``). Planes are written in z order; an
-interrupted run started again with the same arguments on the same input resumes from the first unwritten
-plane.
+model in the ``source`` attribute, the input's fingerprint in ``input``), or, for ``-o NAME.ome.zarr`` (the
+default for multiscale inputs), an NGFF multiscale image (:class:`~nnunet_vasculature.io.ngff.NgffWriter`)
+overlaying the source level. Planes are written in z order; an interrupted run started again with the same
+arguments on the same input resumes from the first unwritten plane (NGFF: chunk row).
 """
 from __future__ import annotations
 
@@ -15,28 +20,40 @@ import numpy as np
 from tqdm import tqdm
 
 from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.inference.inputs import (
+    NGFF_CHUNK_DEPTH,
+    is_ngff_output,
+    ngff_metadata,
+    open_prediction_inputs,
+    output_path,
+)
 from nnunet_vasculature.inference.options import DEFAULT_CHECKPOINT, PredictionOptions
-from nnunet_vasculature.io.intensity import map_sources, model_mapping
-from nnunet_vasculature.io.sources import fingerprint, open_inputs
+from nnunet_vasculature.io.ngff import NgffWriter
+from nnunet_vasculature.io.sources import fingerprint
 from nnunet_vasculature.io.store import KidneyWriter
 
 
-def predict(inputs: Path, out: Path, options: PredictionOptions, device: str = "cuda", spacing: float | None = None,
-            overwrite: bool = False, overlap: bool = True) -> Path:
-    """Predict every kidney of ``inputs`` into the probability store ``out``.
+def predict(inputs: Path | str, out: Path | None, options: PredictionOptions, device: str = "cuda",
+            spacing: float | None = None, overwrite: bool = False, overlap: bool = True, level: int | str = "auto",
+            remote: bool = False) -> Path:
+    """Predict every kidney of ``inputs`` into ``out`` (a probability store, or an NGFF image for ``.ome.zarr``).
 
     Args:
-        inputs: a Kaggle kidney folder (or test/ folder), an nnU-Net raw image or an imagesTs/imagesTr folder.
-        out: the output zarr store.
+        inputs: a Kaggle kidney folder (or test/ folder), an nnU-Net raw image, an imagesTs/imagesTr folder, or a
+            multiscale input (``hoa:NAME``, an OME-Zarr image, an N5 multiscale folder, JPEG 2000 slices).
+        out: the output zarr store, or ``NAME.ome.zarr``; None: ``<name>.ome.zarr`` for a multiscale input
+            (:func:`~nnunet_vasculature.inference.inputs.output_path`).
         options: the model and how it is applied (recorded in the store's ``source``).
         device: ``cuda``, ``cpu`` or ``mps`` (checked before any work).
         spacing: voxel size (µm) when the input does not say.
         overwrite: replace kidneys already in the store.
         overlap: read/prepare input and write planes in background threads while the network runs (False:
             all in this thread, in turn; the same planes).
+        level: the pyramid level of a multiscale input (``"auto"``: nearest the model's spacing).
+        remote: allow an ``hoa:`` dataset to be read over the network.
 
     Returns:
-        ``out``.
+        The output path.
     """
     import zarr
 
@@ -44,16 +61,19 @@ def predict(inputs: Path, out: Path, options: PredictionOptions, device: str = "
     from nnunet_vasculature.inference.streaming import StreamingPredictor
     dev = resolve_device(device)
     check_model_folder(options.model_folder, options.folds, options.checkpoint)
-    out = Path(out)
-    if out.exists() and not (out / "zarr.json").is_file():
-        raise UserError(f"{out}: exists and is not a zarr store")
-    sources = map_sources(open_inputs(inputs, spacing), model_mapping(options.model_folder))
+    sources = open_prediction_inputs(inputs, options, spacing, level, remote)
+    out = output_path(inputs, out, sources)
     predictor = StreamingPredictor.from_options(options, dev, overlap=overlap)
-    group = zarr.open_group(str(out), mode="a")
     source = {"tool": "predict", "model": options.to_json()}
+    group = None if is_ngff_output(out) else zarr.open_group(str(out), mode="a")
     for src in sources:
-        sink = KidneyWriter(group, src.name, src.shape, src.spacing, src.slice_ids, source, overwrite,
-                            input_fingerprint=fingerprint(src))
+        if group is None:
+            sink = NgffWriter(out, src.name, src.shape, src.spacing, src.slice_ids,
+                              {**source, "input": fingerprint(src)}, overwrite, chunk_depth=NGFF_CHUNK_DEPTH,
+                              **ngff_metadata(src, inputs, options))
+        else:
+            sink = KidneyWriter(group, src.name, src.shape, src.spacing, src.slice_ids, source, overwrite,
+                                input_fingerprint=fingerprint(src))
         if sink.start:
             print(f"resuming {src.name} at plane {sink.start}/{src.shape[0]}")
         if sink.start >= src.shape[0]:
@@ -67,8 +87,9 @@ def predict(inputs: Path, out: Path, options: PredictionOptions, device: str = "
             predictor.predict(src, write, start=sink.start)
         sink.close()
         seconds = max(time.time() - started, 1e-9)
+        where = out if group is None else f"{out}/{src.name}"
         print(f"{src.name}: {tuple(src.shape)} in {seconds:.1f} s ({np.prod(src.shape) / seconds / 1e6:.2f} M voxels/s)"
-              f" -> {out}/{src.name}")
+              f" -> {where}")
     return out
 
 
@@ -81,9 +102,22 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
     p = groups["predict"].add_parser("sennet", help="predict kidneys slab by slab into a uint8 probability zarr",
                                      description="Predict SenNet kidneys (HiP-CT volumes) plane by plane into a "
                                                  "uint8 probability zarr, with memory independent of depth.")
-    p.add_argument("-i", dest="input", type=Path, required=True,
-                   help="Kaggle kidney folder (or test/ folder), nnU-Net raw image, or imagesTs/imagesTr folder")
-    p.add_argument("-o", dest="output", type=Path, required=True, help="output zarr, e.g. probs.zarr")
+    p.add_argument("-i", dest="input", required=True, metavar="INPUT",
+                   help="Kaggle kidney folder (or test/ folder), nnU-Net raw image, imagesTs/imagesTr folder, "
+                        "OME-Zarr image (NGFF 0.4/0.5), N5 multiscale folder, folder of JPEG 2000 slices, or "
+                        "hoa:DATASET (a Human Organ Atlas dataset; local mirror, or --remote)")
+    p.add_argument("-o", dest="output", type=Path,
+                   help="output: probs.zarr (a uint8 array per kidney) or NAME.ome.zarr (an NGFF multiscale image "
+                        "of one volume); default for OME-Zarr, N5, JPEG 2000 and hoa: inputs: ./<name>.ome.zarr; "
+                        "required for the other inputs")
+    p.add_argument("--level", default="auto", metavar="auto|N",
+                   help="pyramid level of a multiscale input: auto (default: the level whose voxel size is nearest "
+                        "the model's; the choice is printed) or N (0 = full resolution)")
+    p.add_argument("--remote", action="store_true",
+                   help="allow an hoa: dataset to be read over the network (anonymous Google Cloud Storage)")
+    p.add_argument("--dry_run", action="store_true",
+                   help="print per kidney the model-space shape, tiles, network passes and memory needed; "
+                        "reads the plans and the input's metadata, runs no network, writes nothing")
     p.add_argument("-d", dest="dataset_id", help="dataset ID/name of the trained model")
     p.add_argument("-c", dest="configuration", default="3d_fullres")
     p.add_argument("-tr", dest="trainer", default="VesselTransferTrainer")
@@ -127,12 +161,28 @@ def _run(a: argparse.Namespace) -> None:
     options = PredictionOptions.of(folder, a.folds, checkpoint=a.checkpoint, tta=not a.disable_tta,
                                    step_size=a.step_size, tta_rotations=a.tta_rotations,
                                    tta_permutations=a.tta_permutations, tta_scale=a.tta_scale)
+    level = a.level if str(a.level).strip().lower() == "auto" else _level_number(a.level)
+    if a.dry_run:
+        from nnunet_vasculature.inference.budget import dry_run
+        dry_run(a.input, options, a.spacing, level, a.remote, a.device, a.output)
+        return
     if a.scheduler is None and a.scheduler_file is None:
         resolve_device(a.device)      # before any work (a remote cluster's workers check their own)
     if a.workers is not None or a.scheduler is not None or a.scheduler_file is not None:
         from nnunet_vasculature.inference.distributed import predict_distributed
         predict_distributed(a.input, a.output, options, a.device, a.spacing, a.overwrite, workers=a.workers,
                             scheduler_address=a.scheduler, scheduler_file=a.scheduler_file,
-                            slab_planes=a.slab_planes)
+                            slab_planes=a.slab_planes, level=level, remote=a.remote)
         return
-    predict(a.input, a.output, options, a.device, a.spacing, a.overwrite, overlap=not a.no_overlap)
+    predict(a.input, a.output, options, a.device, a.spacing, a.overwrite, overlap=not a.no_overlap, level=level,
+            remote=a.remote)
+
+
+def _level_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise UserError(f"--level {text}: give 'auto' or a level number (0 = full resolution)") from None
+    if value < 0:
+        raise UserError(f"--level {text}: levels are numbered from 0 (full resolution)")
+    return value

@@ -267,6 +267,18 @@ class _PyramidWriter:
         self.buf, self.buf_start = self.buf[n:], self.buf_start + n
         arr.attrs["planes_done"] = self.buf_start
 
+    def written_elsewhere(self, end: int) -> None:
+        """Record level 0's planes up to ``end`` as written by other writers (the tasks of a distributed run,
+        each writing whole chunk rows of array ``0``), so that :meth:`close` can build the pyramid.
+
+        Args:
+            end: planes [0, end) are written.
+        """
+        if self.buf:
+            raise RuntimeError(f"{self.name}: planes buffered here; cannot take planes written elsewhere")
+        self.buf_start = int(end)
+        self._array(0).attrs["planes_done"] = self.buf_start
+
     def close(self) -> None:
         """Write what is left, build levels 1, 2, ... from level 0 and mark the image complete."""
         self.flush()

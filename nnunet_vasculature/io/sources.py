@@ -22,6 +22,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import tifffile
@@ -157,8 +158,27 @@ def _has_gaps(cases: list[dict]) -> bool:
     return any(a["z1"] != b["z0"] for a, b in zip(cases, cases[1:]))
 
 
-def open_inputs(path: Path, spacing: float | None = None) -> list[VolumeSource]:
-    """Every volume to predict in ``path``."""
+def open_inputs(path: Path | str, spacing: float | None = None, level: int | str = "auto",
+                target_spacing_um: float | Sequence[float] | None = None, remote: bool = False,
+                log: Callable[[str], None] | None = print) -> list[VolumeSource]:
+    """Every volume to predict in ``path``.
+
+    Args:
+        path: a Kaggle kidney folder (or test/ folder), an nnU-Net raw image, an imagesTs/imagesTr folder, or
+            a multiscale input of :func:`nnunet_vasculature.io.volume_open.open_volume` (``hoa:NAME``, an
+            OME-Zarr image, an N5 multiscale folder, a folder of JPEG 2000 slices).
+        spacing: voxel size (µm) when the input does not say.
+        level: the pyramid level of a multiscale input (``"auto"``: nearest ``target_spacing_um``).
+        target_spacing_um: the model's voxel size (z, y, x) in µm, for ``level="auto"``.
+        remote: allow an ``hoa:`` dataset to be read over the network.
+        log: where a multiscale input's line saying which level was chosen goes (None: nowhere).
+
+    Returns:
+        The volumes (a multiscale input: one :class:`~nnunet_vasculature.io.pyramid.PyramidVolume`).
+    """
+    from nnunet_vasculature.io.volume_open import is_volume_spec, open_volume
+    if is_volume_spec(path):
+        return [open_volume(path, level, target_spacing_um, remote=remote, spacing_um=spacing, log=log)]
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: not found")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -55,8 +57,35 @@ def _is_zarr(path: Path) -> bool:
         any(p.suffix == ".zarr" for p in path.parents)
 
 
+class DecodedArray:
+    """A zarr array whose reads turn a chunk that cannot be decoded (a corrupt or truncated file) into a
+    one-line UserError naming the store and the planes; everything else is the array's."""
+
+    def __init__(self, array: object, path: Path):
+        self._array, self._path = array, path
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._array, name)
+
+    def __getitem__(self, key: object) -> np.ndarray:
+        try:
+            return self._array[key]
+        except (RuntimeError, ValueError, OSError) as e:
+            where = f"planes {key.start or 0}..{(key.stop or self._array.shape[0]) - 1}" if isinstance(key, slice) \
+                else "a chunk"
+            raise UserError(f"{self._path}: {where} cannot be read ({type(e).__name__}: {e})") from None
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+    def __len__(self) -> int:
+        return len(self._array)
+
+
 def open_zarr_array(path: Path) -> zarr.Array:
-    """Open a zarr array; a group holding exactly one array is accepted for it."""
+    """Open a zarr array (reads wrapped by :class:`DecodedArray`); a group holding exactly one array is accepted
+    for it."""
     import zarr
     try:
         node = zarr.open(str(path), mode="r")
@@ -68,7 +97,7 @@ def open_zarr_array(path: Path) -> zarr.Array:
             raise UserError(f"{path}: zarr group holds {len(arrays)} arrays ({', '.join(arrays)}); "
                             f"name one, e.g. {path}/{arrays[0] if arrays else 'kidney_5'}")
         node = node[arrays[0]]
-    return node
+    return DecodedArray(node, Path(path))
 
 
 def zarr_kidneys(path: Path) -> list[str]:
@@ -83,12 +112,65 @@ def zarr_kidneys(path: Path) -> list[str]:
     return [str(path)]
 
 
+NGFF_ATTRS = "nnunet_vasculature"      # the attribute io.ngff's writers record their run in
+
+
+def is_probability_image(path: Path | str) -> bool:
+    """Whether ``path`` is an NGFF image written by ``predict`` (``out.ome.zarr``: levels ``0``, ``1``, ...).
+
+    Args:
+        path: a path.
+
+    Returns:
+        True for a zarr group whose attributes hold NGFF ``multiscales`` (0.4 or 0.5) and this package's record.
+    """
+    path = Path(path)
+    for name in (".zattrs", "zarr.json"):
+        try:
+            attrs = json.loads((path / name).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        attrs = attrs.get("attributes", {}) if name == "zarr.json" else attrs
+        if isinstance(attrs, dict) and NGFF_ATTRS in attrs and ("multiscales" in attrs or "ome" in attrs):
+            return True
+    return False
+
+
 def expand_probabilities(paths: list) -> list[str]:
-    """Probability paths with every zarr group (one array per kidney, from ``predict``) expanded."""
+    """Probability paths with every zarr group (one array per kidney, from ``predict``) expanded; an NGFF
+    probability image (``*.ome.zarr``) is one kidney."""
     out = []
     for p in paths:
-        out.extend(zarr_kidneys(Path(p)) if Path(p).suffix == ".zarr" else [str(p)])
+        if is_probability_image(p):
+            out.append(str(p))
+        else:
+            out.extend(zarr_kidneys(Path(p)) if Path(p).suffix == ".zarr" else [str(p)])
     return out
+
+
+def open_probability_image(path: Path) -> tuple[ZSliceable, dict]:
+    """Level 0 of an NGFF probability image written by ``predict`` (``*.ome.zarr``), checked complete.
+
+    Args:
+        path: the image group.
+
+    Returns:
+        (uint8 volume, attributes: ``kidney``, ``spacing``, ``translation``, ``slice_ids`` when recorded,
+        ``source``, ``provenance``, ``ngff_image`` True).
+    """
+    import zarr
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        meta = dict(group.attrs)[NGFF_ATTRS]
+        arr = group["0"]
+    except Exception as e:  # noqa: BLE001 - zarr raises many types for a bad store
+        raise UserError(f"{path}: not a readable probability image ({type(e).__name__}: {e})") from None
+    if not meta.get("complete"):
+        raise UserError(f"{path}: prediction is incomplete ({arr.attrs.get('planes_done', 0)} of "
+                        f"{arr.shape[0]} planes); run predict again to resume it")
+    if arr.ndim != 3 or arr.dtype != np.uint8:
+        raise UserError(f"{path}: level 0 is {arr.shape} {arr.dtype}; expected (z, y, x) uint8")
+    return CheckedU8(arr, str(path)), {**meta, "ngff_image": True}
 
 
 class CheckedU8:
@@ -105,8 +187,8 @@ def open_probabilities(path: Path | str) -> tuple[ZSliceable, dict]:
     """Foreground probabilities as a uint8 volume plus metadata (slice ids, kidney name).
 
     Args:
-        path: a kidney array of a probability store (or a store holding one), a folder of probability slices,
-            or an nnU-Net ``.npz``.
+        path: a kidney array of a probability store (or a store holding one), an NGFF probability image
+            (``*.ome.zarr`` from ``predict``), a folder of probability slices, or an nnU-Net ``.npz``.
 
     Returns:
         (volume, attributes). An incomplete store, or one with chunks missing, is a one-line UserError.
@@ -115,13 +197,18 @@ def open_probabilities(path: Path | str) -> tuple[ZSliceable, dict]:
     if not path.exists():
         raise UserError(f"{path}: not found")
     if path.suffix == ".npz":
-        with np.load(path) as f:
-            if "probabilities" not in f:
-                raise UserError(f"{path}: no 'probabilities' array (nnU-Net --save_probabilities output?)")
-            p = f["probabilities"]
+        try:
+            with np.load(path) as f:
+                if "probabilities" not in f:
+                    raise UserError(f"{path}: no 'probabilities' array (nnU-Net --save_probabilities output?)")
+                p = f["probabilities"]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise UserError(f"{path}: not a readable .npz ({type(e).__name__}: {e})") from None
         if p.ndim != 4 or p.shape[0] < 2:
             raise UserError(f"{path}: expected probabilities (classes, z, y, x), got {p.shape}")
         return quantize(p[1], str(path)), {"kidney": path.stem}
+    if is_probability_image(path):
+        return open_probability_image(path)
     if _is_zarr(path):
         arr = open_zarr_array(path)
         attrs = dict(arr.attrs)

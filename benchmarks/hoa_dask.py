@@ -1,0 +1,176 @@
+"""`predict --workers 2` on OME-Zarr inputs read and written chunk-aligned (issue 24, point 4): peak RSS per dask
+worker at two input depths (flat in the depth), and resume after a killed worker.
+
+    .venv/bin/python benchmarks/hoa_dask.py [--plane 768] [--depths 256 512] [--resume_depth 192]
+
+The defaults keep the run near 10 minutes on a 2-core machine (the tiny network predicts ~1-2 M voxels/s per
+worker there); --plane 1024 --depths 1024 2048 gives the 2 and 4 GiB inputs of a bigger machine.
+
+The inputs are NGFF 0.4 images (z, y, x, uint16, 128^3 chunks, blosc zstd) written chunk row by chunk row by
+zarr itself, a smooth synthetic texture. Each prediction is the real command line (`nnunet-vasculature predict
+-i IN.ome.zarr -o OUT.ome.zarr --workers 2 -device cpu --disable_tta -step_size 1`) in a fresh process with
+a tiny network whose spacing is the input's (no resampling); the output is an NGFF image with 64-plane chunks
+and the slabs (256 planes) are whole output chunk rows. Peak RSS: VmHWM of every process of the run's tree,
+sampled every 0.25 s (the two largest besides the client are the dask workers).
+
+Resume: on the smaller input, one worker process is killed (SIGKILL) once two slabs are marked done, then the
+whole run (client and cluster) is killed; the same command is run again and must finish only the missing slabs;
+the image (every pyramid level) must equal an uninterrupted run's, byte for byte.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(1, str(Path(__file__).resolve().parent))
+from common import table  # noqa: E402
+from model_helpers import make_model_folder  # noqa: E402
+
+CLI = str(Path(sys.executable).parent / "nnunet-vasculature")
+SPACING_UM = 50.0
+
+
+def write_input(path: Path, depth: int, plane: int, chunk: int = 128) -> float:
+    """An NGFF 0.4 image (zarr format 2) of a smooth uint16 texture, written a chunk row at a time; GiB."""
+    from numcodecs import Blosc
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    arr = group.create_array("0", shape=(depth, plane, plane), chunks=(chunk,) * 3, dtype="<u2",
+                             compressors=Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE),
+                             chunk_key_encoding={"name": "v2", "separator": "/"})
+    yy, xx = np.meshgrid(np.arange(plane), np.arange(plane), indexing="ij")
+    base = (np.sin(yy / 17.0) * np.cos(xx / 23.0) * 8000 + 20000).astype(np.float32)
+    rng = np.random.default_rng(0)
+    for z0 in range(0, depth, chunk):
+        n = min(chunk, depth - z0)
+        zs = np.sin((np.arange(z0, z0 + n) / 29.0))[:, None, None].astype(np.float32) * 4000
+        block = base[None] + zs + rng.normal(0, 300, (n, plane, plane)).astype(np.float32)
+        arr[z0:z0 + n] = np.clip(block, 0, 65535).astype(np.uint16)
+    group.attrs["multiscales"] = [{"version": "0.4", "name": path.name.split(".")[0], "axes": [
+        {"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"], "datasets": [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [SPACING_UM] * 3}]}]}]
+    return depth * plane * plane * 2 / 2 ** 30
+
+
+def _tree(pid: int) -> list[int]:
+    parent = {}
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parent[int(d)] = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    out, todo = [], [pid]
+    while todo:
+        me = todo.pop()
+        kids = [c for c, p in parent.items() if p == me]
+        out += kids
+        todo += kids
+    return out
+
+
+def _hwm_kib(pid: int) -> int:
+    try:
+        return next(int(x.split()[1]) for x in open(f"/proc/{pid}/status") if x.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+def run_predict(args: list[str], kill_after_slabs: int | None = None, progress: Path | None = None) -> dict:
+    """The CLI in a fresh process group; peaks per process (MiB); optionally kill a worker, then everything."""
+    started = time.time()
+    p = subprocess.Popen([CLI, "predict", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    peaks: dict[int, int] = {}
+    killed = None
+    while p.poll() is None:
+        peaks[p.pid] = max(peaks.get(p.pid, 0), _hwm_kib(p.pid))
+        for c in _tree(p.pid):
+            peaks[c] = max(peaks.get(c, 0), _hwm_kib(c))
+        if kill_after_slabs is not None and killed is None and progress is not None and progress.exists():
+            try:
+                done = int(np.asarray(zarr.open_array(str(progress), mode="r")[:]).sum())
+            except Exception:  # noqa: BLE001 - the array may be half-created
+                done = 0
+            if done >= kill_after_slabs:
+                workers = sorted((c for c in _tree(p.pid)), key=lambda c: -peaks.get(c, 0))[:2]
+                killed = workers[0]
+                os.kill(killed, signal.SIGKILL)
+                time.sleep(3)
+                os.killpg(p.pid, signal.SIGKILL)
+        time.sleep(0.25)
+    output = p.stdout.read()
+    if p.returncode and killed is None:
+        raise RuntimeError(f"predict failed ({p.returncode}):\n{output[-3000:]}")
+    client = peaks.pop(p.pid, 0) / 1024
+    others = sorted((v / 1024 for v in peaks.values()), reverse=True)
+    return {"seconds": time.time() - started, "client_mib": client, "workers_mib": others[:2], "output": output,
+            "killed": killed, "returncode": p.returncode}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--plane", type=int, default=768)
+    ap.add_argument("--depths", type=int, nargs=2, default=[256, 512])
+    ap.add_argument("--resume_depth", type=int, default=192)
+    ap.add_argument("--resume_plane", type=int, default=384)
+    ap.add_argument("--slab_planes", type=int, default=256)
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    root = Path(a.out or tempfile.mkdtemp(prefix="hoa_dask_"))
+    root.mkdir(parents=True, exist_ok=True)
+    model = make_model_folder(root / "model", spacing=(SPACING_UM,) * 3, patch=(32, 256, 256), features=(2, 4),
+                              strides=((1, 1, 1), (2, 2, 2)))
+    common = ["-m", str(model), "-device", "cpu", "--disable_tta", "-step_size", "1", "--workers", "2",
+              "--slab_planes", str(a.slab_planes)]
+    rows = []
+    for depth in a.depths:
+        source = root / f"in_{depth}.ome.zarr"
+        t = time.time()
+        gib = write_input(source, depth, a.plane)
+        written = time.time() - t
+        r = run_predict(["-i", str(source), "-o", str(root / f"out_{depth}.ome.zarr"), *common])
+        image = zarr.open_group(str(root / f"out_{depth}.ome.zarr"), mode="r")
+        assert image.attrs["nnunet_vasculature"]["complete"]
+        rows.append([f"{depth}x{a.plane}x{a.plane}", f"{gib:.2f}", f"{written:.0f}", f"{r['seconds']:.0f}",
+                     " / ".join(f"{m:.0f}" for m in r["workers_mib"]), f"{r['client_mib']:.0f}",
+                     f"{len([k for k in image.array_keys() if k.isdigit()])}"])
+    print(table(rows, ["input (z, y, x) uint16", "GiB", "write s", "predict s (2 workers)",
+                       "peak RSS per worker MiB", "client MiB", "output levels"]))
+
+    source = root / "small.ome.zarr"
+    write_input(source, a.resume_depth, a.resume_plane)
+    small_args = [*common[:-1], "64"]                       # 64-plane slabs: several slabs on the small input
+    reference = run_predict(["-i", str(source), "-o", str(root / "small_ref.ome.zarr"), *small_args])
+    out = root / "small_resumed.ome.zarr"
+    first = run_predict(["-i", str(source), "-o", str(out), *small_args], kill_after_slabs=1,
+                        progress=out / "_slabs" / "small")
+    marks = zarr.open_group(str(out), mode="r")["_slabs/small"][:]
+    second = run_predict(["-i", str(source), "-o", str(out), *small_args])
+    ref, got = (zarr.open_group(str(p), mode="r") for p in (root / "small_ref.ome.zarr", out))
+    levels = sorted(k for k in ref.array_keys() if k.isdigit())
+    equal = all(np.array_equal(ref[k][:], got[k][:]) for k in levels)
+    resumed = next((line for line in second["output"].splitlines() if "resuming" in line), "no resume line")
+    print(table([[f"{a.resume_depth}x{a.resume_plane}x{a.resume_plane}", f"{reference['seconds']:.0f}",
+                  f"worker {first['killed']} SIGKILLed, then the run (rc {first['returncode']}); "
+                  f"{int(marks.sum())} of {marks.size} slabs marked done",
+                  f"{second['seconds']:.0f}; {resumed.strip()}",
+                  f"{equal} ({len(levels)} levels)",
+                  str(got.attrs['nnunet_vasculature']['complete'])]],
+                ["resume input", "uninterrupted s", "interrupted run", "rerun s", "equal to uninterrupted",
+                 "complete"]))
+    print(json.dumps({"root": str(root)}))
+
+
+if __name__ == "__main__":
+    main()
