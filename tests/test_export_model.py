@@ -16,7 +16,8 @@ import zarr
 from model_helpers import make_model_folder
 
 from nnunet_vasculature.errors import UserError, run_cli
-from nnunet_vasculature.export import model_zip, record
+from nnunet_vasculature.export import model_zip
+from nnunet_vasculature.io import model_record as record
 from nnunet_vasculature.io.intensity import KEY, PercentileMapping
 
 SENNET_PP = {"threshold": 0.4, "threshold_u8": 102, "min_component_voxels": 8, "closing_radius": 0,
@@ -194,3 +195,26 @@ def test_known_download_checksum(tmp_path, monkeypatch):
     monkeypatch.setitem(known_sources.KNOWN_DOWNLOADS, task8.name, dataclasses.replace(listed, size_bytes=5))
     with pytest.raises(UserError, match="bytes, but"):
         known_sources.known_download_checksum(task8)
+
+
+def test_predict_refuses_a_model_installed_by_the_stock_command_from_a_newer_plugin(tmp_path, capsys):
+    """Unpacked by stock nnUNetv2_install_pretrained_model_from_zip, a model's record is only read by predict:
+    a record asking for a newer plugin is one line there, before the model or the input is touched."""
+    import json
+
+    from model_helpers import make_model_folder
+
+    from nnunet_vasculature import __version__
+    from nnunet_vasculature.cli import main
+    from nnunet_vasculature.io.model_record import EXTRA_DIR, FORMAT, RECORD_FILE
+    folder = make_model_folder(tmp_path / "model")
+    (folder / EXTRA_DIR).mkdir()
+    major = int(__version__.split(".")[0])
+    newer = {"format": FORMAT, "plugin": {"version": f"{major + 1}.0"}}
+    (folder / EXTRA_DIR / RECORD_FILE).write_text(json.dumps(newer))
+    capsys.readouterr()
+    assert main(["predict", "-i", str(tmp_path / "missing_input"), "-o", str(tmp_path / "o.zarr"), "-m", str(folder),
+                 "-f", "0", "-device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"newer than the installed {__version__}" in err[0] and RECORD_FILE in err[0], err
+    assert not (tmp_path / "o.zarr").exists()

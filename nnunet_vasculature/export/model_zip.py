@@ -6,7 +6,7 @@ The zip's members are those stock ``nnUNetv2_export_model_to_zip`` writes, relat
 fold_F/<checkpoint>, fold_F/debug.json, fold_F/progress.png, fold_F/validation/summary.json}``, each only
 where it exists: a model whose final validation was skipped has no ``summary.json`` and is exported all the
 same), so stock ``nnUNetv2_install_pretrained_model_from_zip`` installs it; plus the record folder of
-:mod:`nnunet_vasculature.export.record` (``export.json``, ``postprocessing.json``, ``ext/``).
+:mod:`nnunet_vasculature.io.model_record` (``export.json``, ``postprocessing.json``, ``ext/``).
 
 Checks, cheap ones first: every requested fold's checkpoint exists (one line naming what is present); the
 postprocessing.json is SenNet's (a ``competition`` key other than ``sennet`` is refused; a file without the
@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 from nnunet_vasculature.errors import UserError, atomic_dir, atomic_file
-from nnunet_vasculature.export.record import (
+from nnunet_vasculature.io.model_record import (
     COMPETITION,
     EXT_DIR,
     EXTRA_DIR,

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.io.model_record import read_record
 from nnunet_vasculature.io.paths import nnunet_folder
 
 if TYPE_CHECKING:      # torch and nnU-Net are imported when a model is loaded (`--help` starts without them)
@@ -85,6 +86,7 @@ def check_model_folder(folder: Path, folds: Sequence[int | str], checkpoint: str
         if not (folder / f"fold_{f}" / checkpoint).is_file():
             present = sorted(p.parent.name for p in folder.glob(f"fold_*/{checkpoint}"))
             raise UserError(f"{folder}: no fold_{f}/{checkpoint} (present: {', '.join(present) or 'none'})")
+    read_record(folder)          # an exported model: its record is well formed and asks no newer plugin than this
 
 
 def resolve_device(name: str) -> torch.device:

@@ -75,7 +75,7 @@ except ImportError:
 from nnunet_vasculature.errors import UserError  # noqa: E402
 from nnunet_vasculature.export import kaggle  # noqa: E402
 from nnunet_vasculature.export.model_zip import install_model_zip  # noqa: E402
-from nnunet_vasculature.export.record import model_postprocessing, read_record  # noqa: E402
+from nnunet_vasculature.io.model_record import model_postprocessing, read_record  # noqa: E402
 
 t0 = time.time()
 for name in ("nnUNet_results", "nnUNet_raw", "nnUNet_preprocessed"):
