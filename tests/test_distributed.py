@@ -197,3 +197,21 @@ def test_ngff_output_from_an_n5_store_resumes_by_chunk_aligned_slab(tmp_path, cl
     Image.from_zarr(image)
     assert image.attrs["multiscales"] == ref.attrs["multiscales"]
     assert _run(store, out, folder, cluster, slab_planes=5) == {}
+
+
+@pytest.mark.slow
+def test_a_failed_slab_is_one_line_without_the_workers_tracebacks(tmp_path, capfd):
+    """`--workers N`: dask logs every failed task with its traceback on the workers' stderr; the user saw those
+    before the one line that says what failed."""
+    from nnunet_vasculature.cli import main
+    folder = make_model_folder(tmp_path / "m")
+    kidney = _kaggle_kidney(tmp_path / "k", _image((24, 30, 28), seed=7), "kidney_5")
+    bad = sorted((kidney / "images").glob("*.tif"))[20]
+    bad.write_bytes(bad.read_bytes()[:200])                      # a truncated slice inside slab 2
+    capfd.readouterr()
+    assert main(["predict", "-i", str(kidney), "-o", str(tmp_path / "o.zarr"), "-m", str(folder),
+                 "-device", "cpu", "--disable_tta", "--workers", "2", "--slab_planes", "8"]) == 2
+    err = capfd.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and bad.name in errors[0], err
+    assert "Traceback" not in err and "Compute Failed" not in err, err

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.errors import VERBOSE_ENV, UserError
 from nnunet_vasculature.inference.inputs import (
     NGFF_CHUNK_DEPTH,
     is_ngff_output,
@@ -267,7 +268,11 @@ def _connect(workers: int | None, address: str | None, scheduler_file: Path | No
         else:
             cluster = LocalCUDACluster(n_workers=workers, threads_per_worker=1, dashboard_address=None)
             return Client(cluster), cluster
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    # a failed slab is reported by the client as one line; the workers' own log of it (dask logs each failed
+    # task with its traceback) is kept for NNUNET_VASCULATURE_VERBOSE=1
+    quiet = logging.WARNING if os.environ.get(VERBOSE_ENV) == "1" else logging.CRITICAL
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                           silence_logs=quiet)
     return Client(cluster), cluster
 
 
