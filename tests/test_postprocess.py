@@ -346,3 +346,29 @@ def test_overlay_draws_a_users_prediction(tmp_path, capsys):
     for colour in ((0, 200, 0), (230, 0, 200), (255, 220, 0)):
         near = (np.abs(im.astype(int) - (0.45 * 128 + 0.55 * np.array(colour))) < 80).all(-1)
         assert near.any(), colour
+
+
+def test_submit_follows_the_sample_and_refuses_ids_it_does_not_list(tmp_path, capsys):
+    """The rows come in the sample's order; a sample id without prediction, or a prediction the sample does not
+    list, is one line and no CSV."""
+    from nnunet_vasculature.cli import main
+    gt, prob = _kidney(np.random.default_rng(9), (4, 10, 12))
+    _write_kidney(tmp_path, "kidney_5", gt, prob)
+    pp = tmp_path / "pp.json"
+    pp.write_text('{"competition": "sennet", "threshold_u8": 128, "min_component_voxels": 0}')
+    ids = [f"kidney_5_{z:04d}" for z in range(4)]
+    for name, sample_ids, message in (("ok", ids[::-1], None), ("short", ids[:3], "predicted id kidney_5_0003 is not"),
+                                      ("long", ids + ["kidney_6_0000"], "id kidney_6_0000 has no prediction")):
+        sample = tmp_path / f"{name}.csv"
+        sample.write_text("id,rle\n" + "".join(f"{i},1 0\n" for i in sample_ids))
+        out = tmp_path / f"sub_{name}.csv"
+        capsys.readouterr()
+        rc = main(["submit", "-i", str(tmp_path / "probs.zarr"), "-pp", str(pp), "-o", str(out),
+                   "--sample", str(sample)])
+        if message is None:
+            assert rc == 0
+            with open(out, newline="") as f:
+                assert [r["id"] for r in csv.DictReader(f)] == ids[::-1]
+        else:
+            err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+            assert rc == 2 and len(err) == 1 and message in err[0] and not out.exists(), err

@@ -141,3 +141,30 @@ def check_sample_ids(sub_csv: Path | str, ids: Iterable[str], expected: Iterable
     unknown = sorted(i for i in seen if i not in known)
     if unknown:
         raise UserError(f"{sub_csv}: id {unknown[0]} is not in the sample submission ({len(unknown)} unknown)")
+
+
+def sample_order(predicted: Iterable[str], sample_ids: list[str] | None, sample: Path | str | None) -> list[str]:
+    """The submission's row order: the sample submission's, whose ids must be exactly the predicted ones.
+
+    Args:
+        predicted: the ids that have a prediction.
+        sample_ids: the sample submission's ids in order (None: no sample given, the predicted order).
+        sample: the sample file (for the message).
+
+    Returns:
+        The ids in row order.
+
+    Raises:
+        UserError: a sample id without prediction, or a prediction for an id the sample does not list.
+    """
+    predicted = list(predicted)
+    if sample_ids is None:
+        return predicted
+    have, wanted = set(predicted), set(sample_ids)
+    missing = [i for i in sample_ids if i not in have]
+    if missing:
+        raise UserError(f"{sample}: id {missing[0]} has no prediction ({len(missing)} ids missing)")
+    extra = [i for i in predicted if i not in wanted]
+    if extra:
+        raise UserError(f"{sample}: predicted id {extra[0]} is not in the sample submission ({len(extra)} such ids)")
+    return list(sample_ids)

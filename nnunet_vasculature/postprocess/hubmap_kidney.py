@@ -20,7 +20,7 @@ from nnunet_vasculature.errors import UserError, atomic_file
 from nnunet_vasculature.io.rle import ColumnStripEncoder, column_major_regions, rle_runs
 from nnunet_vasculature.io.tables import read_table
 from nnunet_vasculature.postprocess.components import StreamingComponents
-from nnunet_vasculature.postprocess.files import check_outputs, check_sample_ids, refuse_other_competition
+from nnunet_vasculature.postprocess.files import check_outputs, check_sample_ids, refuse_other_competition, sample_order
 from nnunet_vasculature.postprocess.tune import (
     LEVEL_HALF,
     best_option,
@@ -259,15 +259,7 @@ def submit(slide_stores: list[Path], pp_path: Path, out_csv: Path, sample: Path 
     if len({s.stem for s in slide_stores}) != len(slide_stores):
         raise UserError(f"{slide_stores[0].parent}: two stores of one slide among the inputs")
     rows = {s.stem: slide_rle(s, pp) for s in tqdm(slide_stores, desc="submit", unit="slide")}
-    if order is not None:
-        missing = [i for i in order if i not in rows]
-        if missing:
-            raise UserError(f"{sample}: id {missing[0]} has no prediction ({len(missing)} ids missing)")
-        extra = [i for i in rows if i not in set(order)]
-        if extra:
-            raise UserError(f"{sample}: predicted slide {extra[0]} is not in the sample submission")
-    else:
-        order = list(rows)
+    order = sample_order(rows, order, sample)
     with atomic_file(Path(out_csv)) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(("id", "predicted"))

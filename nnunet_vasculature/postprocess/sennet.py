@@ -28,7 +28,7 @@ from nnunet_vasculature.io.volumes import (
     open_labels,
     open_probabilities,
 )
-from nnunet_vasculature.postprocess.files import check_outputs, check_sample_ids, refuse_other_competition
+from nnunet_vasculature.postprocess.files import check_outputs, check_sample_ids, refuse_other_competition, sample_order
 from nnunet_vasculature.postprocess.kidney_metrics import (
     METRICS,
     OBJECTIVES,
@@ -258,16 +258,7 @@ def submit(prob_paths: list, pp_path: Path | str, out_csv: Path, sample: Path | 
                                         f"one kidney?)")
                     rows[ids[z0 + i]] = rle_encode(plane)
                 bar.update(len(m))
-    if order is not None:
-        missing = [i for i in order if i not in rows]
-        if missing:
-            raise UserError(f"{sample}: id {missing[0]} has no prediction ({len(missing)} ids missing)")
-        extra = [i for i in rows if i not in set(order)]
-        if extra:
-            raise UserError(f"{sample}: predicted id {extra[0]} is not in the sample submission "
-                            f"({len(extra)} such ids)")
-    else:
-        order = list(rows)
+    order = sample_order(rows, order, sample)
     with atomic_file(Path(out_csv)) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(("id", "rle"))
