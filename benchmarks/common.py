@@ -50,3 +50,30 @@ def mean_sd(values, f: str = ".3f") -> str:
     v = np.asarray(values, dtype=float)
     sd = f" ± {v.std(ddof=1):{f}}" if len(v) > 1 else ""
     return f"{v.mean():{f}}{sd} [{v.min():{f}}–{v.max():{f}}]"
+
+
+def process_tree(pid: int) -> list[int]:
+    """Every process below ``pid`` (parents read from /proc/*/stat)."""
+    import os
+    from pathlib import Path
+    parent = {}
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parent[int(d)] = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    out, todo = [], [pid]
+    while todo:
+        me = todo.pop()
+        kids = [c for c, p in parent.items() if p == me]
+        out += kids
+        todo += kids
+    return out
+
+
+def peak_rss_kib(pid: int) -> int:
+    """A process's VmHWM (KiB); 0 once it is gone."""
+    try:
+        return next(int(x.split()[1]) for x in open(f"/proc/{pid}/status") if x.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return 0

@@ -35,7 +35,7 @@ import zarr
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(1, str(Path(__file__).resolve().parent))
-from common import table  # noqa: E402
+from common import peak_rss_kib, process_tree, table  # noqa: E402
 from model_helpers import make_model_folder  # noqa: E402
 
 CLI = str(Path(sys.executable).parent / "nnunet-vasculature")
@@ -63,29 +63,6 @@ def write_input(path: Path, depth: int, plane: int, chunk: int = 128) -> float:
     return depth * plane * plane * 2 / 2 ** 30
 
 
-def _tree(pid: int) -> list[int]:
-    parent = {}
-    for d in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            parent[int(d)] = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            pass
-    out, todo = [], [pid]
-    while todo:
-        me = todo.pop()
-        kids = [c for c, p in parent.items() if p == me]
-        out += kids
-        todo += kids
-    return out
-
-
-def _hwm_kib(pid: int) -> int:
-    try:
-        return next(int(x.split()[1]) for x in open(f"/proc/{pid}/status") if x.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return 0
-
-
 def run_predict(args: list[str], kill_after_slabs: int | None = None, progress: Path | None = None) -> dict:
     """The CLI in a fresh process group; peaks per process (MiB); optionally kill a worker, then everything."""
     started = time.time()
@@ -94,16 +71,16 @@ def run_predict(args: list[str], kill_after_slabs: int | None = None, progress: 
     peaks: dict[int, int] = {}
     killed = None
     while p.poll() is None:
-        peaks[p.pid] = max(peaks.get(p.pid, 0), _hwm_kib(p.pid))
-        for c in _tree(p.pid):
-            peaks[c] = max(peaks.get(c, 0), _hwm_kib(c))
+        peaks[p.pid] = max(peaks.get(p.pid, 0), peak_rss_kib(p.pid))
+        for c in process_tree(p.pid):
+            peaks[c] = max(peaks.get(c, 0), peak_rss_kib(c))
         if kill_after_slabs is not None and killed is None and progress is not None and progress.exists():
             try:
                 done = int(np.asarray(zarr.open_array(str(progress), mode="r")[:]).sum())
             except Exception:  # noqa: BLE001 - the array may be half-created
                 done = 0
             if done >= kill_after_slabs:
-                workers = sorted((c for c in _tree(p.pid)), key=lambda c: -peaks.get(c, 0))[:2]
+                workers = sorted((c for c in process_tree(p.pid)), key=lambda c: -peaks.get(c, 0))[:2]
                 killed = workers[0]
                 os.kill(killed, signal.SIGKILL)
                 time.sleep(3)

@@ -25,7 +25,7 @@ import tifffile
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPORT, table  # noqa: E402
+from common import REPORT, peak_rss_kib, process_tree, table  # noqa: E402
 
 ENTRY = REPORT + """
 import sys, time
@@ -117,23 +117,11 @@ class {TRAINER_NAME}(VesselTransferTrainer):
 
 
 def _tree_hwm(pid: int, seen: dict[int, int]) -> None:
-    """Record the VmHWM (KiB) of every process below ``pid`` (parents from /proc/*/stat) in ``seen``."""
-    parent = {}
-    for d in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            parent[int(d)] = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            pass
-    todo = [pid]
-    while todo:
-        me = todo.pop()
-        for c in [c for c, p in parent.items() if p == me]:
-            todo.append(c)
-            try:
-                hwm = next(int(x.split()[1]) for x in open(f"/proc/{c}/status") if x.startswith("VmHWM:"))
-                seen[c] = max(seen.get(c, 0), hwm)
-            except (OSError, StopIteration):
-                pass
+    """Record the VmHWM (KiB) of every process below ``pid`` in ``seen``."""
+    for c in process_tree(pid):
+        hwm = peak_rss_kib(c)
+        if hwm:
+            seen[c] = max(seen.get(c, 0), hwm)
 
 
 def run_measured(code: str, args: list[str], env: dict, log: Path) -> dict:
