@@ -24,7 +24,7 @@ from nnunet_vasculature.postprocess.kidney_metrics import (
     write_scores_json,
 )
 from nnunet_vasculature.postprocess.packed_volume import PackedVolume
-from nnunet_vasculature.postprocess.skeleton_slabs import skeleton_difference
+from nnunet_vasculature.postprocess.skeleton_slabs import disk_radius_bounds, skeleton_difference
 from nnunet_vasculature.postprocess.surface_distances import average_symmetric_surface_distance
 
 if "Inf" not in np.__dict__:   # surface-distance 0.1 predates NumPy 2 (uses np.Inf for an empty surface)
@@ -174,7 +174,33 @@ def test_skeleton_slabs_equal_the_whole_volume_skeleton_with_a_halo_above_the_th
     for vol in (cylinder, branches, cylinder | branches):
         assert skeleton_difference(vol, core=8, halo=16) == 0
     # a halo shorter than the radius does differ: the halo is what makes the slabs exact
-    assert skeleton_difference(cylinder, core=8, halo=2) > 0
+    assert skeleton_difference(cylinder, core=8, halo=2, follow_thickness=False) > 0
+
+
+def test_the_halo_grows_with_the_thickness_of_the_vessels_in_the_slab():
+    # an oblique radius-20 cylinder: a fixed 10-plane halo changes the skeleton; grown from the planes' disk
+    # radius bound (2 R + 8) it equals the whole-volume skeleton
+    z, y, x = np.indices((150, 60, 70), dtype=np.float32)
+    w = np.stack([z - 75, y - 30, x - 35])
+    axis = np.array([1, 0.3, 0.5], np.float32) / np.linalg.norm([1, 0.3, 0.5])
+    cylinder = ((w - np.tensordot(axis, w, 1)[None] * axis[:, None, None, None]) ** 2).sum(0) <= 20 ** 2
+    assert skeleton_difference(cylinder, core=25, halo=10, follow_thickness=False) > 0
+    assert skeleton_difference(cylinder, core=25, halo=10) == 0
+
+
+def test_disk_radius_bounds_are_upper_bounds_of_the_largest_inscribed_disk():
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:90, :70]
+    planes = np.zeros((40, 90, 70), dtype=bool)
+    for plane in planes:
+        for _ in range(rng.integers(0, 4)):
+            cy, cx, r = rng.uniform(-10, 100), rng.uniform(-10, 80), rng.uniform(0.5, 30)
+            plane |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    bounds = disk_radius_bounds(planes)
+    truth = np.array([ndimage.distance_transform_edt(np.pad(p, 1)).max() for p in planes])
+    assert (bounds >= truth - 1e-9).all()
+    assert (bounds <= truth + 2 * 3 * np.sqrt(2) + 4).all()      # and not loose by more than two blocks
+    assert truth.max() > 20 and (truth == 0).any()
 
 
 def test_zarr_and_mixed_inputs(tmp_path):
