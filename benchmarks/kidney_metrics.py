@@ -3,6 +3,12 @@ logic (surface-distance for NSD@0/1, scikit-image Lee skeletons for clDice, MONA
 process with its own peak RSS, both measured in this run on the same synthetic vessel pair (memory-mapped .npy).
 
     .venv/bin/python benchmarks/kidney_metrics.py [--shape 160 256 256] [--no-reference]
+
+``--csv DIR`` scores through the command line instead, as a user scores a Kaggle kidney: the pair is generated slab
+by slab (never whole in memory) into ``DIR/solution.csv`` and ``DIR/submission.csv`` (RLE by Kaggle's own encoder
+snippet, not ours), then ``score sennet --solution … --submission … --metrics nsd0 nsd1 cldice assd dice --json``
+runs in a fresh process. Files already in DIR are reused, so a second run scores only. The whole 2279 x 1303 x 912
+kidney: ``--shape 2279 1303 912 --no-reference --csv /tmp/full_kidney``.
 """
 from __future__ import annotations
 
@@ -51,25 +57,84 @@ report(seconds=time.perf_counter() - t, **s)
 """
 
 
-def vessel_pair(shape: tuple[int, int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Labels: the synthesizer's vessel tree; prediction: the same tree thresholded from a noisy blurred distance,
-    so it is shifted, thinner/thicker in places, and has scattered false positives."""
+CLI = """
+import json, sys, time
+from nnunet_vasculature.cli import main
+t = time.perf_counter()
+rc = main(["score", "sennet", "--solution", sys.argv[1], "--submission", sys.argv[2], "--metrics", "nsd0", "nsd1",
+           "cldice", "assd", "dice", "--json", sys.argv[3]])
+seconds = time.perf_counter() - t
+assert rc == 0, rc
+report(seconds=seconds, **json.load(open(sys.argv[3]))["mean"])
+"""
+
+
+def vessel_pair_slabs(shape: tuple[int, int, int], seed: int = 0, slab: int | None = None):
+    """Labels: the synthesizer's vessel tree; prediction: the same tree thresholded from a noisy distance, so it
+    is shifted, thinner/thicker in places, and has scattered false positives. Yields (pred, gt) z-slabs of
+    ``slab`` planes (all at once when None); the noise is drawn in z order from one generator, so any slab size
+    gives the same volumes."""
     from nnunet_vasculature.synthetic.vessels import grow_tree, segment_field
     rng = np.random.default_rng(seed)
     tree = grow_tree(rng, np.array(shape, float), root_radius=min(shape) / 40, min_radius=1.0, n_roots=12,
                      missing_fraction=0.0)
-    sd = segment_field(np.zeros(3), shape, 1.0, tree, False, 3.0)
-    gt = sd <= 0
-    pred = (sd + rng.normal(0, 0.6, sd.shape)) <= 0.3
-    return pred, gt
+    slab = slab or shape[0]
+    for z0 in range(0, shape[0], slab):
+        block = (min(slab, shape[0] - z0), *shape[1:])
+        sd = segment_field(np.array([z0, 0.0, 0.0]), block, 1.0, tree, False, 3.0)
+        yield (sd + rng.normal(0, 0.6, sd.shape)) <= 0.3, sd <= 0
+
+
+def vessel_pair(shape: tuple[int, int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    return next(vessel_pair_slabs(shape, seed))
+
+
+def kaggle_rle(img: np.ndarray) -> str:
+    """The RLE encoder of the competition's own notebooks (row-major, 1-based starts, ``1 0`` when empty)."""
+    pixel = np.concatenate([[0], img.flatten(), [0]])
+    run = np.where(pixel[1:] != pixel[:-1])[0] + 1
+    run[1::2] -= run[::2]
+    return " ".join(str(r) for r in run) or "1 0"
+
+
+def write_csv_pair(shape: tuple[int, int, int], folder: Path, kidney: str = "kidney_full") -> list[str]:
+    """``solution.csv`` (id,rle,width,height,usage) and ``submission.csv`` (id,rle) of one synthetic kidney,
+    written slab by slab; kept when both already exist."""
+    from tqdm import tqdm
+    sol, sub = folder / "solution.csv", folder / "submission.csv"
+    if not (sol.exists() and sub.exists()):
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp_sol, tmp_sub = sol.with_suffix(".tmp"), sub.with_suffix(".tmp")
+        with open(tmp_sol, "w") as fs, open(tmp_sub, "w") as fp, tqdm(total=shape[0], desc="writing CSVs") as bar:
+            fs.write("id,rle,width,height,usage\n")
+            fp.write("id,rle\n")
+            z = 0
+            for pred, gt in vessel_pair_slabs(shape, slab=32):
+                for p, g in zip(pred, gt):
+                    fs.write(f"{kidney}_{z:04d},{kaggle_rle(g.astype(np.uint8))},{shape[2]},{shape[1]},Public\n")
+                    fp.write(f"{kidney}_{z:04d},{kaggle_rle(p.astype(np.uint8))}\n")
+                    z += 1
+                bar.update(len(gt))
+        tmp_sol.rename(sol)
+        tmp_sub.rename(sub)
+    print(f"volume {shape} = {np.prod(shape) / 1e6:.1f} M voxels; solution.csv {sol.stat().st_size / 2**20:.0f} MiB, "
+          f"submission.csv {sub.stat().st_size / 2**20:.0f} MiB")
+    return [str(sol), str(sub), str(folder / "scores.json")]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", type=int, nargs=3, default=[160, 256, 256], metavar=("Z", "H", "W"))
     ap.add_argument("--no-reference", action="store_true", help="only ours (for volumes the reference cannot run)")
+    ap.add_argument("--csv", type=Path, metavar="DIR", help="score Kaggle-layout CSVs written to DIR through the CLI")
     a = ap.parse_args()
     shape = tuple(a.shape)
+    metrics = ["nsd0", "nsd1", "cldice", "assd", "dice"]
+    if a.csv:
+        r = run_child(CLI, *write_csv_pair(shape, a.csv))
+        print(table([["score sennet (CLI, CSVs)", f"{r['seconds']:.1f}", f"{r['peak_rss_mib']:.0f}"]
+                     + [f"{r[m]:.6f}" for m in metrics]], ["run", "seconds", "peak RSS MiB", *metrics]))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         pred, gt = vessel_pair(shape)
         paths = [str(Path(tmp) / "pred.npy"), str(Path(tmp) / "gt.npy")]
@@ -81,7 +146,6 @@ def main() -> None:
         runs = {"ours (streamed)": run_child(OURS, *paths)}
         if not a.no_reference:
             runs["hosts' logic (whole volume)"] = run_child(HOSTS, *paths)
-    metrics = ["nsd0", "nsd1", "cldice", "assd", "dice"]
     rows = [[name, f"{r['seconds']:.1f}", f"{r['peak_rss_mib']:.0f}"] + [f"{r[m]:.6f}" for m in metrics]
             for name, r in runs.items()]
     print(table(rows, ["run", "seconds", "peak RSS MiB", *metrics]))
