@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +62,8 @@ def kidney(shape: tuple[int, int, int], planes: int | None) -> None:
 
     from kidney_metrics import vessel_pair_slabs
     middle = (shape[0] // 2) // planes if planes else 0
-    z0, (pred, gt) = next((i * (planes or 0), pair) for i, pair in enumerate(vessel_pair_slabs(shape, slab=planes))
-                          if i == middle)
+    pred, gt = next(islice(vessel_pair_slabs(shape, slab=planes), middle, None))
+    z0 = middle * (planes or 0)
     where = f"{shape[0]}x{shape[1]}x{shape[2]}" + (f", planes {z0}..{z0 + len(gt) - 1}" if planes else "")
     print(f"{where}: foreground {gt.mean():.2%} (labels), {pred.mean():.2%} (prediction)")
     rows = []

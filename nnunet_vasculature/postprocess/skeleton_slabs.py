@@ -163,18 +163,19 @@ def cldice_counts(pred: PackedVolume, gt: PackedVolume, core: int = DEFAULT_CORE
     return tuple(int(c) for c in counts)
 
 
-def packed_skeleton(mask: PackedVolume, core: int = DEFAULT_CORE, halo: int = DEFAULT_HALO) -> PackedVolume:
+def packed_skeleton(mask: PackedVolume, core: int = DEFAULT_CORE, halo: int = DEFAULT_HALO,
+                    follow_thickness: bool = True) -> PackedVolume:
     """The slab-wise Lee skeleton of ``mask`` as a packed volume (kept when several predictions are compared
     with one label volume).
 
     Args:
         mask: packed binary volume.
-        core, halo: slab geometry.
+        core, halo, follow_thickness: slab geometry (see :func:`skeleton_slabs`).
     Returns:
         packed skeleton.
     """
     out = PackedVolume(mask.shape)
-    for z0, sk in skeleton_slabs(mask, core, halo):
+    for z0, sk in skeleton_slabs(mask, core, halo, follow_thickness):
         out.write(z0, sk)
     return out
 
@@ -208,7 +209,5 @@ def skeleton_difference(volume: np.ndarray, core: int = DEFAULT_CORE, halo: int 
     volume = np.asarray(volume) != 0
     packed = PackedVolume(volume.shape)
     packed.write(0, volume)
-    out = PackedVolume(volume.shape)
-    for z0, sk in skeleton_slabs(packed, core, halo, follow_thickness):
-        out.write(z0, sk)
-    return int((out[0:volume.shape[0]] != lee_skeleton(volume)).sum())
+    slabs = packed_skeleton(packed, core, halo, follow_thickness)
+    return int((slabs[0:volume.shape[0]] != lee_skeleton(volume)).sum())
