@@ -197,6 +197,9 @@ def test_ngff_output_from_an_n5_store_resumes_by_chunk_aligned_slab(tmp_path, cl
     Image.from_zarr(image)
     assert image.attrs["multiscales"] == ref.attrs["multiscales"]
     assert _run(store, out, folder, cluster, slab_planes=5) == {}
+    # a complete image made with other settings is refused, not skipped as done
+    with pytest.raises(UserError, match="complete prediction made with other settings"):
+        _run(store, out, folder, cluster, slab_planes=5, step_size=0.75)
 
 
 @pytest.mark.slow

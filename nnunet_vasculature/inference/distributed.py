@@ -213,6 +213,10 @@ def _prepare_ngff(out: Path, src: VolumeSource, inputs: Path | str, options: Pre
     if Path(out).is_dir() and not overwrite:
         meta = dict(zarr.open_group(str(out), mode="r").attrs).get(ATTRS_KEY)
         if isinstance(meta, dict) and meta.get("complete"):
+            made = meta.get("source") or {}
+            if made.get("params_hash") != record["params_hash"] or made.get("input") != record["input"]:
+                raise UserError(f"{out}: holds a complete prediction made with other settings or of another input "
+                                f"(pass --overwrite)")
             print(f"{src.name}: already complete, skipped")
             return target
     writer = NgffWriter(out, src.name, src.shape, src.spacing, src.slice_ids, record, overwrite,
