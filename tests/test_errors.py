@@ -108,3 +108,13 @@ def test_faults_in_real_files_are_one_line_naming_the_file(tmp_path, capsys):
     pp.write_text('{"competition": "sennet", "threshold_u8": 128, "min_component_voxels": 0}')
     _one_line(capsys, ["submit", "-i", str(store), "-pp", str(pp), "-o", str(tmp_path / "s.csv")], str(store))
     assert not (tmp_path / "s.csv").exists()
+    # the same corrupt chunk in level 0 of an NGFF probability image (predict's .ome.zarr), made with zarr directly
+    image = tmp_path / "kidney_5.ome.zarr"
+    g = zarr.open_group(str(image), mode="w")
+    g.attrs.update({"ome": {"version": "0.5", "multiscales": [{"datasets": [{"path": "0"}]}]},
+                    "nnunet_vasculature": {"kidney": "kidney_5", "complete": True,
+                                           "slice_ids": [f"kidney_5_{z:04d}" for z in range(4)]}})
+    g.create_array("0", shape=(4, 6, 7), chunks=(1, 6, 7), dtype="uint8")[:] = 200
+    (image / "0" / "c" / "1" / "0" / "0").write_bytes(b"garbage")
+    _one_line(capsys, ["submit", "-i", str(image), "-pp", str(pp), "-o", str(tmp_path / "s.csv")], str(image))
+    assert not (tmp_path / "s.csv").exists()

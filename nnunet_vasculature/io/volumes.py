@@ -156,7 +156,7 @@ def open_probability_image(path: Path) -> tuple[ZSliceable, dict]:
 
     Returns:
         (uint8 volume, attributes: ``kidney``, ``spacing``, ``translation``, ``slice_ids`` when recorded,
-        ``source``, ``provenance``, ``ngff_image`` True).
+        ``source``, ``provenance``).
     """
     import zarr
     try:
@@ -170,7 +170,8 @@ def open_probability_image(path: Path) -> tuple[ZSliceable, dict]:
                         f"{arr.shape[0]} planes); run predict again to resume it")
     if arr.ndim != 3 or arr.dtype != np.uint8:
         raise UserError(f"{path}: level 0 is {arr.shape} {arr.dtype}; expected (z, y, x) uint8")
-    return CheckedU8(arr, str(path)), {**meta, "ngff_image": True}
+    check_chunks(arr, str(path))
+    return CheckedU8(DecodedArray(arr, Path(path) / "0"), str(path)), meta
 
 
 class CheckedU8:
