@@ -118,8 +118,9 @@ def test_ome_zarr_output_apply_labels_and_score(tmp_path, kaggle_small, capsys):
     assert image["labels"].attrs["labels"] == ["vessels"]
 
 
-def test_bad_input_is_one_line_before_the_model(tmp_path, capsys):
+def test_bad_input_is_one_line_before_the_model(tmp_path, capsys, monkeypatch):
     """Each refusal names the problem in one line; the checkpoints are garbage, so none came from loading."""
+    monkeypatch.chdir(tmp_path)         # default outputs (NAME.ome.zarr) land here, where the end checks for them
     folder = _broken_model(tmp_path / "model")
     volume = np.random.default_rng(1).integers(0, 60000, (32, 32, 32), dtype=np.uint16)
     n5 = write_hoa_n5(tmp_path / "n5", [volume, mean2(volume)], 25.0, block=(16, 16, 16))

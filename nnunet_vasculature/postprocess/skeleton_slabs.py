@@ -83,8 +83,8 @@ class PlaneRadii:
 
     def max(self, z0: int, z1: int) -> float:
         """Largest bound over planes ``z0 .. z1``."""
-        for a in range(z0, z1, self.block):
-            b = min(a + self.block, z1)
+        for a in range(z0 // self.block * self.block, z1, self.block):      # aligned: a block is computed once
+            b = min(a + self.block, self.mask.shape[0])
             if np.isnan(self.radius[a:b]).any():
                 self.radius[a:b] = disk_radius_bounds(self.mask[a:b])
         return float(self.radius[z0:z1].max())
