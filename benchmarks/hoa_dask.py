@@ -13,7 +13,7 @@ a tiny network whose spacing is the input's (no resampling); the output is an NG
 and the slabs (256 planes) are whole output chunk rows. Peak RSS: VmHWM of every process of the run's tree,
 sampled every 0.25 s (the two largest besides the client are the dask workers).
 
-Resume: on the smaller input, one worker process is killed (SIGKILL) once two slabs are marked done, then the
+Resume: on the smaller input, one worker process is killed (SIGKILL) once a slab is marked done, then the
 whole run (client and cluster) is killed; the same command is run again and must finish only the missing slabs;
 the image (every pyramid level) must equal an uninterrupted run's, byte for byte.
 """

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import kaggle_rle  # noqa: E402
 
 
 def _child(code: str) -> dict:
@@ -39,13 +41,6 @@ def _child(code: str) -> dict:
     return json.loads(line[7:])
 
 
-def kaggle_snippet(img: np.ndarray) -> str:
-    pixels = img.T.flatten()
-    pixels = np.concatenate([[0], pixels, [0]])
-    runs = np.where(pixels[1:] != pixels[:-1])[0] + 1
-    runs[1::2] -= runs[::2]
-    return " ".join(str(x) for x in runs)
-
 
 def bench_rle(shape: tuple[int, int]) -> None:
     from nnunet_vasculature.io.rle import ColumnStripEncoder, rle_encode
@@ -58,7 +53,7 @@ def bench_rle(shape: tuple[int, int]) -> None:
         y, x = rng.integers(0, h - 241), rng.integers(0, w - 241)
         mask[y:y + 241, x:x + 241] |= disc
     t = time.perf_counter()
-    ref = kaggle_snippet(mask)
+    ref = kaggle_rle(mask.T)      # the snippet's img.T.flatten(): column-major
     t_ref = time.perf_counter() - t
     t = time.perf_counter()
     ours = rle_encode(mask, order="F", empty="")

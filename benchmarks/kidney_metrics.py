@@ -5,7 +5,7 @@ process with its own peak RSS, both measured in this run on the same synthetic v
     .venv/bin/python benchmarks/kidney_metrics.py [--shape 160 256 256] [--no-reference]
 
 ``--csv DIR`` scores through the command line instead, as a user scores a Kaggle kidney: the pair is generated slab
-by slab (never whole in memory) into ``DIR/solution.csv`` and ``DIR/submission.csv`` (RLE by Kaggle's own encoder
+by slab (never whole in memory) into ``DIR/Z_H_W/solution.csv`` and ``submission.csv`` (RLE by Kaggle's own encoder
 snippet, not ours), then ``score sennet --solution … --submission … --metrics nsd0 nsd1 cldice assd dice --json``
 runs in a fresh process. Files already in DIR are reused, so a second run scores only. The whole 2279 x 1303 x 912
 kidney: ``--shape 2279 1303 912 --no-reference --csv /tmp/full_kidney``.
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import run_child, table  # noqa: E402
+from common import kaggle_rle, run_child, table  # noqa: E402
 
 OURS = """
 import sys, time
@@ -89,36 +89,40 @@ def vessel_pair(shape: tuple[int, int, int], seed: int = 0) -> tuple[np.ndarray,
     return next(vessel_pair_slabs(shape, seed))
 
 
-def kaggle_rle(img: np.ndarray) -> str:
-    """The RLE encoder of the competition's own notebooks (row-major, 1-based starts, ``1 0`` when empty)."""
-    pixel = np.concatenate([[0], img.flatten(), [0]])
-    run = np.where(pixel[1:] != pixel[:-1])[0] + 1
-    run[1::2] -= run[::2]
-    return " ".join(str(r) for r in run) or "1 0"
+def foreground_voxels(path: Path) -> int:
+    """Sum of the run lengths of a CSV's ``rle`` column."""
+    import csv
+    csv.field_size_limit(2**31 - 1)
+    with open(path, newline="") as f:
+        return sum(sum(map(int, r["rle"].split()[1::2])) for r in csv.DictReader(f))
 
 
 def write_csv_pair(shape: tuple[int, int, int], folder: Path, kidney: str = "kidney_full") -> list[str]:
     """``solution.csv`` (id,rle,width,height,usage) and ``submission.csv`` (id,rle) of one synthetic kidney,
-    written slab by slab; kept when both already exist."""
+    written slab by slab into ``folder/Z_H_W``; kept when both already exist there."""
+    from contextlib import ExitStack
+
     from tqdm import tqdm
+
+    from nnunet_vasculature.errors import atomic_file
+    folder = folder / "_".join(map(str, shape))
     sol, sub = folder / "solution.csv", folder / "submission.csv"
     if not (sol.exists() and sub.exists()):
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp_sol, tmp_sub = sol.with_suffix(".tmp"), sub.with_suffix(".tmp")
-        with open(tmp_sol, "w") as fs, open(tmp_sub, "w") as fp, tqdm(total=shape[0], desc="writing CSVs") as bar:
+        with ExitStack() as stack:
+            fs = stack.enter_context(open(stack.enter_context(atomic_file(sol)), "w"))
+            fp = stack.enter_context(open(stack.enter_context(atomic_file(sub)), "w"))
             fs.write("id,rle,width,height,usage\n")
             fp.write("id,rle\n")
             z = 0
-            for pred, gt in vessel_pair_slabs(shape, slab=32):
+            for pred, gt in tqdm(vessel_pair_slabs(shape, slab=32), total=-(-shape[0] // 32), desc="writing CSVs"):
                 for p, g in zip(pred, gt):
-                    fs.write(f"{kidney}_{z:04d},{kaggle_rle(g.astype(np.uint8))},{shape[2]},{shape[1]},Public\n")
-                    fp.write(f"{kidney}_{z:04d},{kaggle_rle(p.astype(np.uint8))}\n")
+                    label, prediction = (kaggle_rle(m.astype(np.uint8)) or "1 0" for m in (g, p))
+                    fs.write(f"{kidney}_{z:04d},{label},{shape[2]},{shape[1]},Public\n")
+                    fp.write(f"{kidney}_{z:04d},{prediction}\n")
                     z += 1
-                bar.update(len(gt))
-        tmp_sol.rename(sol)
-        tmp_sub.rename(sub)
-    print(f"volume {shape} = {np.prod(shape) / 1e6:.1f} M voxels; solution.csv {sol.stat().st_size / 2**20:.0f} MiB, "
-          f"submission.csv {sub.stat().st_size / 2**20:.0f} MiB")
+    share = [foreground_voxels(f) / np.prod(shape) for f in (sol, sub)]
+    print(f"volume {shape} = {np.prod(shape) / 1e6:.1f} M voxels; solution.csv {sol.stat().st_size / 2**20:.0f} MiB "
+          f"({share[0]:.2%} foreground), submission.csv {sub.stat().st_size / 2**20:.0f} MiB ({share[1]:.2%})")
     return [str(sol), str(sub), str(folder / "scores.json")]
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import best_of, table  # noqa: E402
+from common import best_of, kaggle_rle, table  # noqa: E402
 
 from nnunet_vasculature.io.rle import rle_encode  # noqa: E402
 from nnunet_vasculature.postprocess.surface_dice import surface_dice, surface_dice_sweep  # noqa: E402
@@ -32,15 +32,6 @@ def vessel_like(n: int, seed: int = 0):
     prob = 1 / (1 + np.exp(np.clip(sd / 0.8, -30, 30)))
     prob = np.clip(prob * rng.uniform(0.6, 1.4, prob.shape), 0, 1)
     return gt, np.rint(prob * 255).astype(np.uint8)
-
-
-def plain_rle(img):
-    """The run-length snippet most Kaggle notebooks used."""
-    pixels = img.flatten()
-    pixels = np.concatenate([[0], pixels, [0]])
-    runs = np.where(pixels[1:] != pixels[:-1])[0] + 1
-    runs[1::2] -= runs[::2]
-    return " ".join(str(x) for x in runs)
 
 
 def main():
@@ -84,9 +75,9 @@ def main():
         rng = np.random.default_rng(1)
         fields = [ndi.gaussian_filter(rng.random((1303, 912)).astype(np.float32), 4) for _ in range(10)]
         u8 = [(f > cut).astype(np.uint8) for f in fields]
-        assert all(rle_encode(s) == plain_rle(s) for s in u8)
+        assert all(rle_encode(s) == kaggle_rle(s) for s in u8)
         t_enc = best_of(lambda: [rle_encode(s) for s in u8], 20)
-        t_plain = best_of(lambda: [plain_rle(s) for s in u8], 20)
+        t_plain = best_of(lambda: [kaggle_rle(s) for s in u8], 20)
         runs = np.mean([len(rle_encode(s).split()) // 2 for s in u8])
         rows.append([f"RLE encode, 10 slices 1303x912, {label}", f"{t_enc * 1000:.1f} ms",
                      f"numpy snippet {t_plain * 1000:.1f} ms", f"{t_plain / t_enc:.1f}x faster",
