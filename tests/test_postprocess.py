@@ -372,3 +372,22 @@ def test_submit_follows_the_sample_and_refuses_ids_it_does_not_list(tmp_path, ca
         else:
             err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
             assert rc == 2 and len(err) == 1 and message in err[0] and not out.exists(), err
+
+
+def test_submit_checks_the_sample_before_post_processing(tmp_path, monkeypatch, capsys):
+    """A sample that does not match is refused before any kidney is post-processed (a whole kidney takes minutes)."""
+    from nnunet_vasculature.cli import main
+    from nnunet_vasculature.postprocess import sennet
+
+    def no_masks(*args, **kwargs):
+        raise AssertionError("post-processing ran before the sample was checked")
+    gt, prob = _kidney(np.random.default_rng(9), (4, 10, 12))
+    _write_kidney(tmp_path, "kidney_5", gt, prob)
+    pp = tmp_path / "pp.json"
+    pp.write_text('{"competition": "sennet", "threshold_u8": 128, "min_component_voxels": 0}')
+    sample = tmp_path / "sample.csv"
+    sample.write_text("id,rle\n" + "".join(f"kidney_5_{z:04d},1 0\n" for z in range(3)))
+    monkeypatch.setattr(sennet, "masks", no_masks)
+    assert main(["submit", "-i", str(tmp_path / "probs.zarr"), "-pp", str(pp), "-o", str(tmp_path / "s.csv"),
+                 "--sample", str(sample)]) == 2
+    assert "kidney_5_0003 is not" in capsys.readouterr().err

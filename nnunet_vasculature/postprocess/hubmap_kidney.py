@@ -258,8 +258,8 @@ def submit(slide_stores: list[Path], pp_path: Path, out_csv: Path, sample: Path 
     order = [r["id"] for r in read_table(sample, ("id", "predicted"), competition=COMPETITION)] if sample else None
     if len({s.stem for s in slide_stores}) != len(slide_stores):
         raise UserError(f"{slide_stores[0].parent}: two stores of one slide among the inputs")
+    order = sample_order([s.stem for s in slide_stores], order, sample)
     rows = {s.stem: slide_rle(s, pp) for s in tqdm(slide_stores, desc="submit", unit="slide")}
-    order = sample_order(rows, order, sample)
     with atomic_file(Path(out_csv)) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(("id", "predicted"))

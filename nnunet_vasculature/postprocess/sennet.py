@@ -246,19 +246,21 @@ def submit(prob_paths: list, pp_path: Path | str, out_csv: Path, sample: Path | 
     """
     pp = load_postprocessing(pp_path)
     order = [r["id"] for r in read_table(sample, ("id",), competition=COMPETITION)] if sample is not None else None
+    paths, predicted = expand_probabilities(prob_paths), {}
+    for path in paths:                  # every id and the sample checked before any post-processing
+        for i in slice_ids(path, *open_probabilities(path)):
+            if i in predicted:
+                raise UserError(f"{path}: slice id {i} is predicted twice (two inputs of one kidney?)")
+            predicted[i] = path
+    order = sample_order(predicted, order, sample)
     rows: dict[str, str] = {}
-    for path in expand_probabilities(prob_paths):
+    for path in paths:
         prob, attrs = open_probabilities(path)
         ids = slice_ids(path, prob, attrs)
         with tqdm(total=prob.shape[0], desc=f"submit {Path(path).name}", unit="slice") as bar:
             for z0, m in masks(prob, pp):
-                for i, plane in enumerate(m):
-                    if ids[z0 + i] in rows:
-                        raise UserError(f"{path}: slice id {ids[z0 + i]} is predicted twice (two inputs of "
-                                        f"one kidney?)")
-                    rows[ids[z0 + i]] = rle_encode(plane)
+                rows.update((ids[z0 + i], rle_encode(plane)) for i, plane in enumerate(m))
                 bar.update(len(m))
-    order = sample_order(rows, order, sample)
     with atomic_file(Path(out_csv)) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(("id", "rle"))
