@@ -132,6 +132,8 @@ def test_bad_input_is_one_line_before_the_model(tmp_path, capsys, monkeypatch):
         (["-i", str(n5), "--level", "x"], "--level x: give 'auto' or a level number"),
         (["-i", str(kidney), "--level", "1", "-o", str(tmp_path / "o.zarr")], "is not a multiscale input"),
         (["-i", str(n5), "--remote"], "--remote: only hoa:NAME inputs"),
+        (["-i", str(kidney), "--remote", "--dry_run"], "--remote: only hoa:NAME inputs"),
+        (["-i", str(kidney), "--level", "1", "--dry_run"], "is not a multiscale input"),
         (["-i", str(kidney.parent), "-o", str(tmp_path / "two.ome.zarr")], "an OME-Zarr image holds one volume"),
         (["-i", str(kidney)], "give -o"),
     ]

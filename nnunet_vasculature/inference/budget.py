@@ -32,12 +32,12 @@ from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.inference.inputs import (
     NGFF_CHUNK_DEPTH,
     ModelPlans,
-    is_multiscale,
     is_ngff_output,
     read_model_plans,
 )
 from nnunet_vasculature.inference.options import PredictionOptions
 from nnunet_vasculature.io.sources import VolumeSource, open_inputs
+from nnunet_vasculature.io.volume_open import is_volume_spec
 
 GIB = 2 ** 30
 QUEUED = 3          # overlap threads: queue depth 1 -> d + 1 queued/being built + the one in use
@@ -167,9 +167,7 @@ def dry_run(spec: str | Path, options: PredictionOptions, spacing: float | None 
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{options.model_folder}: dataset.json is not readable JSON ({e})") from None
     classes = plans.plans_manager.get_label_manager(dataset).num_segmentation_heads
-    multiscale = is_multiscale(spec)
-    if not multiscale and str(level).strip().lower() != "auto":
-        raise UserError(f"--level {level}: {spec} is not a multiscale input (OME-Zarr, N5, hoa:NAME, JPEG 2000)")
+    multiscale = is_volume_spec(spec)
     sources = open_inputs(spec, spacing, level, plans.spacing if multiscale else None, remote)
     ngff = is_ngff_output(out) if out is not None else multiscale
     results = [estimate(src, plans, options, classes, device, ngff) for src in sources]

@@ -73,18 +73,6 @@ def read_model_plans(folder: Path) -> ModelPlans:
     return ModelPlans(manager, cm, configuration, spacing, tuple(int(p) for p in cm.patch_size))
 
 
-def is_multiscale(spec: str | Path) -> bool:
-    """Whether ``spec`` is a multiscale input (``hoa:NAME``, OME-Zarr, N5, JPEG 2000 folder).
-
-    Args:
-        spec: the ``-i`` value.
-
-    Returns:
-        True or False.
-    """
-    return is_volume_spec(spec)
-
-
 def open_prediction_inputs(spec: str | Path, options: PredictionOptions, spacing: float | None = None,
                            level: int | str = "auto", remote: bool = False,
                            log: Callable[[str], None] | None = print) -> list[VolumeSource]:
@@ -101,12 +89,7 @@ def open_prediction_inputs(spec: str | Path, options: PredictionOptions, spacing
     Returns:
         The volumes.
     """
-    multiscale = is_multiscale(spec)
-    if not multiscale and str(level).strip().lower() != "auto":
-        raise UserError(f"--level {level}: {spec} is not a multiscale input (OME-Zarr, N5, hoa:NAME, JPEG 2000)")
-    if remote and not str(spec).startswith("hoa:"):
-        raise UserError(f"--remote: only hoa:NAME inputs are read over the network, not {spec}")
-    target = read_model_plans(options.model_folder).spacing if multiscale else None
+    target = read_model_plans(options.model_folder).spacing if is_volume_spec(spec) else None
     sources = open_inputs(spec, spacing, level, target, remote, log)
     return map_sources(sources, model_mapping(options.model_folder), log=log or (lambda m: None))
 
@@ -124,7 +107,7 @@ def output_path(spec: str | Path, out: Path | None, sources: list[VolumeSource])
         The output path.
     """
     if out is None:
-        if not is_multiscale(spec):
+        if not is_volume_spec(spec):
             raise UserError(f"{spec}: give -o (probs.zarr, or NAME.ome.zarr for an NGFF image)")
         out = Path(f"{sources[0].name}{NGFF_SUFFIX}")
     out = Path(out)
@@ -174,5 +157,5 @@ def ngff_metadata(src: VolumeSource, spec: str | Path, options: PredictionOption
     return {"translation": tuple(getattr(src, "translation", (0.0, 0.0, 0.0))), "provenance": provenance}
 
 
-__all__ = ["NGFF_SUFFIX", "NGFF_CHUNK_DEPTH", "ModelPlans", "read_model_plans", "is_multiscale",
+__all__ = ["NGFF_SUFFIX", "NGFF_CHUNK_DEPTH", "ModelPlans", "read_model_plans",
            "open_prediction_inputs", "output_path", "is_ngff_output", "ngff_metadata"]

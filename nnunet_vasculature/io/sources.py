@@ -177,8 +177,12 @@ def open_inputs(path: Path | str, spacing: float | None = None, level: int | str
         The volumes (a multiscale input: one :class:`~nnunet_vasculature.io.pyramid.PyramidVolume`).
     """
     from nnunet_vasculature.io.volume_open import is_volume_spec, open_volume
+    if remote and not str(path).startswith("hoa:"):
+        raise UserError(f"--remote: only hoa:NAME inputs are read over the network, not {path}")
     if is_volume_spec(path):
         return [open_volume(path, level, target_spacing_um, remote=remote, spacing_um=spacing, log=log)]
+    if str(level).strip().lower() != "auto":
+        raise UserError(f"--level {level}: {path} is not a multiscale input (OME-Zarr, N5, hoa:NAME, JPEG 2000)")
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: not found")
