@@ -126,3 +126,35 @@ def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> i
         print(f"error: {line} (set {VERBOSE_ENV}=1 for the traceback)", file=sys.stderr)
         return 1
     return 0
+
+
+# import name -> what to pip install, for the dependencies declared in pyproject.toml (and nnU-Net's own);
+# tests/test_cli.py checks the names against the installed distributions
+PIP_NAMES = {"torch": "torch", "nnunetv2": "nnunetv2", "batchgeneratorsv2": "batchgeneratorsv2",
+             "dynamic_network_architectures": "dynamic-network-architectures", "numpy": "numpy", "scipy": "scipy",
+             "skimage": "scikit-image", "SimpleITK": "SimpleITK", "tifffile": "tifffile", "zarr": "zarr",
+             "numcodecs": "numcodecs", "cc3d": "connected-components-3d", "tqdm": "tqdm",
+             "matplotlib": "matplotlib", "dask": "dask[distributed]", "distributed": "dask[distributed]",
+             "pycocotools": "pycocotools", "PIL": "pillow", "tensorstore": "tensorstore",
+             "imagecodecs": "imagecodecs", "packaging": "packaging",
+             "hoa_tools": "nnunet-vasculature[hoa]"}
+
+
+def describe_missing_dependency(e: ModuleNotFoundError) -> str | None:
+    """One line for a third-party module that is not installed; None for a module of this package (a bug).
+
+    Args:
+        e: the exception of the failed import.
+
+    Returns:
+        e.g. ``this command needs the package 'cc3d' (pip install connected-components-3d)``, or None.
+    """
+    top = (e.name or "").partition(".")[0]
+    if not top or top == __name__.partition(".")[0]:
+        return None
+    if top not in PIP_NAMES:
+        return (f"this command needs the module '{top}', which is not installed (set {VERBOSE_ENV}=1 for the "
+                "traceback)")
+    spec = f"'{PIP_NAMES[top]}'" if "[" in PIP_NAMES[top] else PIP_NAMES[top]      # quoted for the shell
+    needs = ", Python >= 3.11" if top == "hoa_tools" else ""
+    return f"this command needs the package '{top}' (pip install {spec}{needs})"

@@ -244,7 +244,8 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
                    help="'glomerulus' (masks from train.csv) or 'glomerulus unhealthy' (from the polygon JSONs, "
                         "a second class for unhealthy glomeruli)")
     p.add_argument("--pseudo", nargs="+", metavar="ID=STORE",
-                   help="test slides to add with pseudo-labels from predict-slide probability stores (>= 0.5)")
+                   help="test slides to add with pseudo-labels from `predict hubmap-kidney` probability stores "
+                        "(>= 0.5)")
     p.add_argument("--overwrite", action="store_true")
 
     def run(a: argparse.Namespace) -> None:

@@ -47,8 +47,14 @@ def pseudo_label(prob_path: Path | str, labels_dir: Path, threshold: float, out_
     return counts
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pseudo-label", help="union of sparse labels and confident predictions")
+def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
+    """Registers ``pseudo-label sennet`` (plain ``pseudo-label`` by the default competition word).
+
+    Args:
+        groups: the competition sub-parsers of each command (:func:`nnunet_vasculature.competitions.command_groups`).
+    """
+    p = groups["pseudo-label"].add_parser("sennet", help="union of a kidney's sparse label slices and confident "
+                                                         "predictions")
     p.add_argument("-i", dest="input", type=Path, required=True, help="probabilities (zarr array of the kidney)")
     p.add_argument("--labels", type=Path, required=True, help="the kidney's sparse label slices")
     p.add_argument("--threshold", type=float, required=True, help="probability at or above which to add vessel")

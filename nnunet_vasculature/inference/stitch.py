@@ -65,8 +65,14 @@ def stitch(pred_dir: Path, raw_dataset: Path, out: Path, overwrite: bool = False
     return Path(out)
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("stitch", help="stock nnU-Net .npz outputs of z-chunk cases -> one zarr array per kidney")
+def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
+    """Registers ``stitch sennet`` (plain ``stitch`` by the default competition word).
+
+    Args:
+        groups: the competition sub-parsers of each command (:func:`nnunet_vasculature.competitions.command_groups`).
+    """
+    p = groups["stitch"].add_parser("sennet", help="stock nnU-Net .npz outputs of z-chunk cases -> one zarr array "
+                                                   "per kidney")
     p.add_argument("-i", dest="input", type=Path, required=True, help="folder of nnUNetv2_predict .npz outputs")
     p.add_argument("-d", dest="dataset_id", required=True, help="dataset ID (its sennet_cases.json gives the cut)")
     p.add_argument("-o", dest="output", type=Path, required=True, help="output zarr")
