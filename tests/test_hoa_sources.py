@@ -17,9 +17,9 @@ import zarr
 from hoa_helpers import HOA_BUCKET_PATH, TEST_NAME, mean2, write_hoa_n5, write_hoa_omezarr04, write_omezarr05
 
 from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.io.input_spec import open_volume
 from nnunet_vasculature.io.pyramid import AlignedReader
-from nnunet_vasculature.io.sources import kaggle_kidney
-from nnunet_vasculature.io.volume_open import open_volume
+from nnunet_vasculature.io.sennet_inputs import kaggle_kidney
 
 
 @pytest.fixture
@@ -177,7 +177,7 @@ from pathlib import Path
 import numpy as np
 import hoa_tools.dataset as hd
 from nnunet_vasculature.errors import UserError
-from nnunet_vasculature.io.volume_open import open_volume
+from nnunet_vasculature.io.input_spec import open_volume
 meta_dir, name, remote_level, compare = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "compare"
 hd.change_metadata_directory(Path(meta_dir))        # hoa-tools' public way to another catalogue
 out = {}

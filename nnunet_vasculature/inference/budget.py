@@ -36,8 +36,8 @@ from nnunet_vasculature.inference.inputs import (
     read_model_plans,
 )
 from nnunet_vasculature.inference.options import PredictionOptions
-from nnunet_vasculature.io.sources import VolumeSource, open_inputs
-from nnunet_vasculature.io.volume_open import is_volume_spec
+from nnunet_vasculature.io.input_spec import InputSpec, open_input, parse_input
+from nnunet_vasculature.io.volume_source import VolumeSource
 
 GIB = 2 ** 30
 QUEUED = 3          # overlap threads: queue depth 1 -> d + 1 queued/being built + the one in use
@@ -128,7 +128,7 @@ def estimate(src: VolumeSource, plans: ModelPlans, options: PredictionOptions, c
     persistent = classes * plane * 4 + plane * 4 + plane * 4 + tile * 4
     device_bytes = persistent + max(weights + activations + classes * tile * 12, weights + classes * plane * 4)
     step_planes = max(1, int(round(pz * options.step_size)))
-    chunk_depth = int(getattr(src, "chunk_depth", 0) or 0)
+    chunk_depth = src.chunk_depth
     reader = 2 * chunk_depth * src.shape[1] * src.shape[2] * 4 if chunk_depth else 0
     writer = (min(NGFF_CHUNK_DEPTH, src.shape[0]) if ngff else 8) * src.shape[1] * src.shape[2]
     host = QUEUED * plane * 4 + QUEUED * step_planes * classes * height * width * 4 + reader + writer
@@ -140,17 +140,17 @@ def estimate(src: VolumeSource, plans: ModelPlans, options: PredictionOptions, c
             "host_bytes": int(host)}
 
 
-def dry_run(spec: str | Path, options: PredictionOptions, spacing: float | None = None,
+def dry_run(spec: InputSpec | str | Path, options: PredictionOptions, spacing: float | None = None,
             level: int | str = "auto", remote: bool = False, device: str = "cuda",
             out: Path | None = None) -> list[dict]:
     """Print (and return) the dry-run figures of every volume of ``spec``.
 
     Args:
-        spec: the ``-i`` value.
+        spec: the parsed ``-i`` value (or its text, parsed here with ``spacing``, ``level`` and ``remote``).
         options: the prediction options.
-        spacing: voxel size (µm) when the input does not say.
-        level: the pyramid level of a multiscale input.
-        remote: allow an ``hoa:`` dataset's metadata to be read over the network.
+        spacing: voxel size (µm) when the input does not say (only with the ``-i`` text).
+        level: the pyramid level of a multiscale input (only with the ``-i`` text).
+        remote: allow an ``hoa:`` dataset's metadata to be read over the network (only with the ``-i`` text).
         device: where the networks would run (``-device``).
         out: the ``-o`` value (an ``.ome.zarr`` output buffers a chunk row).
 
@@ -160,6 +160,7 @@ def dry_run(spec: str | Path, options: PredictionOptions, spacing: float | None 
     import json
 
     from nnunet_vasculature.inference.model import check_model_folder
+    spec = parse_input(spec, level, remote, spacing)
     check_model_folder(options.model_folder, options.folds, options.checkpoint)
     plans = read_model_plans(options.model_folder)
     try:
@@ -167,9 +168,8 @@ def dry_run(spec: str | Path, options: PredictionOptions, spacing: float | None 
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{options.model_folder}: dataset.json is not readable JSON ({e})") from None
     classes = plans.plans_manager.get_label_manager(dataset).num_segmentation_heads
-    multiscale = is_volume_spec(spec)
-    sources = open_inputs(spec, spacing, level, plans.spacing if multiscale else None, remote)
-    ngff = is_ngff_output(out) if out is not None else multiscale
+    sources = open_input(spec, plans.spacing if spec.multiscale else None)
+    ngff = is_ngff_output(out) if out is not None else spec.multiscale
     results = [estimate(src, plans, options, classes, device, ngff) for src in sources]
     tta = ("mirroring" if options.tta else "no mirroring") + (", rotations" if options.tta_rotations else "") + \
         (", permutations" if options.tta_permutations else "")

@@ -1,6 +1,8 @@
 """What ``predict`` reads and writes, decided before the model is loaded: the model's plans (read without
-its weights), the input volumes (any input of :func:`nnunet_vasculature.io.sources.open_inputs`, a pyramid
-level chosen against the model's spacing) and the kind of output.
+its weights), the input volumes (the ``-i`` value parsed once, :class:`~nnunet_vasculature.io.input_spec.InputSpec`,
+and opened with a pyramid level chosen against the model's spacing) and the kind of output. The functions
+here take the InputSpec (the ``-i`` text is still accepted and parsed by
+:func:`~nnunet_vasculature.io.input_spec.parse_input`).
 
 Outputs: a path ending in ``.ome.zarr`` is an NGFF multiscale image of one volume
 (:class:`~nnunet_vasculature.io.ngff.NgffWriter`); any other path is the probability store of
@@ -18,9 +20,9 @@ from typing import Any, Callable
 
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.inference.options import PredictionOptions
+from nnunet_vasculature.io.input_spec import InputSpec, open_input, parse_input
 from nnunet_vasculature.io.intensity import map_sources, model_mapping
-from nnunet_vasculature.io.sources import VolumeSource, open_inputs
-from nnunet_vasculature.io.volume_open import is_volume_spec
+from nnunet_vasculature.io.volume_source import VolumeSource
 
 NGFF_SUFFIX = ".ome.zarr"
 NGFF_CHUNK_DEPTH = 64       # z-chunks of the NGFF output (the distributed slabs are multiples of it)
@@ -73,45 +75,47 @@ def read_model_plans(folder: Path) -> ModelPlans:
     return ModelPlans(manager, cm, configuration, spacing, tuple(int(p) for p in cm.patch_size))
 
 
-def open_prediction_inputs(spec: str | Path, options: PredictionOptions, spacing: float | None = None,
+def open_prediction_inputs(spec: InputSpec | str | Path, options: PredictionOptions, spacing: float | None = None,
                            level: int | str = "auto", remote: bool = False,
                            log: Callable[[str], None] | None = print) -> list[VolumeSource]:
     """The volumes to predict, as the model sees them (intensity-mapped when its training images were).
 
     Args:
-        spec: the ``-i`` value.
+        spec: the parsed ``-i`` value (or its text, parsed here with ``spacing``, ``level`` and ``remote``).
         options: the prediction options (the model's plans give ``level="auto"`` its target spacing).
-        spacing: voxel size (µm) when the input does not say.
-        level: the pyramid level of a multiscale input: ``"auto"`` or a number.
-        remote: allow an ``hoa:`` dataset to be read over the network.
+        spacing: voxel size (µm) when the input does not say (only with the ``-i`` text).
+        level: the pyramid level of a multiscale input: ``"auto"`` or a number (only with the ``-i`` text).
+        remote: allow an ``hoa:`` dataset to be read over the network (only with the ``-i`` text).
         log: where the chosen level and intensity mapping are reported (None: nowhere).
 
     Returns:
         The volumes.
     """
-    target = read_model_plans(options.model_folder).spacing if is_volume_spec(spec) else None
-    sources = open_inputs(spec, spacing, level, target, remote, log)
+    spec = parse_input(spec, level, remote, spacing)
+    target = read_model_plans(options.model_folder).spacing if spec.multiscale else None
+    sources = open_input(spec, target, log)
     return map_sources(sources, model_mapping(options.model_folder), log=log or (lambda m: None))
 
 
-def output_path(spec: str | Path, out: Path | None, sources: list[VolumeSource]) -> Path:
+def output_path(spec: InputSpec | str | Path, out: Path | None, sources: list[VolumeSource]) -> Path:
     """Where the prediction goes: ``out``, or ``<name>.ome.zarr`` for a multiscale input without ``-o``;
     an ``.ome.zarr`` output of several volumes is refused.
 
     Args:
-        spec: the ``-i`` value.
+        spec: the parsed ``-i`` value (or its text).
         out: the ``-o`` value, or None.
         sources: the opened volumes.
 
     Returns:
         The output path.
     """
+    spec = parse_input(spec)
     if out is None:
-        if not is_volume_spec(spec):
+        if not spec.multiscale:
             raise UserError(f"{spec}: give -o (probs.zarr, or NAME.ome.zarr for an NGFF image)")
         out = Path(f"{sources[0].name}{NGFF_SUFFIX}")
     out = Path(out)
-    if not str(spec).startswith("hoa:") and out.resolve() == Path(spec).resolve():
+    if spec.path is not None and out.resolve() == spec.path.resolve():
         raise UserError(f"{out}: the output would replace the input {spec}; give -o another path")
     if is_ngff_output(out):
         if len(sources) != 1:
@@ -137,24 +141,24 @@ def is_ngff_output(out: Path | str) -> bool:
     return str(out).rstrip("/").endswith(NGFF_SUFFIX)
 
 
-def ngff_metadata(src: VolumeSource, spec: str | Path, options: PredictionOptions) -> dict:
+def ngff_metadata(src: VolumeSource, spec: InputSpec | str | Path, options: PredictionOptions) -> dict:
     """The NGFF writer's keywords for ``src``: translation overlaying its source level and provenance.
 
     Args:
         src: the input volume.
-        spec: the ``-i`` value.
+        spec: the ``-i`` value (parsed or its text: only its text is recorded).
         options: the prediction options.
 
     Returns:
         ``{"translation": ..., "provenance": ...}``.
     """
-    provenance = dict(getattr(src, "provenance", None) or {"source": str(spec)})
+    provenance = dict(src.provenance or {"source": str(spec)})
     provenance.setdefault("source", str(spec))
     provenance["model"] = {"folder": str(options.model_folder), "folds": list(options.folds),
                            "checkpoint": options.checkpoint}
-    if getattr(src, "choice", ""):
+    if src.choice:
         provenance["level_choice"] = src.choice
-    return {"translation": tuple(getattr(src, "translation", (0.0, 0.0, 0.0))), "provenance": provenance}
+    return {"translation": tuple(src.translation), "provenance": provenance}
 
 
 __all__ = ["NGFF_SUFFIX", "NGFF_CHUNK_DEPTH", "ModelPlans", "read_model_plans",

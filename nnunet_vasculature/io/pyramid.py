@@ -1,16 +1,20 @@
 """Multiscale inputs (OME-Zarr, N5, Human Organ Atlas datasets, JP2 slice folders) as one model: a
 :class:`Pyramid` of :class:`Level` s, each a (z, y, x) grid in micrometres with a z-range reader, and the
-choice of the level to predict (:func:`choose_level`). A chosen level is read as a :class:`PyramidVolume`
-(a :class:`~nnunet_vasculature.io.sources.VolumeSource`) through an :class:`AlignedReader`: every read of
-the underlying store covers whole chunk rows (``chunk_depth`` planes), the last few rows are kept, so the
-predictor's small overlapping z-reads decompress each chunk once.
+choice of the level to predict (:func:`choose_level`). A chosen level is read as a
+:class:`~nnunet_vasculature.io.volume_source.VolumeSource` (with its ``level``, ``translation``,
+``chunk_depth`` and ``provenance``) through an :class:`AlignedReader`: every read of the underlying store
+covers whole chunk rows (``chunk_depth`` planes), the last few rows are kept, so the predictor's small
+overlapping z-reads decompress each chunk once.
+
+The readers of each format (:mod:`.omezarr`, :mod:`.n5`, :mod:`.jp2`, :mod:`.hoa`) build a :class:`Pyramid`;
+this module imports none of them, and none of them knows which input kinds exist
+(:mod:`nnunet_vasculature.io.input_spec` does).
 
 Geometry: ``spacing`` and ``translation`` are (z, y, x) in µm; the centre of voxel ``(k, j, i)`` lies at
 ``translation + (k, j, i) * spacing`` (NGFF's scale-then-translation).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import threading
 from collections import OrderedDict
@@ -21,8 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from nnunet_vasculature.errors import UserError
-from nnunet_vasculature.io.sennet import slice_id
-from nnunet_vasculature.io.sources import VolumeSource
+from nnunet_vasculature.io.volume_source import VolumeSource
 
 BlockReader = Callable[[int, int], np.ndarray]      # (z0, z1) -> (z1 - z0, y, x) in the store's dtype
 
@@ -106,17 +109,6 @@ class Pyramid:
     levels: list[Level]
     provenance: dict = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)     # metadata files (the input's fingerprint), if local
-
-
-@dataclass
-class PyramidVolume(VolumeSource):
-    """A :class:`VolumeSource` read from one level of a pyramid, with what outputs need to overlay it."""
-    level: int = 0
-    translation: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    chunk_depth: int = 1
-    units: str = "micrometer"
-    provenance: dict = field(default_factory=dict)
-    choice: str = ""
 
 
 def check_level_shapes(levels: Sequence[Level], where: str) -> None:
@@ -243,8 +235,8 @@ class AlignedReader:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def to_volume(pyramid: Pyramid, index: int, choice: str = "", keep_rows: int = 2) -> PyramidVolume:
-    """Level ``index`` of ``pyramid`` as a :class:`PyramidVolume` read through an :class:`AlignedReader`.
+def to_volume(pyramid: Pyramid, index: int, choice: str = "", keep_rows: int = 2) -> VolumeSource:
+    """Level ``index`` of ``pyramid`` as a volume read through an :class:`AlignedReader`.
 
     Args:
         pyramid: the volume.
@@ -253,17 +245,16 @@ def to_volume(pyramid: Pyramid, index: int, choice: str = "", keep_rows: int = 2
         keep_rows: chunk rows kept in memory.
 
     Returns:
-        the volume; ``read(z0, z1)`` gives float32 (z, y, x) planes.
+        the volume; ``read(z0, z1)`` gives float32 (z, y, x) planes. No slice ids: the opener of the input
+        gives them (:func:`nnunet_vasculature.io.input_spec.open_input`).
     """
     lv = pyramid.levels[index]
     reader = AlignedReader(lv.open_reader(), lv.shape[0], lv.chunk_depth, keep_rows)
-    ids = [slice_id(pyramid.name, f"{z:04d}") for z in range(lv.shape[0])]
     provenance = {**pyramid.provenance, "level": index, "level_key": lv.key, "format": pyramid.kind}
-    extra = {"files": list(pyramid.files)} if "files" in {f.name for f in dataclasses.fields(VolumeSource)} else {}
-    return PyramidVolume(pyramid.name, tuple(lv.shape), tuple(lv.spacing), ids, [(0, lv.shape[0], reader)],
-                         level=index, translation=tuple(lv.translation), chunk_depth=lv.chunk_depth,
-                         provenance=provenance, choice=choice, **extra)
+    return VolumeSource(pyramid.name, tuple(lv.shape), tuple(lv.spacing), [], [(0, lv.shape[0], reader)],
+                        files=list(pyramid.files), level=index, translation=tuple(lv.translation),
+                        chunk_depth=lv.chunk_depth, provenance=provenance, choice=choice)
 
 
 __all__ = ["UNIT_TO_UM", "SUPPORTED_DTYPES", "unit_to_um", "check_dtype", "axis_permutation", "Level", "Pyramid",
-           "PyramidVolume", "check_level_shapes", "choose_level", "AlignedReader", "to_volume"]
+           "check_level_shapes", "choose_level", "AlignedReader", "to_volume"]

@@ -1,4 +1,6 @@
 """Facts of the SenNet + HOA Kaggle layout shared by every stage: voxel sizes, slice ids, case names.
+Generic readers (:mod:`.pyramid` and the multiscale formats) never import them: the opener of an input
+(:mod:`.input_spec`) and the SenNet readers (:mod:`.sennet_inputs`) give a volume its ids.
 
 - A slice id is ``<kidney>_<slice file stem>``, e.g. ``kidney_5_0000`` (``sample_submission.csv``).
 - A converted z-chunk case is ``<kidney>_z<first slice number, 4 digits>``, e.g. ``kidney_1_dense_z0127``.
@@ -25,6 +27,19 @@ def slice_id(kidney: str, slice_name: str) -> str:
     return f"{kidney}_{slice_name}"
 
 
+def numbered_slice_ids(kidney: str, depth: int) -> list[str]:
+    """Kaggle ids of the planes of a volume without slice files (an nnU-Net image, a multiscale input).
+
+    Args:
+        kidney: the volume's name.
+        depth: the number of planes.
+
+    Returns:
+        ``[kidney_0000, kidney_0001, ...]`` (four digits at least).
+    """
+    return [slice_id(kidney, f"{z:04d}") for z in range(depth)]
+
+
 def split_slice_id(sid: str) -> tuple[str, str]:
     """``"kidney_5_0000" -> ("kidney_5", "0000")``: the slice name is the digits after the last ``_``.
 
@@ -46,4 +61,5 @@ def physical_kidney(name: str) -> str:
     return m.group(1) if m else name
 
 
-__all__ = ["KNOWN_SPACING_UM", "DEFAULT_TRAIN", "slice_id", "split_slice_id", "case_name", "physical_kidney"]
+__all__ = ["KNOWN_SPACING_UM", "DEFAULT_TRAIN", "slice_id", "numbered_slice_ids", "split_slice_id", "case_name",
+           "physical_kidney"]

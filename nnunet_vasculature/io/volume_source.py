@@ -1,0 +1,93 @@
+"""The bottom of the input stack: :class:`VolumeSource`, what every reader hands to prediction, and
+:func:`fingerprint`, what identifies it in an output. Imports no reader (only :mod:`..errors`).
+
+What a VolumeSource provides:
+
+- ``name``: the volume's name (the store's array name);
+- ``shape``: (z, y, x) voxels; ``spacing``: voxel size (z, y, x) in the dataset's units (µm);
+- ``slice_ids``: one id per z-plane as outputs record them (Kaggle ids ``kidney_5_0000``, ..., given by
+  whoever opens the input; :mod:`nnunet_vasculature.io.sennet`), or empty;
+- ``parts``: ``[(z0, z1, reader)]`` covering [0, z) in order, ``reader(a, b)`` giving planes [z0 + a, z0 + b)
+  as an (n, y, x) array; :meth:`VolumeSource.read` (planes [z0, z1) as float32) is built on them;
+- ``intensity``: the intensity mapping applied at conversion (:mod:`nnunet_vasculature.io.intensity`), or None;
+- ``files``: the files the volume is read from (for :func:`fingerprint`: an interrupted prediction is resumed
+  only on the same input). A source without files (in memory, remote) is fingerprinted by the content of its
+  first, middle and last planes instead;
+- for one level of a multiscale input (:mod:`nnunet_vasculature.io.pyramid`), what outputs need to overlay
+  it: ``level`` (None for a single-resolution input), ``translation`` (µm, the centre of voxel 0),
+  ``chunk_depth`` (planes per read of the store; 0 when not read by chunk rows), ``provenance`` (what the
+  data is) and ``choice`` (the line saying why this level was read).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nnunet_vasculature.errors import UserError
+
+
+@dataclass
+class VolumeSource:
+    """A (z, y, x) volume with spacing in the units of the dataset (µm for SenNet and HOA)."""
+    name: str
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    slice_ids: list[str]
+    parts: list = field(default_factory=list)     # [(z0, z1, reader)] covering the volume in order
+    intensity: dict | None = None                 # set when the values read are intensity-mapped (io.intensity)
+    files: list[Path] = field(default_factory=list)     # the files read (for the fingerprint)
+    level: int | None = None                      # pyramid level read (None: a single-resolution input)
+    translation: tuple[float, float, float] = (0.0, 0.0, 0.0)    # µm, centre of voxel (0, 0, 0)
+    chunk_depth: int = 0                          # planes per read of a chunked store (0: not chunked)
+    provenance: dict = field(default_factory=dict)    # what the data is (recorded in outputs)
+    choice: str = ""                              # why this level was read
+
+    def read(self, z0: int, z1: int) -> np.ndarray:
+        """Planes [z0, z1) as float32.
+
+        Args:
+            z0: first plane.
+            z1: one past the last plane.
+
+        Returns:
+            (n, y, x) array.
+        """
+        out = []
+        for a, b, reader in self.parts:
+            lo, hi = max(a, z0), min(b, z1)
+            if lo < hi:
+                out.append(np.asarray(reader(lo - a, hi - a), dtype=np.float32))
+        return np.concatenate(out) if out else np.zeros((0, *self.shape[1:]), np.float32)
+
+
+def fingerprint(src: VolumeSource) -> dict:
+    """What identifies the input of a prediction, recorded in the probability store.
+
+    Args:
+        src: the input volume.
+
+    Returns:
+        ``{"files": count, "bytes": total size, "sha256": hash}``: the hash covers the shape and every file's
+        name, size and modification time (ns), or, for a source without files, the content of its first,
+        middle and last planes.
+    """
+    digest = hashlib.sha256(json.dumps([list(src.shape), list(src.slice_ids[:1])]).encode())
+    total = 0
+    for f in src.files:
+        try:
+            st = Path(f).stat()
+        except OSError as e:
+            raise UserError(f"{f}: cannot read ({e.strerror})") from None
+        total += st.st_size
+        digest.update(f"{Path(f).name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    if not src.files and src.shape[0]:
+        for z in sorted({0, src.shape[0] // 2, src.shape[0] - 1}):
+            digest.update(np.ascontiguousarray(src.read(z, z + 1)).tobytes())
+    return {"files": len(src.files), "bytes": total, "sha256": digest.hexdigest()}
+
+
+__all__ = ["VolumeSource", "fingerprint"]
