@@ -255,7 +255,7 @@ def test_code_in_a_v2_checkpoint_is_refused_without_weights_only_advice(tmp_path
     with pytest.raises(UserError) as e:
         load_source(ModelFiles(zpath), "3d_fullres", "0", "checkpoint_final.pth", None, None)
     message = str(e.value)
-    assert "refused or unreadable checkpoint" in message and "system" in message
+    assert "checkpoint_final.pth: refused: the checkpoint holds posix.system" in message
     assert "weights_only" not in message and "\n" not in message
 
 
@@ -498,3 +498,110 @@ def test_stock_trained_v2_source_starts_stock_training(tmp_path, nnunet_dirs, ka
     head = [k for k in loaded if ".seg_layers." in k]
     assert head and all(loaded[k].shape[0] == 2 and weights[k].shape[0] == 3 for k in head)
     assert all(torch.equal(loaded[k], weights[k]) for k in loaded if k not in head)
+
+
+# ---- archive caps and plans bounds (issue 35, items 11-13) ------------------------------------------------------
+def _claimed_zip(path: Path, entries: list[tuple[str, bytes, int | None, int | None]]) -> Path:
+    """A zip written byte by byte whose directory declares, for each (name, data, declared size, declared
+    compressed size) entry, the sizes given (None: the data's own), so that a member can claim gigabytes at a
+    plausible ratio without them existing; the data are stored as they are."""
+    local, central = b"", b""
+    for name, data, size, stored in entries:
+        raw, crc = name.encode(), zlib.crc32(data)
+        size, stored = len(data) if size is None else size, len(data) if stored is None else stored
+        extra, small = b"", (size, stored)
+        if size >= 0xFFFFFFFF or stored >= 0xFFFFFFFF:      # zip64: the sizes in an extra field
+            extra, small = struct.pack("<HHQQ", 1, 16, size, stored), (0xFFFFFFFF, 0xFFFFFFFF)
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 45, 45, 0, 0, 0, 0x21, crc, small[1], small[0],
+                               len(raw), len(extra), 0, 0, 0, 0, len(local)) + raw + extra
+        local += struct.pack("<IHHHHHIIIHH", 0x04034B50, 45, 0, 0, 0, 0x21, crc, small[1], small[0], len(raw),
+                             len(extra)) + raw + extra + data
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(entries), len(entries), len(central), len(local), 0)
+    path.write_bytes(local + central + end)
+    return path
+
+
+V1_MEMBER = "3d_fullres/Task008_HepaticVessel/nnUNetTrainerV2__nnUNetPlansv2.1/fold_{}/model_final_checkpoint.model"
+V1_META = pickle.dumps({"plans": {"plans_per_stage": {0: {}}, "num_classes": 2, "num_modalities": 1}, "init": ()})
+
+
+def test_a_v1_checkpoint_inflating_past_its_cap_is_refused_from_the_directory(tmp_path):
+    """Item 11: a checkpoint declaring 2.6 GB from 42 MB (62:1, under the ratio check) was read (5.7 GB RSS);
+    a v1 checkpoint is ~250-330 MB, so the cap for one is 1 GiB: refused naming the cap, nothing inflated."""
+    from nnunet_vasculature.pretrained.v1_checkpoint import read_v1_model
+    member = V1_MEMBER.format(0)
+    bomb = _claimed_zip(tmp_path / "v1.zip", [(member + ".pkl", V1_META, None, None),
+                                              (member, b"x", 2_600_000_000, 42_000_000)])
+    with pytest.raises(UserError, match=r"model_final_checkpoint\.model declares 2\.6 GB, over the 1\.1 GB that such "
+                                        r"a model file can be \(MAX_V1_CHECKPOINT_BYTES in .*\): refused without "
+                                        r"extracting"):
+        read_v1_model(bomb)
+
+
+def test_members_together_over_the_total_cap_are_refused(tmp_path):
+    """Several folds, each under its cap, together over the total: refused before any is read (the total cap
+    lowered here: the default is MAX_TOTAL_BYTES)."""
+    from nnunet_vasculature.pretrained.archive import ArchiveLimits
+    from nnunet_vasculature.pretrained.v1_checkpoint import read_v1_model
+    entries = [e for f in range(3) for e in ((V1_MEMBER.format(f) + ".pkl", V1_META, None, None),
+                                             (V1_MEMBER.format(f), b"x", 600_000_000, 60_000_000))]
+    zpath = _claimed_zip(tmp_path / "folds.zip", entries)
+    with pytest.raises(UserError, match=r"declare 1\.8 GB together, over the 1\.1 GB a model needs \(MAX_TOTAL_BYTES"):
+        read_v1_model(ModelFiles(zpath, ArchiveLimits(total_bytes=1 << 30)), folds=(0, 1, 2))
+
+
+def test_a_v2_checkpoint_over_the_member_cap_is_refused(tmp_path):
+    zpath = _claimed_zip(tmp_path / "v2.zip", [(f"{MODEL_DIR}/plans.json", b"{}", None, None),
+                                               (f"{MODEL_DIR}/dataset.json", b"{}", None, None),
+                                               (f"{MODEL_DIR}/fold_0/checkpoint_final.pth", b"x", 5 * 10 ** 9,
+                                                10 ** 8)])
+    with pytest.raises(UserError, match=r"checkpoint_final\.pth declares 5\.0 GB, over the 4\.3 GB .*MAX_MEMBER_BYTES"):
+        read_v2_model(ModelFiles(zpath))
+
+
+def _export_members(big: tuple[str, bytes, int | None, int | None]) -> list[tuple[str, bytes, int | None, int | None]]:
+    """The members of an exported model zip (export-model's layout and record) with one more, ``big``."""
+    from nnunet_vasculature.io.model_record import EXTRA_DIR, FORMAT, RECORD_FILE
+    root = "Dataset999_Tiny/nnUNetTrainer__nnUNetPlans__3d_fullres"
+    record = json.dumps({"format": FORMAT, "plugin": {"name": "nnunet-vasculature", "version": "0.0.1"},
+                         "model": {"folds": ["0"]}}).encode()
+    return [(f"{root}/plans.json", b"{}", None, None), (f"{root}/{EXTRA_DIR}/{RECORD_FILE}", record, None, None),
+            (f"{root}/{big[0]}", *big[1:])]
+
+
+def test_the_model_installer_checks_sizes_as_the_import_does(tmp_path):
+    """Item 12: the Kaggle script's install_model_zip extracted members with no size or ratio check (a 3.2 GB
+    member filled the disk). It now uses the import's archive checks: a member declaring more than one model
+    file can be, and a real, highly compressible member just over a lowered cap, are refused from the
+    directory and nothing is installed."""
+    from nnunet_vasculature.export.model_zip import install_model_zip
+    results = tmp_path / "results"
+    claimed = _claimed_zip(tmp_path / "claimed.zip",
+                           _export_members(("fold_0/checkpoint_final.pth", b"x", 5 * 10 ** 9, 10 ** 8)))
+    with pytest.raises(UserError, match=r"claimed\.zip: .*checkpoint_final\.pth declares 5\.0 GB, over the 4\.3 GB"):
+        install_model_zip(claimed, results)
+    from nnunet_vasculature.pretrained.archive import ArchiveLimits  # the caps a caller may lower
+    compressible = tmp_path / "zeros.zip"
+    with zipfile.ZipFile(compressible, "w", zipfile.ZIP_DEFLATED) as zf:      # a real deflated member
+        for name, data, _, _ in _export_members(("fold_0/checkpoint_final.pth", bytes(600_000), None, None)):
+            zf.writestr(name, data)
+    with pytest.raises(UserError, match=r"declares 600\.0 KB, over the 524\.3 KB .*MAX_MEMBER_BYTES"):
+        install_model_zip(compressible, results, limits=ArchiveLimits(member_bytes=512 * 1024))
+    assert not results.exists() or not any(results.rglob("checkpoint_final.pth"))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("features_per_stage", [4, 8, 4096], r"features_per_stage \[4, 8, 4096\] is not 1 to 16 integers in 1\.\.1024"),
+    ("patch_size", [-32, 64, 64], r"patch_size \[-32, 64, 64\] is not 2 or 3 integers in 1\.\.2048"),
+    ("batch_size", 1e12, r"batch_size 1000000000000\.0 is not an integer in 1\.\.1024"),
+])
+def test_plans_out_of_bounds_are_refused_before_the_network(tmp_path, field, value, message):
+    """Item 13: features_per_stage 4096 built the network before any check (3 GB RSS), a negative patch or a
+    1e12 batch went into the target plans with exit 0. Refused in one line naming the plans file, before the
+    checkpoint is read."""
+    plans = _plans(_arch())
+    config = plans["configurations"]["3d_fullres"]
+    (config["architecture"]["arch_kwargs"] if field == "features_per_stage" else config)[field] = value
+    zpath, _ = write_v2_zip(tmp_path / "plans.zip", plans=plans)
+    with pytest.raises(UserError, match=rf"^{zpath}:{MODEL_DIR}/plans\.json: '3d_fullres' {message}"):
+        read_v2_model(ModelFiles(zpath))

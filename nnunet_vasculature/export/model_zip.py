@@ -13,8 +13,10 @@ postprocessing.json is SenNet's (a ``competition`` key other than ``sennet`` is 
 key must have SenNet's schema); each checkpoint is read weights-only (a file holding code is refused).
 
 :func:`install_model_zip` is this package's installer (the Kaggle script uses it): members are checked
-against path traversal and links, the record's plugin version against the installed one, and the model
-folder appears under ``$nnUNet_results`` only complete.
+against path traversal and links, their sizes by the archive checks of ``import-pretrained``
+(:mod:`nnunet_vasculature.pretrained.archive`: compression ratio, per-member and total inflated size, from
+the zip's directory before anything is extracted), the record's plugin version against the installed one,
+and the model folder appears under ``$nnUNet_results`` only complete.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from nnunet_vasculature.io.model_record import (
     installed_version,
     parse_record,
 )
+from nnunet_vasculature.pretrained.archive import ArchiveLimits, check_zip_members, unsafe_member_name
 
 FOLD_FILES = ("debug.json", "progress.png", "network_architecture.pdf", "validation/summary.json")
 MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
@@ -54,7 +57,7 @@ def check_postprocessing(path: Path) -> dict:
     Returns:
         The file's JSON content (unchanged, so the zip carries it as ``tune`` wrote it).
     """
-    from nnunet_vasculature.postprocess.sennet import load_postprocessing
+    from nnunet_vasculature.postprocess.sennet import load_mask_rule
     path = Path(path)
     try:
         content = json.loads(path.read_text())
@@ -68,7 +71,7 @@ def check_postprocessing(path: Path) -> dict:
     if competition is not None and competition != COMPETITION:
         raise UserError(f"{path}: post-processing of competition '{competition}', not '{COMPETITION}': "
                         f"export-model makes SenNet submissions (tune it with 'tune sennet')")
-    load_postprocessing(path)          # SenNet's schema, or a one-line error
+    load_mask_rule(path)          # SenNet's schema and consistent fields, or a one-line error
     return content
 
 
@@ -215,14 +218,14 @@ def _dist_version(name: str) -> str | None:
         return None
 
 
-def _checked_members(zf: zipfile.ZipFile, where: str) -> tuple[PurePosixPath, list[zipfile.ZipInfo]]:
-    """The model root of an exported zip and its members, each checked to stay inside it."""
+def _checked_members(zf: zipfile.ZipFile, where: str, limits: ArchiveLimits = ArchiveLimits()
+                     ) -> tuple[PurePosixPath, list[zipfile.ZipInfo]]:
+    """The model root of an exported zip and its members, each checked to stay inside it, and their sizes
+    (ratio, per member, total) by the archive checks ``import-pretrained`` uses."""
     infos = zf.infolist()
     for info in infos:
-        path = PurePosixPath(info.filename)
         mode = info.external_attr >> 16
-        if info.filename.startswith("/") or "\\" in info.filename or ".." in path.parts or \
-                re.match(r"^[A-Za-z]:", info.filename):
+        if "\\" in info.filename or unsafe_member_name(info.filename):
             raise UserError(f"{where}: member '{info.filename}' would be written outside the results folder: refused")
         if stat.S_ISLNK(mode):
             raise UserError(f"{where}: member '{info.filename}' is a symbolic link: refused")
@@ -235,14 +238,16 @@ def _checked_members(zf: zipfile.ZipFile, where: str) -> tuple[PurePosixPath, li
     outside = [i.filename for i in infos if PurePosixPath(i.filename).parts[:2] != root.parts]
     if outside:
         raise UserError(f"{where}: member '{outside[0]}' is outside the model folder {root}: refused")
+    check_zip_members(infos, where, limits)
     return root, infos
 
 
-def read_zip_record(zip_path: Path) -> tuple[PurePosixPath, dict]:
+def read_zip_record(zip_path: Path, limits: ArchiveLimits = ArchiveLimits()) -> tuple[PurePosixPath, dict]:
     """The model folder (relative to ``$nnUNet_results``) and the checked record of an exported zip.
 
     Args:
         zip_path: the zip.
+        limits: the archive caps.
 
     Returns:
         (root, record); a one-line UserError for a zip that is not one, has unsafe members, or was exported
@@ -251,7 +256,7 @@ def read_zip_record(zip_path: Path) -> tuple[PurePosixPath, dict]:
     zip_path = Path(zip_path)
     try:
         with zipfile.ZipFile(zip_path) as zf:
-            root, _ = _checked_members(zf, str(zip_path))
+            root, _ = _checked_members(zf, str(zip_path), limits)
             text = zf.read(str(root / EXTRA_DIR / RECORD_FILE)).decode()
     except FileNotFoundError:
         raise UserError(f"{zip_path}: no such file") from None
@@ -260,7 +265,8 @@ def read_zip_record(zip_path: Path) -> tuple[PurePosixPath, dict]:
     return root, parse_record(text, f"{zip_path}:{root / EXTRA_DIR / RECORD_FILE}")
 
 
-def install_model_zip(zip_path: Path, results: Path, overwrite: bool = False) -> Path:
+def install_model_zip(zip_path: Path, results: Path, overwrite: bool = False,
+                      limits: ArchiveLimits = ArchiveLimits()) -> Path:
     """Install an exported model under ``results`` as stock nnU-Net does (same layout), with the checks of
     the module's description.
 
@@ -268,16 +274,17 @@ def install_model_zip(zip_path: Path, results: Path, overwrite: bool = False) ->
         zip_path: the zip from :func:`export_model`.
         results: the ``$nnUNet_results`` folder to install into.
         overwrite: replace an installed model of the same name.
+        limits: the archive caps (:mod:`nnunet_vasculature.pretrained.archive`'s constants by default).
 
     Returns:
         The installed model folder.
     """
     zip_path = Path(zip_path)
-    root, record = read_zip_record(zip_path)
+    root, record = read_zip_record(zip_path, limits)
     target = Path(results) / root
     target.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(zip_path) as zf, atomic_dir(target, overwrite) as tmp:
-        _, infos = _checked_members(zf, str(zip_path))
+        _, infos = _checked_members(zf, str(zip_path), limits)
         for info in infos:
             rel = PurePosixPath(info.filename).relative_to(root)
             if info.is_dir() or not rel.parts:

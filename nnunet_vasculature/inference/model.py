@@ -7,10 +7,10 @@ What loading a model means here, once:
   ``fold_F/checkpoint``): one line naming what is missing;
 - the device is checked before any work (:func:`resolve_device`: ``-device cuda`` where CUDA is not
   available is one line, not a traceback halfway through);
-- checkpoints are read weights-only (:func:`read_checkpoint`): ``torch.load(weights_only=True)`` with the
-  narrowest allowlist the checkpoints stock ``nnUNetv2_train`` writes need (numpy scalars and their dtype,
-  in the training log); a checkpoint carrying anything else (e.g. an object whose unpickling would run
-  code) is refused in one line and nothing of it runs;
+- checkpoints are read weights-only (:func:`read_checkpoint`) by the package's one checkpoint reader
+  (:func:`nnunet_vasculature.io.checkpoint.read_weights_only`, one allowlist for import, training and
+  prediction); a checkpoint carrying anything else (e.g. an object whose unpickling would run code) is
+  refused in one line and nothing of it runs;
 - ``nnUNet_extTrainer`` gets this package's trainer folder, so that models trained with its trainers
   load (their network architecture is built by the trainer class, as stock nnU-Net does);
 - the network of each fold is built with the checkpoint's weights and, with ``nnUNet_compile=1`` (stock
@@ -22,8 +22,6 @@ What loading a model means here, once:
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -115,18 +113,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _checkpoint_globals() -> list:
-    """What a stock nnU-Net checkpoint holds beyond tensors and plain values: numpy float64 / float32 scalars
-    (and their dtype) in the training log (``logging``, ``_best_ema``; seen in checkpoints of stock
-    ``nnUNetv2_train`` 2.8.1). Written by numpy 2 as
-    ``numpy._core.multiarray.scalar``, by numpy 1 as ``numpy.core.multiarray.scalar``."""
-    import numpy as np
-    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
-    dtype_classes = [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64)]     # a dtype's state names them
-    return [scalar, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype,
-            *dtype_classes]
-
-
 def read_checkpoint(path: Path) -> dict:
     """A checkpoint written by nnU-Net's trainer, loaded weights-only.
 
@@ -138,35 +124,15 @@ def read_checkpoint(path: Path) -> dict:
         anything but tensors, plain values and numpy scalars is refused in one line without running any of
         it; so is an unreadable file or one without the keys prediction needs.
     """
-    import torch
+    from nnunet_vasculature.io.checkpoint import read_weights_only
     path = Path(path)
-    try:
-        with torch.serialization.safe_globals(_checkpoint_globals()):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise UserError(f"{path}: refused: the checkpoint holds {_foreign(path)}, not only weights and plain "
-                        f"values as nnU-Net writes them (loading it could run code)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
-        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
+    checkpoint = read_weights_only(path)
     need = {"network_weights": dict, "trainer_name": str, "init_args": dict}
     if not isinstance(checkpoint, dict) or any(not isinstance(checkpoint.get(k), t) for k, t in need.items()) \
             or not isinstance(checkpoint["init_args"].get("configuration"), str):
         raise UserError(f"{path}: not an nnU-Net checkpoint (needs network_weights, trainer_name, "
                         f"init_args.configuration)")
     return checkpoint
-
-
-def _foreign(path: Path) -> str:
-    """The globals of ``path`` outside the allowlist, named (read from the pickle's opcodes, not run)."""
-    import torch
-    allowed = set()
-    for g in _checkpoint_globals():
-        allowed.add(g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}")
-    try:
-        names = [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(path) if n not in allowed]
-    except Exception:  # noqa: BLE001 - only for the message
-        names = []
-    return ", ".join(names[:3]) if names else "objects of other types"
 
 
 @dataclass

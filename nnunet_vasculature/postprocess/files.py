@@ -69,14 +69,14 @@ def looks_like(path: Path | str) -> tuple[str, str] | None:
     if path.suffix == ".zarr":
         rank = _zarr_rank(path)
         if rank == 2:
-            return "hubmap-kidney", "a predict-slide probability store (one 2D slide)"
+            return "hubmap-kidney", "a probability store of predict hubmap-kidney (one 2D slide)"
         return ("sennet", "a predict probability store") if rank in (3, None) and path.exists() else None
     if path.is_dir():
         if (path / "labels").is_dir() or (path / "images").is_dir() or any(path.glob("[0-9][0-9][0-9][0-9].tif")):
             return "sennet", "a kidney folder of slice TIFFs"
         zarrs = sorted(path.glob("*.zarr"))
         if zarrs and _zarr_rank(zarrs[0]) == 2:
-            return "hubmap-kidney", "a folder of predict-slide stores"
+            return "hubmap-kidney", "a folder of predict hubmap-kidney stores"
         npz = sorted(path.glob("*.npz"))
         if npz and _npz_is_2d(npz[0]):
             return "hubmap-vasculature", "a folder of 2D nnU-Net probabilities (.npz)"

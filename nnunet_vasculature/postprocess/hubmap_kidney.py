@@ -2,7 +2,7 @@
 
 Metric: Dice 2|X∩Y| / (|X| + |Y|) per slide, 1 when both masks are empty, mean over slides. It is
 computed on the runs of the two RLEs (interval intersection), so no mask is decoded. Probability
-stores are ``predict-slide``'s (H, W) uint8 zarr arrays; they are read in vertical strips. A slide is
+stores are ``predict hubmap-kidney``'s (H, W) uint8 zarr arrays; they are read in vertical strips. A slide is
 seen by the shared code (``tune.masks``, ``components``) as a volume of shape (W, H, 1) whose
 "slices" are columns: z-blocks are then vertical strips, 26-connectivity is 8-connectivity in the
 slide, and the post-processed strips come out in the order of the column-major RLE.
@@ -21,6 +21,7 @@ from nnunet_vasculature.io.rle import ColumnStripEncoder, column_major_regions, 
 from nnunet_vasculature.io.tables import read_table
 from nnunet_vasculature.postprocess.components import StreamingComponents
 from nnunet_vasculature.postprocess.files import check_outputs, check_sample_ids, refuse_other_competition, sample_order
+from nnunet_vasculature.postprocess.mask_rule import MaskRule
 from nnunet_vasculature.postprocess.tune import (
     LEVEL_HALF,
     best_option,
@@ -29,7 +30,7 @@ from nnunet_vasculature.postprocess.tune import (
     masks,
     non_negative_int,
     plot_curves,
-    read_postprocessing,
+    read_mask_rule,
     warn,
     write_postprocessing,
 )
@@ -132,7 +133,7 @@ def score_csv(solution: Path, submission: Path) -> dict[str, float]:
 
 
 def stores(paths: list) -> list[Path]:
-    """predict-slide stores: ``<id>.zarr`` paths, or a predict-slide output folder holding them."""
+    """``predict hubmap-kidney`` stores: ``<id>.zarr`` paths, or an output folder of it holding them."""
     out = []
     for p in map(Path, paths):
         if p.suffix == ".zarr":
@@ -140,7 +141,7 @@ def stores(paths: list) -> list[Path]:
         elif p.is_dir() and sorted(p.glob("*.zarr")):
             out += sorted(p.glob("*.zarr"))
         else:
-            raise UserError(f"{p}: not a predict-slide probability store (<id>.zarr) or a folder of them")
+            raise UserError(f"{p}: not a probability store of predict hubmap-kidney (<id>.zarr) or a folder of them")
     return out
 
 
@@ -161,7 +162,7 @@ def determine(slide_stores: list[Path], labels_csv: Path, cc_sizes: list[int]) -
     whether removing components smaller than some size helps (kept only if it raises the mean).
 
     Args:
-        slide_stores: predict-slide stores of held-out slides.
+        slide_stores: ``predict hubmap-kidney`` stores of held-out slides.
         labels_csv: ``train.csv`` with their masks.
         cc_sizes: minimum component sizes (full-resolution pixels) to try.
 
@@ -196,10 +197,9 @@ def determine(slide_stores: list[Path], labels_csv: Path, cc_sizes: list[int]) -
     for size in cc_sizes:
         cc_scores[int(size)] = float(np.mean([_dice_without_small(arr, gt, best, size) for arr, gt in gts]))
     min_size = best_option(cc_scores)
+    rule = MaskRule(COMPETITION, best, int(min_size))
     return {
-        "threshold": best / 255.0,
-        "threshold_u8": best,
-        "min_component_pixels": int(min_size),
+        **{k: v for k, v in rule.to_json().items() if k != "competition"},
         "mean_dice": cc_scores[min_size],
         "mean_dice_at_0.5": float(mean[LEVEL_HALF]),
         "slides": names,
@@ -224,22 +224,20 @@ def _dice_without_small(arr: object, gt: object, level: int, size: int) -> float
     return 1.0 if npred + ngt == 0 else 2 * inter / (npred + ngt)
 
 
-def load_postprocessing(path: Path | str) -> dict:
-    """The threshold and minimum component size of a ``tune hubmap-kidney`` file (another competition's
-    file is refused), in the form :func:`~.tune.masks` reads."""
-    pp = read_postprocessing(path, COMPETITION)
-    try:
-        level = int(pp["threshold_u8"])
-        min_size = int(pp.get("min_component_pixels", pp.get("min_component_voxels", 0)))
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path}: not a postprocessing.json from 'tune hubmap-kidney' ({type(e).__name__}: {e})"
-                        ) from None
-    if not 0 <= level <= 255 or min_size < 0:
-        raise UserError(f"{path}: threshold_u8 {level} outside 0..255 or negative min_component_pixels {min_size}")
-    return {"threshold_u8": level, "min_component_voxels": min_size}
+def load_postprocessing(path: Path | str) -> MaskRule:
+    """The threshold and minimum component size (pixels) of a ``tune hubmap-kidney`` file (another
+    competition's file is refused; files with ``min_component_voxels`` read too).
+
+    Args:
+        path: the file.
+
+    Returns:
+        The rule :func:`~.tune.masks` applies.
+    """
+    return read_mask_rule(path, COMPETITION)
 
 
-def slide_rle(store: Path, pp: dict) -> str:
+def slide_rle(store: Path, pp: MaskRule) -> str:
     """Column-major RLE of a store's post-processed mask, strip by strip (``tune.masks`` on the column view)."""
     arr = _open(store)
     enc = ColumnStripEncoder(arr.shape[0], empty="")
@@ -340,18 +338,18 @@ def _run_tune(a: argparse.Namespace) -> None:
     check_outputs([("-i", p) for p in a.input] + [("--labels", a.labels)], [("-o", a.output), ("--plot", a.plot)])
     sizes = [] if a.no_cc else a.cc_sizes
     res = determine(stores(a.input), a.labels, sizes)
-    write_postprocessing(res, a.output, COMPETITION)
+    rule = MaskRule.from_json(write_postprocessing(res, a.output, COMPETITION), str(a.output))
     for k in res["slides"]:
         print(f"{k:<20s} @0.5 {res['per_slide_at_0.5'][k]:.4f}  @best {res['per_slide_at_threshold'][k]:.4f}")
-    print(f"threshold {res['threshold']:.4f} (u8 {res['threshold_u8']}), min component "
-          f"{res['min_component_pixels']} px, mean Dice {res['mean_dice']:.4f} (at 0.5: {res['mean_dice_at_0.5']:.4f})")
-    for message in (level_edge_warning(res["threshold_u8"]),
-                    grid_edge_warning("--cc_sizes", [0, *sizes], res["min_component_pixels"], True)):
+    print(f"threshold {rule.threshold:.4f} (u8 {rule.level}), min component "
+          f"{rule.min_component_size} px, mean Dice {res['mean_dice']:.4f} (at 0.5: {res['mean_dice_at_0.5']:.4f})")
+    for message in (level_edge_warning(rule.level),
+                    grid_edge_warning("--cc_sizes", [0, *sizes], rule.min_component_size, True)):
         if message:
             warn(message)
     if a.plot:
-        cc = res["min_component_pixels"]
-        plot_curves(res["per_slide_curves"], res["mean_curve"], res["threshold_u8"], "Dice", a.plot,
+        cc = rule.min_component_size
+        plot_curves(res["per_slide_curves"], res["mean_curve"], rule.level, "Dice", a.plot,
                     [f"{res['mean_dice']:.4f} without components < {cc} px"] if cc else [])
     print(f"wrote {a.output}")
 
@@ -384,7 +382,7 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
     if "tune" in groups:
         t = groups["tune"].add_parser(COMPETITION, help="best threshold (and component removal) by mean Dice")
         t.add_argument("-i", dest="input", nargs="+", required=True,
-                       help="predict-slide stores (<id>.zarr) or their folder, of held-out slides")
+                       help="stores of predict hubmap-kidney (<id>.zarr) or their folder, of held-out slides")
         t.add_argument("--labels", type=Path, required=True, help="train.csv (id,encoding)")
         t.add_argument("-o", dest="output", type=Path, required=True, help="postprocessing.json to write")
         t.add_argument("--plot", type=Path, help="write the Dice vs threshold curve (PNG)")
@@ -394,7 +392,8 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
         t.set_defaults(func=_run_tune)
     if "submit" in groups:
         sm = groups["submit"].add_parser(COMPETITION, help="write the submission CSV (id,predicted)")
-        sm.add_argument("-i", dest="input", nargs="+", required=True, help="predict-slide stores or their folder")
+        sm.add_argument("-i", dest="input", nargs="+", required=True,
+                        help="stores of predict hubmap-kidney (<id>.zarr) or their folder")
         sm.add_argument("-pp", type=Path, required=True, help="postprocessing.json from tune hubmap-kidney")
         sm.add_argument("-o", dest="output", type=Path, required=True, help="submission CSV to write")
         sm.add_argument("--sample", type=Path, help="sample_submission.csv: row order and the ids that must be present")

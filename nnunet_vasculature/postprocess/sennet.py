@@ -37,12 +37,14 @@ from nnunet_vasculature.postprocess.kidney_metrics import (
     mean_scores,
     write_scores_json,
 )
+from nnunet_vasculature.postprocess.mask_rule import MaskRule
 from nnunet_vasculature.postprocess.sennet_metrics import BlockStream
 from nnunet_vasculature.postprocess.sennet_tune import (
     CC_CANDIDATES,
     COMPETITION,
     determine,
     kidney_of,
+    load_mask_rule,
     load_postprocessing,
     plot_curve,
 )
@@ -191,7 +193,7 @@ def score_volumes(labels: Path, pred: Path, pp_path: Path | None = None,
     gt = open_labels(labels)
     if pp_path:
         prob, _ = open_probabilities(pred)
-        blocks = masks(prob, load_postprocessing(pp_path))
+        blocks = masks(prob, load_mask_rule(pp_path))
         shape = tuple(prob.shape)
     else:
         if Path(pred).suffix in (".zarr", ".npz") or any(p.suffix == ".zarr" for p in Path(pred).parents):
@@ -228,7 +230,7 @@ def apply_to_folder(prob_path: Path | str, pp_path: Path | str, out_dir: Path, o
         ``out_dir``.
     """
     prob, attrs = open_probabilities(prob_path)
-    pp = load_postprocessing(pp_path)
+    pp = load_mask_rule(pp_path)
     names = [split_slice_id(i)[1] for i in slice_ids(prob_path, prob, attrs)]
     with atomic_dir(Path(out_dir), overwrite) as tmp, tqdm(total=prob.shape[0], desc="apply", unit="slice") as bar:
         for z0, m in masks(prob, pp):
@@ -244,7 +246,7 @@ def submit(prob_paths: list, pp_path: Path | str, out_csv: Path, sample: Path | 
     Returns:
         ``out_csv``.
     """
-    pp = load_postprocessing(pp_path)
+    pp = load_mask_rule(pp_path)
     order = [r["id"] for r in read_table(sample, ("id",), competition=COMPETITION)] if sample is not None else None
     paths, predicted = expand_probabilities(prob_paths), {}
     for path in paths:                  # every id and the sample checked before any post-processing
@@ -313,9 +315,9 @@ def draw_overlay(labels: Path, pred: Path | str, png: Path, pp_path: Path | None
     shown = [int(z) for z in np.linspace(0.25, 0.75, n_slices) * (gt.shape[0] - 1)]
     if pp_path is not None:
         prob, _ = open_probabilities(pred)
-        pp = load_postprocessing(pp_path)
-        rule = f"threshold {pp['threshold_u8'] / 255:.3f}" + (f", components >= {pp['min_component_voxels']} voxels"
-                                                              if pp["min_component_voxels"] else "")
+        pp = load_mask_rule(pp_path)
+        rule = f"threshold {pp.threshold:.3f}" + (f", components >= {pp.min_component_size} voxels"
+                                                  if pp.min_component_size else "")
         shape = tuple(prob.shape)
         if shape == tuple(gt.shape):   # the whole mask is streamed (components span slices); the shown planes kept
             planes = {z0 + i: plane for z0, m in masks(prob, pp) for i, plane in enumerate(m) if z0 + i in shown}
@@ -361,19 +363,19 @@ def _run_tune(a: argparse.Namespace) -> None:
                   [("-o", a.output), ("--plot", a.plot)])
     candidates = [] if a.no_cc else a.cc_sizes
     res = determine(expand_probabilities(a.input), a.labels, candidates, a.closing, a.by_fraction, a.objective)
-    write_postprocessing(res, a.output, COMPETITION)
+    rule = MaskRule.from_json(write_postprocessing(res, a.output, COMPETITION), str(a.output))
     print(f"{'kidney':<20s} {'@0.5':>8s} {'@best':>8s}")
     for k in res["kidneys"]:
         print(f"{k:<20s} {res['per_kidney_at_0.5'][k]:8.4f} {res['per_kidney_at_threshold'][k]:8.4f}")
-    if res["threshold_mode"] == "fraction":
-        print(f"vessel fraction {res['vessel_fraction']:.6f} (levels {res['per_kidney_levels']}; one threshold "
-              f"{res['threshold']:.4f} would give {res['mean_score_at_threshold']:.4f})")
-    print(f"threshold {res['threshold']:.4f} (u8 {res['threshold_u8']}), closing radius {res['closing_radius']}, "
-          f"min component {res['min_component_voxels']} voxels, mean {res['objective']} "
+    if rule.by_fraction:
+        print(f"vessel fraction {rule.vessel_fraction:.6f} (levels {res['per_kidney_levels']}; one threshold "
+              f"{rule.threshold:.4f} would give {res['mean_score_at_threshold']:.4f})")
+    print(f"threshold {rule.threshold:.4f} (u8 {rule.level}), closing radius {rule.closing_radius}, "
+          f"min component {rule.min_component_size} voxels, mean {res['objective']} "
           f"{res['mean_score']:.4f} (at 0.5: {res['mean_score_at_0.5']:.4f})")
-    for message in (level_edge_warning(res["threshold_u8"]) if res["threshold_mode"] == "probability" else None,
-                    grid_edge_warning("--cc_sizes", [0, *candidates], res["min_component_voxels"], True),
-                    grid_edge_warning("--closing", [0, *a.closing], res["closing_radius"], True)):
+    for message in (None if rule.by_fraction else level_edge_warning(rule.level),
+                    grid_edge_warning("--cc_sizes", [0, *candidates], rule.min_component_size, True),
+                    grid_edge_warning("--closing", [0, *a.closing], rule.closing_radius, True)):
         if message:
             warn(message)
     if a.plot:
@@ -395,8 +397,8 @@ def apply_to_image(image: Path | str, pp_path: Path | str, overwrite: bool = Fal
     """
     from nnunet_vasculature.io.ngff import NgffLabelsWriter
     prob, _ = open_probabilities(image)
-    pp = load_postprocessing(pp_path)
-    sink = NgffLabelsWriter(image, {"tool": "apply", "postprocessing": pp}, overwrite)
+    pp = load_mask_rule(pp_path)
+    sink = NgffLabelsWriter(image, {"tool": "apply", "postprocessing": pp.applied()}, overwrite)
     with tqdm(total=prob.shape[0], desc="apply", unit="slice") as bar:
         for z0, m in masks(prob, pp):
             if z0 + len(m) > sink.start:
@@ -408,7 +410,7 @@ def apply_to_image(image: Path | str, pp_path: Path | str, overwrite: bool = Fal
 
 def _run_apply(a: argparse.Namespace) -> None:
     check_outputs([("-i", a.input), ("-pp", a.pp)], [("-o", a.output)])
-    load_postprocessing(a.pp)                                  # before any work
+    load_mask_rule(a.pp)                                       # before any work
     if is_probability_image(a.input):                          # predict's .ome.zarr: labels/vessels inside it
         print(f"wrote {apply_to_image(a.input, a.pp, a.overwrite)}")
         if a.output is None:
@@ -513,5 +515,5 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
 
 
 __all__ = ["COMPETITION", "CC_CANDIDATES", "kidney_scorer", "score_blocks", "score_csv", "score_csv_metrics",
-           "score_volumes", "kidney_name", "determine", "load_postprocessing", "plot_curve", "slice_ids",
-           "apply_to_folder", "submit", "validate", "draw_overlay", "add_parsers"]
+           "score_volumes", "kidney_name", "determine", "load_mask_rule", "load_postprocessing", "plot_curve",
+           "slice_ids", "apply_to_folder", "submit", "validate", "draw_overlay", "add_parsers"]

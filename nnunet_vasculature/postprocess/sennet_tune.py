@@ -14,6 +14,7 @@ from nnunet_vasculature.postprocess.kidney_metrics import (
     OBJECTIVES,
     check_metrics,
 )
+from nnunet_vasculature.postprocess.mask_rule import MaskRule
 from nnunet_vasculature.postprocess.morphology import level_histogram
 from nnunet_vasculature.postprocess.sennet_metrics import ObjectiveScorer, objective_curve
 from nnunet_vasculature.postprocess.surface_dice import surface_dice_sweep
@@ -24,7 +25,7 @@ from nnunet_vasculature.postprocess.tune import (
     best_option,
     option_scores,
     plot_curves,
-    read_postprocessing,
+    read_mask_rule,
 )
 
 COMPETITION = "sennet"
@@ -105,13 +106,9 @@ def determine(prob_paths: list, label_paths: list, cc_candidates: Sequence[int] 
     min_size = best_option(cc_scores)
     def listed(curve: np.ndarray) -> list:
         return [None if np.isnan(x) else float(x) for x in curve]
+    rule = MaskRule(COMPETITION, best, int(min_size), int(radius), by_fraction, fraction)
     result = {
-        "threshold_mode": "fraction" if by_fraction else "probability",
-        "threshold": best / 255.0,
-        "threshold_u8": best,
-        "vessel_fraction": fraction,
-        "closing_radius": int(radius),
-        "min_component_voxels": int(min_size),
+        **{k: v for k, v in rule.to_json().items() if k != "competition"},
         "objective": objective,
         "mean_score": cc_scores[min_size],
         "mean_score_at_0.5": float(mean[LEVEL_HALF]),
@@ -133,34 +130,29 @@ def determine(prob_paths: list, label_paths: list, cc_candidates: Sequence[int] 
     return result
 
 
-def load_postprocessing(path: Path | str) -> dict:
+def load_mask_rule(path: Path | str) -> MaskRule:
     """SenNet's decision from a postprocessing.json (another competition's file is refused).
 
     Args:
         path: the file ``tune`` wrote (files without a competition entry are read when their schema is SenNet's).
 
     Returns:
+        The rule; a one-line UserError naming the file for a malformed or contradictory one.
+    """
+    return read_mask_rule(path, COMPETITION)
+
+
+def load_postprocessing(path: Path | str) -> dict:
+    """SenNet's decision as the dict this function returned before :class:`MaskRule` (for scripts; the
+    commands use :func:`load_mask_rule`).
+
+    Args:
+        path: the file ``tune`` wrote.
+
+    Returns:
         ``threshold_u8``, ``min_component_voxels``, ``threshold_mode``, ``vessel_fraction``, ``closing_radius``.
     """
-    pp = read_postprocessing(path, COMPETITION)
-    try:
-        level = int(pp["threshold_u8"])
-        min_size = int(pp.get("min_component_voxels", 0))
-        mode = str(pp.get("threshold_mode", "probability"))
-        fraction = float(pp.get("vessel_fraction", 0.0))
-        closing = int(pp.get("closing_radius", 0))
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path}: not a postprocessing.json from 'tune' ({type(e).__name__}: {e})") from None
-    if not 0 <= level <= 255:
-        raise UserError(f"{path}: threshold_u8 {level} outside 0..255")
-    if mode not in ("probability", "fraction"):
-        raise UserError(f"{path}: threshold_mode {mode!r} is neither 'probability' nor 'fraction'")
-    if mode == "fraction" and not 0 < fraction <= 1:
-        raise UserError(f"{path}: vessel_fraction {fraction} outside (0, 1]")
-    if closing < 0 or min_size < 0:
-        raise UserError(f"{path}: negative closing_radius or min_component_voxels")
-    return {"threshold_u8": level, "min_component_voxels": min_size, "threshold_mode": mode,
-            "vessel_fraction": fraction, "closing_radius": closing}
+    return load_mask_rule(path).applied()
 
 
 def plot_curve(result: dict, out_png: Path) -> None:

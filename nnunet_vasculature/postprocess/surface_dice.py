@@ -152,7 +152,7 @@ def surface_dice_sweep(prob_u8: ZSliceable, gt: ZSliceable, block: int = DEFAULT
     den = gt_total + pred_area
     out = np.zeros(256)
     np.divide(num, den, out=out, where=den > 0)
-    return out
+    return np.clip(out, 0.0, 1.0)          # the differences summed above leave ~1e-16 below 0 where num is 0
 
 
 def _padded_levels(p: np.ndarray, z0: int) -> np.ndarray:

@@ -1,6 +1,7 @@
 """What the three competitions' post-processing shares: the ``postprocessing.json`` record (its competition and
-the tool version), masks from uint8 probability levels, picking the best option of a grid, warning when the
-pick sits at the edge of its grid, and the score-versus-threshold picture.
+the tool version; the decision read as a :class:`~.mask_rule.MaskRule`), masks from uint8 probability levels,
+picking the best option of a grid, warning when the pick sits at the edge of its grid,
+and the score-versus-threshold picture.
 
 Each competition's own tuning lives in its module (:mod:`.sennet`, :mod:`.hubmap_kidney`,
 :mod:`.hubmap_vasculature`); this module knows none of them.
@@ -11,13 +12,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from nnunet_vasculature.errors import UserError, atomic_file
 from nnunet_vasculature.io.volumes import ZSliceable
 from nnunet_vasculature.postprocess.components import StreamingComponents, remove_small_components
+from nnunet_vasculature.postprocess.mask_rule import MaskRule
 from nnunet_vasculature.postprocess.morphology import (
     closed_reader,
     fraction_at_levels,
@@ -88,6 +90,19 @@ def read_postprocessing(path: Path | str, competition: str) -> dict:
     return record
 
 
+def read_mask_rule(path: Path | str, competition: str) -> MaskRule:
+    """The decision of a ``tune COMPETITION`` postprocessing.json, checked (:meth:`MaskRule.from_json`).
+
+    Args:
+        path: the file.
+        competition: the competition of the command reading it (another competition's file is refused).
+
+    Returns:
+        The rule; a one-line UserError naming the file otherwise.
+    """
+    return MaskRule.from_json(read_postprocessing(path, competition), str(path), competition)
+
+
 def write_postprocessing(result: dict, path: Path | str, competition: str) -> dict:
     """Write ``result`` as ``path`` (all or nothing) with its competition and the tool version first.
 
@@ -106,23 +121,26 @@ def write_postprocessing(result: dict, path: Path | str, competition: str) -> di
     return record
 
 
-def masks(prob: ZSliceable, pp: dict) -> Iterator[tuple[int, np.ndarray]]:
+def masks(prob: ZSliceable, rule: MaskRule | Mapping) -> Iterator[tuple[int, np.ndarray]]:
     """Stream (z0, boolean block) of the post-processed mask of a uint8 probability volume.
 
     Args:
         prob: (z, y, x) uint8 probability levels, read ``prob[a:b]``.
-        pp: ``threshold_u8`` (foreground: level >= it), ``min_component_voxels`` (26-connected components
-            smaller than this are removed) and optionally ``threshold_mode`` ("fraction": the level of this
-            volume where the foreground is ``vessel_fraction`` of its voxels) and ``closing_radius``.
+        rule: the decision: foreground where the level is at least ``rule.level`` (with ``by_fraction``: the
+            level of this volume where the foreground is ``vessel_fraction`` of its voxels), closed with a ball
+            of ``closing_radius``, without 26-connected components smaller than ``min_component_size``. A
+            mapping (a postprocessing.json's content, ``tune``'s result) is read with :meth:`MaskRule.from_json`.
 
     Returns:
         An iterator of (first plane, mask block) pairs covering the volume in order.
     """
-    level = pp["threshold_u8"]
-    if pp.get("threshold_mode") == "fraction":
-        level = level_for_fraction(level_histogram(prob, BLOCK), pp["vessel_fraction"])
-    read = closed_reader(lambda a, b: np.asarray(prob[a:b]) >= level, prob.shape[0], pp.get("closing_radius", 0))
-    yield from remove_small_components(read, prob.shape[0], pp["min_component_voxels"], BLOCK)
+    if not isinstance(rule, MaskRule):
+        rule = MaskRule.from_json(rule)
+    level = rule.level
+    if rule.by_fraction:
+        level = level_for_fraction(level_histogram(prob, BLOCK), rule.vessel_fraction)
+    read = closed_reader(lambda a, b: np.asarray(prob[a:b]) >= level, prob.shape[0], rule.closing_radius)
+    yield from remove_small_components(read, prob.shape[0], rule.min_component_size, BLOCK)
 
 
 def best_option(scores: dict[int, float]) -> int:

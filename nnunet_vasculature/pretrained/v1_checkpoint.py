@@ -1,7 +1,8 @@
 """Read nnU-Net v1 model downloads (e.g. Task008_HepaticVessel) without the v1 package.
 
 The download is untrusted input: pickles are read with a restricted unpickler (plain containers and
-numpy arrays only), torch checkpoints with ``weights_only=True``, and zip members are checked against
+numpy arrays only), torch checkpoints with the package's one weights-only reader
+(:mod:`nnunet_vasculature.io.checkpoint`), and zip members are checked against
 path traversal and zip bombs (:mod:`.archive`). Members are read from the zip directly; nothing is extracted.
 """
 from __future__ import annotations
@@ -14,11 +15,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
 from nnunet_vasculature.errors import UserError
-from nnunet_vasculature.pretrained.archive import MAX_SMALL_FILE_BYTES, ModelFiles
-from nnunet_vasculature.pretrained.v2_model import torch_error_reason
+from nnunet_vasculature.io.checkpoint import read_weights_only
+from nnunet_vasculature.pretrained.archive import MAX_SMALL_FILE_BYTES, MAX_V1_CHECKPOINT_BYTES, ModelFiles
 
 CHECKPOINT = "model_final_checkpoint.model"
 _MODEL_RE = re.compile(r"(?:^|/)(?P<config>2d|3d_lowres|3d_fullres|3d_cascade_fullres)/(?P<task>Task\d+_[^/]+)/"
@@ -78,23 +78,8 @@ class V1Model:
         return int(self.plans["num_modalities"])
 
 
-def _checkpoint_safe_globals() -> list:
-    """What a v1 checkpoint needs beyond tensors, and nothing more: ``plot_stuff`` holds numpy float64
-    scalars, pickled as ``scalar(dtype, bytes)``. Files written under numpy 1.x (the 2020 downloads)
-    name the function ``numpy.core.multiarray.scalar``, numpy 2 names it ``numpy._core...``: both names
-    are allowed for the one function."""
-    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
-    return [np.dtype, type(np.dtype(np.float64)), (scalar, "numpy.core.multiarray.scalar"),
-            (scalar, "numpy._core.multiarray.scalar")]
-
-
 def _load_state_dict(data: bytes, where: str) -> dict:
-    try:
-        with torch.serialization.safe_globals(_checkpoint_safe_globals()):
-            ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"{where}: not a readable torch checkpoint ({type(e).__name__}: "
-                        f"{torch_error_reason(e)})") from None
+    ckpt = read_weights_only(data, where)
     if not isinstance(ckpt, dict):
         raise UserError(f"{where}: checkpoint is a {type(ckpt).__name__}, expected a dict")
     if "network_weights" in ckpt:
@@ -157,9 +142,9 @@ def read_v1_model(path: Path | ModelFiles, configuration: str = "3d_fullres", fo
     missing = [f for f in wanted if f not in available]
     if missing:
         raise UserError(f"{path}: {configuration} has no fold {missing[0]} (has: {', '.join(sorted(available))})")
-    for f in wanted:             # every member's declared size before reading any of them
-        src.check_member(available[f][0] + ".pkl", MAX_SMALL_FILE_BYTES)
-        src.check_member(available[f][0])
+    # every member's declared size, and their total, before reading any of them
+    src.check_members([m for f in wanted for m in ((available[f][0] + ".pkl", MAX_SMALL_FILE_BYTES),
+                                                   (available[f][0], MAX_V1_CHECKPOINT_BYTES))])
     state_dicts, v1_plans, stage, m0 = [], None, None, None
     for f in wanted:
         name, m = available[f]
@@ -173,7 +158,7 @@ def read_v1_model(path: Path | ModelFiles, configuration: str = "3d_fullres", fo
             init = meta.get("init") or ()
             stage = int(init[5]) if len(init) > 5 and isinstance(init[5], (int, np.integer)) \
                 else (0 if configuration == "3d_lowres" else len(v1_plans["plans_per_stage"]) - 1)
-        state_dicts.append(_load_state_dict(src.read(name), src.where(name)))
+        state_dicts.append(_load_state_dict(src.read(name, MAX_V1_CHECKPOINT_BYTES), src.where(name)))
     for key in ("plans_per_stage", "num_classes", "num_modalities"):
         if key not in v1_plans:
             raise UserError(f"{path}: v1 plans lack '{key}'")

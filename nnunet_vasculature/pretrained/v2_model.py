@@ -3,19 +3,18 @@
 
 Layout: ``[DatasetXXX_Name/]TRAINER__PLANS__CONFIGURATION/{plans.json, dataset.json,
 fold_F/checkpoint_*.pth}``. Members are read in place through :class:`~.archive.ModelFiles` (traversal
-and zip-bomb checks); checkpoints with ``torch.load(weights_only=True)`` and the narrowest allowlist a
-stock checkpoint needs (numpy scalars in the training log).
+and zip-bomb checks); checkpoints with the package's one weights-only reader (:mod:`nnunet_vasculature.io.checkpoint`).
 """
 from __future__ import annotations
 
-import io
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from nnunet_vasculature.errors import UserError
-from nnunet_vasculature.pretrained.archive import MAX_SMALL_FILE_BYTES, ModelFiles
+from nnunet_vasculature.io.checkpoint import read_weights_only
+from nnunet_vasculature.pretrained.archive import MAX_MEMBER_BYTES, MAX_SMALL_FILE_BYTES, ModelFiles
 
 V2_MODEL_RE = re.compile(r"(?:^|/)(?:(?P<dataset>Dataset\d+_[^/]+)/)?(?P<trainer>[^/_][^/]*?)__(?P<plans>[^/]+?)__"
                          r"(?P<config>[^/]+)/fold_(?P<fold>\d+|all)/(?P<checkpoint>checkpoint_[^/]+\.pth)$")
@@ -115,26 +114,61 @@ def _read_json(files: ModelFiles, name: str) -> dict:
     return value
 
 
-def checkpoint_safe_globals() -> list:
-    """What a stock nnU-Net v2 checkpoint holds beyond tensors and plain values, and nothing more: numpy
-    float64/float32 scalars (their function, ``numpy.dtype`` and, under numpy 2, the dtype classes) in its
-    training log and ``_best_ema``. numpy 2 names the scalar function ``numpy._core.multiarray.scalar``,
-    numpy 1.x (older models) ``numpy.core.multiarray.scalar``."""
-    import numpy as np
-    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
-    return [np.dtype, type(np.dtype(np.float64)), type(np.dtype(np.float32)),
-            (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar")]
+# Bounds on plans fields, checked before a network is built or a target plans file written: nnU-Net's planners
+# cap features at 320 (3D) / 512 (2D), patches at a few hundred voxels a side and batches at a few dozen
+MAX_FEATURES = 1024
+MAX_STAGES = 16
+MAX_PATCH_EDGE = 2048
+MAX_PATCH_VOXELS = 256 ** 3
+MAX_BATCH_SIZE = 1024
 
 
-def torch_error_reason(e: BaseException) -> str:
-    """The informative line of a ``torch.load`` error, without torch's advice to load with
-    ``weights_only=False`` (which would run whatever the file holds)."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    for ln in lines:
-        if ln.startswith("WeightsUnpickler error:"):
-            return ln.split(" Please use")[0][:200]
-    lines = [ln for ln in lines if "weights_only" not in ln and "Re-running" not in ln and "trust" not in ln]
-    return lines[0][:200] if lines else type(e).__name__
+def _ints_within(value: object, low: int, high: int, lengths: range) -> bool:
+    return isinstance(value, list) and len(value) in lengths and \
+        all(isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in value)
+
+
+def check_plans(plans: dict, configuration: str, where: str) -> None:
+    """Refuse plans whose network or training fields are out of bounds, before anything is built from them.
+
+    Args:
+        plans: the source's plans.json.
+        configuration: the configuration to be imported.
+        where: the plans file, for messages.
+
+    Raises:
+        UserError: ``features_per_stage`` not 1-16 integers in 1..:data:`MAX_FEATURES`, ``patch_size`` not 2 or 3
+            integers in 1..:data:`MAX_PATCH_EDGE` (at most :data:`MAX_PATCH_VOXELS` voxels), or ``batch_size`` not
+            an integer in 1..:data:`MAX_BATCH_SIZE`. Plans nnU-Net cannot read at all are left to the import,
+            which reports them.
+    """
+    import copy
+    import warnings
+
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    try:
+        with warnings.catch_warnings():          # the old format's conversion warns; the import warns once
+            warnings.simplefilter("ignore")
+            config = PlansManager(copy.deepcopy(plans)).get_configuration(configuration).configuration
+    except Exception:  # noqa: BLE001 - nnU-Net raises KeyError/RuntimeError/... on plans it cannot read
+        config = (plans.get("configurations") or {}).get(configuration)
+    if not isinstance(config, dict):
+        return
+    arch = config.get("architecture")
+    kwargs = arch.get("arch_kwargs") if isinstance(arch, dict) else None
+    features = kwargs.get("features_per_stage") if isinstance(kwargs, dict) else None
+    if features is not None and not _ints_within(features, 1, MAX_FEATURES, range(1, MAX_STAGES + 1)):
+        raise UserError(f"{where}: '{configuration}' features_per_stage {features!r} is not 1 to {MAX_STAGES} "
+                        f"integers in 1..{MAX_FEATURES} (nnU-Net plans at most 512): refused before building the "
+                        f"network")
+    patch = config.get("patch_size")
+    if not _ints_within(patch, 1, MAX_PATCH_EDGE, range(2, 4)) or \
+            patch[0] * patch[1] * (patch[2] if len(patch) > 2 else 1) > MAX_PATCH_VOXELS:
+        raise UserError(f"{where}: '{configuration}' patch_size {patch!r} is not 2 or 3 integers in "
+                        f"1..{MAX_PATCH_EDGE} of at most {MAX_PATCH_VOXELS} voxels")
+    batch = config.get("batch_size")
+    if not (isinstance(batch, int) and not isinstance(batch, bool) and 1 <= batch <= MAX_BATCH_SIZE):
+        raise UserError(f"{where}: '{configuration}' batch_size {batch!r} is not an integer in 1..{MAX_BATCH_SIZE}")
 
 
 def load_v2_checkpoint(data: bytes, where: str) -> tuple[dict, str]:
@@ -148,14 +182,7 @@ def load_v2_checkpoint(data: bytes, where: str) -> tuple[dict, str]:
         (network weights, trainer name).
     """
     import torch
-    try:
-        with torch.serialization.safe_globals(checkpoint_safe_globals()):
-            ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except MemoryError:
-        raise UserError(f"{where}: does not fit in memory") from None
-    except Exception as e:   # noqa: BLE001 - torch raises many types for corrupt or refused files
-        raise UserError(f"{where}: refused or unreadable checkpoint ({type(e).__name__}: "
-                        f"{torch_error_reason(e)})") from None
+    ckpt = read_weights_only(data, where)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("network_weights"), dict):
         raise UserError(f"{where}: not an nnU-Net v2 checkpoint (no network_weights)")
     weights = ckpt["network_weights"]
@@ -186,11 +213,11 @@ def read_v2_model(files: ModelFiles, configuration: str = "3d_fullres", fold: st
         raise UserError(f"{files.path}: no nnU-Net v2 model inside (expected [DatasetXXX_Name/]"
                         f"TRAINER__PLANS__CONFIGURATION/fold_N/checkpoint_final.pth)")
     model, member = select_v2_model(files, found, configuration, trainer, plans, str(fold), checkpoint)
-    for name in ("plans.json", "dataset.json"):      # every member's declared size before reading any of them
-        if model.folder + name in files.names:
-            files.check_member(model.folder + name, MAX_SMALL_FILE_BYTES)
-    files.check_member(member)
+    # every member's declared size, and their total, before reading any of them
+    files.check_members([*((model.folder + name, MAX_SMALL_FILE_BYTES) for name in ("plans.json", "dataset.json")
+                           if model.folder + name in files.names), (member, MAX_MEMBER_BYTES)])
     plans_json = _read_json(files, model.folder + "plans.json")
+    check_plans(plans_json, configuration, files.where(model.folder + "plans.json"))     # before the checkpoint
     dataset_json = _read_json(files, model.folder + "dataset.json")
     weights, trainer_name = load_v2_checkpoint(files.read(member), files.where(member))
     dataset = model.dataset or str(plans_json.get("dataset_name", "")) or "source"
@@ -198,5 +225,5 @@ def read_v2_model(files: ModelFiles, configuration: str = "3d_fullres", fold: st
                    plans_json, dataset_json, weights, trainer_name)
 
 
-__all__ = ["V2Model", "V2_MODEL_RE", "checkpoint_safe_globals", "find_v2_models", "load_v2_checkpoint",
-           "read_v2_model", "select_v2_model", "torch_error_reason"]
+__all__ = ["V2Model", "V2_MODEL_RE", "check_plans", "find_v2_models", "load_v2_checkpoint", "read_v2_model",
+           "select_v2_model"]

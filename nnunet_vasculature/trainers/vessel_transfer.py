@@ -18,6 +18,8 @@ from nnunetv2.training.lr_scheduler.warmup import Lin_incr_LRScheduler, PolyLRSc
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch.optim.lr_scheduler import _LRScheduler
 
+from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.io.checkpoint import read_weights_only
 from nnunet_vasculature.io.paths import pretrained_path
 from nnunet_vasculature.trainers.common import DemoLength, TrainerSetupError
 
@@ -114,9 +116,15 @@ class VesselTransferTrainer(nnUNetTrainer):
         path = self.find_pretrained()
         if path is None:
             raise TransferSetupError(self._no_weights_message())
-        # a weights-only read first: it refuses a file carrying code before nnU-Net's unrestricted
-        # torch.load opens it, and gives the source head
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        # the package's weights-only reader first (its one allowlist): it refuses a file carrying code before
+        # nnU-Net's unrestricted torch.load opens it, and gives the source head
+        try:
+            ckpt = read_weights_only(path)
+        except UserError as e:
+            raise TransferSetupError(str(e)) from None
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("network_weights"), dict):
+            raise TransferSetupError(f"{path}: not imported weights (no network_weights); write them with "
+                                     f"'nnunet-vasculature import-pretrained'")
         try:
             load_pretrained_weights(self.network, path)
         except AssertionError as e:

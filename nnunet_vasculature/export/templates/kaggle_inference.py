@@ -6,7 +6,7 @@ Attach to the notebook: the competition data, a dataset with the bundle folder, 
 (``nnunet-vasculature export-model``). Then run all cells (or ``python kaggle_inference.py [flags]``):
 
 1. install the wheels offline, if nnunet-vasculature is not installed yet;
-2. install the model (checked: zip members, plugin version);
+2. install the model (checked: zip members, their inflated sizes, plugin version);
 3. ``nnunet-vasculature predict`` on every kidney of DATA/test, with a runtime estimate after the first
    kidney's first planes (a warning when the 9-hour budget is at risk);
 4. ``nnunet-vasculature submit`` with the model's postprocessing.json -> submission.csv.
