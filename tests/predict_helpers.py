@@ -9,6 +9,7 @@ import tifffile
 import torch
 from scipy import ndimage as ndi
 
+from nnunet_vasculature.inference.options import PredictionOptions
 from nnunet_vasculature.inference.streaming import StreamingPredictor
 from nnunet_vasculature.io.sources import VolumeSource
 
@@ -39,7 +40,8 @@ def _ours(folder, img, spacing, folds, tta, start=0, predictor=None, end=None, s
         for i, plane in enumerate(p):
             assert z + i not in out
             out[z + i] = plane
-    predictor = predictor or StreamingPredictor(folder, list(folds), device=torch.device("cpu"), use_mirroring=tta)
+    predictor = predictor or StreamingPredictor.from_options(PredictionOptions.of(folder, folds, tta=tta),
+                                                             torch.device("cpu"))
     predictor.predict(src, sink, start, end=end, scan=scan)
     stop = img.shape[0] if end is None else min(end, img.shape[0])
     assert sorted(out) == list(range(start, stop))

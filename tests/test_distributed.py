@@ -28,7 +28,7 @@ def _planes(pred, img, spacing, start=0, end=None, scan=None):
 def test_end_gives_the_planes_of_a_full_run(tmp_path, model_spacing):
     """[start, end) slabs, put together, are bitwise the whole-volume run (same grid and resampled)."""
     folder = make_model_folder(tmp_path / "m", spacing=model_spacing)
-    pred = StreamingPredictor(folder, [0], device=torch.device("cpu"), use_mirroring=False)
+    pred = StreamingPredictor.from_options(_options(folder), torch.device("cpu"))
     img = _image((40, 36, 34), seed=7)
     img[:5] = 0          # zero planes outside the crop box on both ends
     img[-3:] = 0
@@ -142,13 +142,19 @@ def test_changed_parameters_are_refused(tmp_path, cluster):
     kidney = _kaggle_kidney(tmp_path / "k", _image((10, 36, 32), seed=1))
     out = tmp_path / "p.zarr"
     assert _run(kidney, out, folder, cluster) == {"kidney_5": [0, 1]}
-    for kw in ({"slab_planes": 5}, {"step_size": 0.75}, {"spacing": 40.0}):
-        with pytest.raises(UserError, match="'kidney_5' holds a prediction made with other settings"):
+    for kw, what in (({"slab_planes": 5}, "slab_planes"), ({"step_size": 0.75}, "step_size"),
+                     ({"spacing": 40.0}, "spacing")):
+        with pytest.raises(UserError, match=f"'kidney_5' holds a complete prediction made with other settings "
+                                            f"\\({what} differ"):
             _run(kidney, out, folder, cluster, **kw)
     assert _run(kidney, out, folder, cluster, slab_planes=5, overwrite=True) == {"kidney_5": [0, 1]}
     assert zarr.open_group(str(out), mode="r")["kidney_5"].attrs["complete"]
+    # a kidney finished by single-process predict with the same options is kept; an interrupted one, without
+    # slab marks, is refused
     from nnunet_vasculature.inference.predict import predict
     predict(kidney, tmp_path / "one.zarr", _options(folder), "cpu")
+    assert _run(kidney, tmp_path / "one.zarr", folder, cluster) == {}
+    zarr.open_group(str(tmp_path / "one.zarr"), mode="a")["kidney_5"].attrs["complete"] = False
     with pytest.raises(UserError, match="made without --workers"):
         _run(kidney, tmp_path / "one.zarr", folder, cluster)
 

@@ -132,3 +132,48 @@ def test_labels_need_a_complete_image(tmp_path):
     writer(0, np.zeros((4, 8, 8), np.float32))
     with pytest.raises(UserError, match="incomplete"):
         NgffLabelsWriter(tmp_path / "o.ome.zarr", {"tool": "apply"})
+
+
+def _submit(capsys, image, tmp_path):
+    from nnunet_vasculature.cli import main
+    pp = tmp_path / "pp.json"
+    pp.write_text('{"competition": "sennet", "threshold_u8": 128, "min_component_voxels": 0}')
+    capsys.readouterr()
+    rc = main(["submit", "-i", str(image), "-pp", str(pp), "-o", str(tmp_path / "s.csv")])
+    return rc, capsys.readouterr().err.strip().splitlines()
+
+
+def test_a_missing_chunk_of_the_image_is_refused(tmp_path, capsys):
+    """Every chunk is stored, all-zero ones too, so a deleted level-0 chunk is refused in one line naming the
+    store and the chunk (issue 35 item 1; before: `submit` exited 0, the chunk read as zeros)."""
+    prob = np.zeros((40, 40, 40), np.float32)
+    prob[20:, 5:30, 5:30] = 0.9                      # chunk rows 0 of level 0 all zero
+    out = tmp_path / "kidney_5.ome.zarr"
+    writer = NgffWriter(out, "kidney_5", prob.shape, (50.0,) * 3, [f"kidney_5_{z:04d}" for z in range(40)], SOURCE,
+                        chunk_depth=16, chunk_yx=32, levels=2)
+    writer(0, prob)
+    writer.close()
+    level0 = zarr.open_group(str(out), mode="r")["0"]
+    assert level0.nchunks_initialized == level0.nchunks == 12
+    assert _submit(capsys, out, tmp_path)[0] == 0
+    (out / "0" / "1" / "0" / "0").unlink()           # a chunk with vessels in it
+    rc, err = _submit(capsys, out, tmp_path)
+    assert rc == 2 and err == [f"error: {out}: 1 of 12 chunks are missing (chunk 0/1/0/0 deleted or lost; they would "
+                               f"read as zeros): predict it again"], err
+
+
+def test_submit_refuses_an_ome_zarr_image_predict_did_not_write(tmp_path, capsys):
+    """A uint8 OME-Zarr image (a scan, made with zarr directly) is not probabilities: refused in one line, also
+    given as its level (issue 35 item 5; before: thresholded as probabilities, exit 0)."""
+    image = tmp_path / "kidney_5.ome.zarr"
+    group = zarr.open_group(str(image), mode="w", zarr_format=2)
+    group.create_array("0", shape=(4, 6, 7), chunks=(2, 6, 7), dtype="uint8")[:] = 200
+    group.attrs["multiscales"] = [{"version": "0.4", "name": "kidney_5", "datasets": [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]}],
+        "axes": [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]}]
+    message = (f"error: {image}: an OME-Zarr image without predict's record of probabilities (a scan or a label "
+               f"image?): its values are not probabilities; give predict's output")
+    for given in (image, image / "0"):
+        rc, err = _submit(capsys, given, tmp_path)
+        assert rc == 2 and err == [message], err
+        assert not (tmp_path / "s.csv").exists()

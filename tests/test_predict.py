@@ -13,6 +13,7 @@ from predict_helpers import _compare, _image, _kaggle_kidney, _ours, _stock, sto
 
 from nnunet_vasculature.cli import main
 from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.inference.options import PredictionOptions
 from nnunet_vasculature.inference.streaming import StreamingPredictor
 
 
@@ -76,9 +77,10 @@ def test_cli_zarr_output_resume_and_refusal(tmp_path, capsys):
     ref = _ours(folder, img.astype(np.uint16).astype(np.float32), (50.28,) * 3, (0,), False)
     ref = np.rint(ref * 255).astype(np.uint8)
     np.testing.assert_array_equal(arr[:], ref)
-    # the explicit word names the same command
-    rc, err, _ = _main(capsys, ["predict", "sennet", *base[1:]])
-    assert rc == 2 and err == [f"error: {out}: 'kidney_5' is already written (pass --overwrite)"]
+    # the explicit word names the same command: the finished kidney is kept
+    rc, err, stdout = _main(capsys, ["predict", "sennet", *base[1:]])
+    assert rc == 0 and f"kidney_5: already complete in {out} (same options and input), skipped" in stdout, err
+    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["kidney_5"][:], ref)
     # an interrupted run resumes from the planes already written
     g = zarr.open_group(str(out), mode="a")
     g["kidney_5"].attrs.update({"complete": False, "planes_done": 16})
@@ -136,8 +138,23 @@ def test_missing_chunk_is_refused(tmp_path, capsys):
     chunks = sorted(p for p in (out / "kidney_5" / "c").rglob("*") if p.is_file())
     assert len(chunks) == 10
     chunks[1].unlink()           # a background plane's chunk
-    with pytest.raises(UserError, match=r"^.*kidney_5: 1 of 10 chunks are missing"):
+    with pytest.raises(UserError, match=r"^.*kidney_5: 1 of 10 chunks are missing \(chunk c/1/0/0 "):
         open_probabilities(out / "kidney_5")
+
+
+def test_workers_beyond_the_cores_are_one_line_before_the_model_loads(tmp_path, capsys):
+    """`--workers N` with N above this machine's cores is refused in one line before any worker starts or the
+    model loads (before: N worker processes were started; the checkpoint is unreadable here, so a run that
+    loaded the model would end in another error)."""
+    folder = make_model_folder(tmp_path / "model")
+    (folder / "fold_0" / "checkpoint_final.pth").write_bytes(b"not a checkpoint")
+    kidney = _kaggle_kidney(tmp_path / "k", _image((8, 36, 32)))
+    cores = len(os.sched_getaffinity(0))
+    rc, err, _ = _main(capsys, ["predict", "-i", str(kidney), "-o", str(tmp_path / "p.zarr"), "-m", str(folder),
+                                "-device", "cpu", "--workers", str(cores + 1)])
+    assert rc == 2 and err == [f"error: --workers {cores + 1}: this machine has {cores} cores; use at most {cores}, "
+                               f"or --scheduler ADDRESS for a cluster"], err
+    assert not (tmp_path / "p.zarr").exists()
 
 
 def test_checkpoint_running_code_is_refused(tmp_path, capsys):
@@ -157,7 +174,7 @@ def test_checkpoint_running_code_is_refused(tmp_path, capsys):
     assert "weights_only" not in err[0]
     assert not marker.exists()
     with pytest.raises(UserError, match="refused"):
-        StreamingPredictor(folder, [0])
+        StreamingPredictor.from_options(PredictionOptions.of(folder), torch.device("cpu"))
 
 
 def test_stock_format_checkpoint_loads_weights_only(tmp_path):
@@ -229,7 +246,7 @@ def test_compiled_network_gives_the_same_probabilities(tmp_path, monkeypatch):
     img = _image((16, 40, 40))
     plain = _ours(folder, img, (50.0, 50.0, 50.0), (0,), False)
     monkeypatch.setenv("nnUNet_compile", "1")
-    pred = StreamingPredictor(folder, [0], device=torch.device("cpu"), use_mirroring=False)
+    pred = StreamingPredictor.from_options(PredictionOptions.of(folder, tta=False), torch.device("cpu"))
     assert all(isinstance(n, OptimizedModule) for n in pred.nets)
     compiled = _ours(folder, img, (50.0, 50.0, 50.0), (0,), False, predictor=pred)
     assert np.abs(compiled - plain).max() <= 1e-4

@@ -7,16 +7,17 @@ store. Slab borders are multiples of the store's one-plane chunks, so no two tas
 and no lock is needed; a task finishes by setting its own one-element chunk of ``_slabs/<kidney>``
 (uint8, 1 = done). Only the client writes attributes.
 
-The store's kidney array also gets ``params_hash`` (the prediction options'
-:meth:`~nnunet_vasculature.inference.options.PredictionOptions.to_json`, input spacing and shape, slab size),
-``slab_planes`` and the input's fingerprint: a rerun with the same parameters on the same input computes
-only the slabs not marked done, a rerun with others or on another input is refused (unless
-``overwrite``). Each task writes through the store's one writer (``KidneyWriter.slab``). The model folder
-and the device are checked before any slab is submitted (on a remote cluster: on every worker). Once every
-slab is done ``complete`` is set and the store reads like one written by single-process ``predict``.
-dask's ``retries`` re-run the slab of a failed task or lost worker.
-``planes_done`` is kept at the planes done from plane 0 on, so an interrupted run can also be finished
-by single-process ``predict``.
+The store's kidney array also gets the run record of :mod:`nnunet_vasculature.io.run_record` with the
+slab size (``slab_planes``, ``params_hash``) and the input's fingerprint, checked for every kidney before any
+array is created or any worker started (:func:`~nnunet_vasculature.io.run_record.check_resumable`): a rerun
+with the same parameters on the same input keeps the finished kidneys (also those of a single-process run)
+and computes only the slabs not marked done; a rerun with others or on another input is refused (unless
+``overwrite``). Each task (a :class:`SlabTask`) writes through the store's one writer
+(``KidneyWriter.slab``). The model folder and the device are checked before any slab is submitted (on a
+remote cluster: on every worker); ``--workers`` beyond this machine's cores is refused. Once every slab is
+done ``complete`` is set and the store reads like one written by single-process ``predict``. dask's
+``retries`` re-run the slab of a failed task or lost worker. ``planes_done`` is kept at the planes done from
+plane 0 on, so an interrupted run can also be finished by single-process ``predict``.
 
 An ``.ome.zarr`` output (:class:`~nnunet_vasculature.io.ngff.NgffWriter`) is written alike: the slabs are
 whole chunk rows of the image's level ``0`` (``slab_planes`` rounded up to a multiple of the 64-plane chunks,
@@ -30,7 +31,6 @@ step 0.5 at the model's spacing.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -50,10 +50,12 @@ from nnunet_vasculature.inference.inputs import (
     output_path,
 )
 from nnunet_vasculature.inference.options import PredictionOptions
+from nnunet_vasculature.io import ngff, store
 from nnunet_vasculature.io.intensity import map_sources, model_mapping
-from nnunet_vasculature.io.ngff import ATTRS_KEY, NgffWriter
+from nnunet_vasculature.io.ngff import NgffWriter
+from nnunet_vasculature.io.run_record import COMPLETE, NEW, RunRecord, check_resumable
 from nnunet_vasculature.io.sources import VolumeSource, fingerprint, open_inputs
-from nnunet_vasculature.io.store import KidneyWriter, create_kidney_array, store_path
+from nnunet_vasculature.io.store import KidneyWriter, create_kidney_array
 
 SLAB_PLANES = 256           # default slab depth (original planes); a multiple of the store's 1-plane chunks
 PROGRESS_GROUP = "_slabs"   # <store>/_slabs/<kidney>: one uint8 per slab, 1 = done
@@ -68,9 +70,42 @@ def slab_bounds(depth: int, slab_planes: int) -> list[tuple[int, int]]:
     return [(z, min(depth, z + slab_planes)) for z in range(0, depth, slab_planes)]
 
 
-def params_hash(params: dict) -> str:
-    """A short hash of a JSON-able dict (sorted keys)."""
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:      # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What every task of a run shares: how a worker opens the input and builds its predictor (only paths and
+    options travel through the scheduler)."""
+    inputs: str                      # the -i value (a local path resolved)
+    spacing: float | None
+    level: int | str
+    remote: bool
+    options: PredictionOptions
+    device: str
+    torch_threads: int | None
+    on_slab: SlabHook | None = None  # called in the worker before each slab (tests inject failures)
+
+
+@dataclass(frozen=True)
+class SlabTask:
+    """One task: original planes [z0, z1) of ``kidney`` into ``array`` of the zarr group at ``out`` (whole
+    chunks), then mark ``progress[slab]`` done."""
+    setup: WorkerSetup
+    kidney: str
+    slab: int
+    z0: int
+    z1: int
+    scan: tuple                      # (crop box, intensity statistics) of the kidney, as the store keeps it
+    out: str
+    array: str
+    progress: str
+    flush: int
 
 
 @dataclass
@@ -125,6 +160,9 @@ def predict_distributed(inputs: Path | str, out: Path | None, options: Predictio
         raise UserError("give one of --workers N, --scheduler ADDRESS, --scheduler_file FILE")
     if workers is not None and workers < 1:
         raise UserError(f"--workers {workers}: need at least 1")
+    if workers is not None and workers > usable_cores():
+        raise UserError(f"--workers {workers}: this machine has {usable_cores()} cores; use at most "
+                        f"{usable_cores()}, or --scheduler ADDRESS for a cluster")
     if slab_planes < 1:
         raise UserError(f"--slab_planes {slab_planes}: need at least 1")
     from nnunet_vasculature.inference.model import check_model_folder, resolve_device
@@ -134,10 +172,19 @@ def predict_distributed(inputs: Path | str, out: Path | None, options: Predictio
     sources = open_prediction_inputs(inputs, options, spacing, level, remote)
     out = output_path(inputs, out, sources)
     source = {"tool": "predict", "model": options.to_json()}
-    ngff = is_ngff_output(out)
-    group = None if ngff else zarr.open_group(str(out), mode="a")
-    targets = {src.name: (_prepare_ngff(out, src, inputs, options, source, slab_planes, overwrite) if ngff else
-                          _prepare(out, group, src, source, slab_planes, overwrite)) for src in sources}
+    image = is_ngff_output(out)
+    existing_group = None if overwrite else store.open_output(out)
+    runs, states = {}, {}
+    for src in sources:             # every kidney checked before anything is created
+        planes = _ngff_slab_planes(src, slab_planes) if image else slab_planes
+        runs[src.name] = RunRecord(source, src.shape, src.spacing, fingerprint(src), planes)
+        existing = None if existing_group is None else (ngff.existing_run(existing_group) if image else
+                                                        store.existing_run(existing_group, src.name))
+        states[src.name] = check_resumable(existing, runs[src.name], str(out), src.name, overwrite)
+    group = None if image else zarr.open_group(str(out), mode="a")
+    targets = {src.name: (_prepare_ngff(out, src, runs[src.name], states[src.name], inputs, options, overwrite)
+                          if image else _prepare(out, group, src, runs[src.name], states[src.name]))
+               for src in sources}
     jobs = {src.name: src for src in sources if targets[src.name].todo}
     for name in [n for n, t in targets.items() if not t.todo and t.writer is not None]:
         _finalize_ngff(targets[name])               # every slab done before an interruption of the last step
@@ -147,13 +194,13 @@ def predict_distributed(inputs: Path | str, out: Path | None, options: Predictio
     if workers is not None and torch_threads is None and not device.startswith("cuda"):
         torch_threads = max(1, (os.cpu_count() or 1) // workers)
     spec = str(inputs) if str(inputs).startswith("hoa:") else str(Path(inputs).resolve())
-    base = {"inputs": spec, "spacing": spacing, "level": getattr(sources[0], "level", "auto"), "remote": remote,
-            "options": options.to_json(), "device": device, "torch_threads": torch_threads, "on_slab": on_slab}
+    setup = WorkerSetup(spec, spacing, getattr(sources[0], "level", "auto"), remote, options, device, torch_threads,
+                        on_slab)
     client, cluster = _connect(workers, scheduler_address, scheduler_file, device)
     done: dict[str, list[int]] = {name: [] for name in jobs}
     try:
-        _check_workers(client, base)
-        errors = _run(client, jobs, targets, base, retries, done)
+        _check_workers(client, setup)
+        errors = _run(client, jobs, targets, setup, retries, done)
     finally:
         client.close()
         if cluster is not None:
@@ -165,62 +212,48 @@ def predict_distributed(inputs: Path | str, out: Path | None, options: Predictio
     return {name: sorted(s) for name, s in done.items()}
 
 
-def _prepare(out: Path, group: Any, src: VolumeSource, source: dict, slab_planes: int, overwrite: bool) -> _Target:
-    """Create (or check) the kidney's array and slab marks; the slabs still to compute."""
-    params = {**source["model"], "spacing": [float(s) for s in src.spacing], "shape": list(src.shape),
-              "slab_planes": slab_planes}
-    h = params_hash(params)
-    n = len(slab_bounds(src.shape[0], slab_planes))
+def _prepare(out: Path, group: Any, src: VolumeSource, run: RunRecord, state: str) -> _Target:
+    """Create (or take up) the kidney's array and slab marks, as ``state`` (checked) says; the slabs to compute."""
+    n = len(slab_bounds(src.shape[0], run.slab_planes))
     progress = group.require_group(PROGRESS_GROUP)
-    input_fingerprint = fingerprint(src)
-    target = _Target(Path(out), src.name, f"{PROGRESS_GROUP}/{src.name}", slab_planes, [], WRITE_PLANES)
-    if src.name in group and not overwrite:
-        attrs = dict(group[src.name].attrs)
-        if attrs.get("params_hash") != h:
-            how = "with other settings" if "params_hash" in attrs else "without --workers/--scheduler"
-            raise UserError(f"{store_path(group)}: '{src.name}' holds a prediction made {how} (pass --overwrite)")
-        if attrs.get("complete"):
-            print(f"{src.name}: already complete, skipped")
-            return target
-        if attrs.get("input") != input_fingerprint:
-            raise UserError(f"{store_path(group)}: '{src.name}' holds an interrupted run of another input (its files, "
-                            f"sizes or modification times differ; pass --overwrite to start again)")
-        marks = progress[src.name][:] if src.name in progress else np.zeros(n, np.uint8)
-        target.todo = [i for i in range(n) if not marks[i]]
-        print(f"resuming {src.name}: {n - len(target.todo)} of {n} slabs already done")
+    target = _Target(Path(out), src.name, f"{PROGRESS_GROUP}/{src.name}", run.slab_planes, [], WRITE_PLANES)
+    if state == COMPLETE:
+        print(f"{src.name}: already complete in {out} (same options and input), skipped")
         return target
-    create_kidney_array(group, src.name, src.shape, src.spacing, src.slice_ids, source, input_fingerprint,
-                        params_hash=h, slab_planes=slab_planes)
-    progress.create_array(src.name, shape=(n,), chunks=(1,), dtype="uint8", fill_value=0, overwrite=True)
-    target.todo = list(range(n))
+    if state == NEW:
+        create_kidney_array(group, src.name, run, src.slice_ids)
+        progress.create_array(src.name, shape=(n,), chunks=(1,), dtype="uint8", fill_value=0, overwrite=True)
+        target.todo = list(range(n))
+        return target
+    marks = progress[src.name][:] if src.name in progress else np.zeros(n, np.uint8)
+    target.todo = [i for i in range(n) if not marks[i]]
+    print(f"resuming {src.name}: {n - len(target.todo)} of {n} slabs already done")
     return target
 
 
-def _prepare_ngff(out: Path, src: VolumeSource, inputs: Path | str, options: PredictionOptions, source: dict,
-                  slab_planes: int, overwrite: bool) -> _Target:
-    """Create (or resume) the NGFF image and its slab marks; slabs are whole chunk rows of level 0."""
-    import zarr
+def _ngff_slab_planes(src: VolumeSource, slab_planes: int) -> int:
+    """``slab_planes`` rounded up to whole chunk rows of the NGFF output (a note says so)."""
     depth = min(NGFF_CHUNK_DEPTH, src.shape[0])
     aligned = -(-slab_planes // depth) * depth
     if aligned != slab_planes:
         print(f"note: --slab_planes {slab_planes} rounded up to {aligned}, a multiple of the output's "
               f"{depth}-plane chunks")
-    params = {**source["model"], "spacing": [float(s) for s in src.spacing], "shape": list(src.shape),
-              "slab_planes": aligned}
-    record = {**source, "input": fingerprint(src), "params_hash": params_hash(params), "slab_planes": aligned}
-    n = len(slab_bounds(src.shape[0], aligned))
-    target = _Target(Path(out), "0", f"{PROGRESS_GROUP}/{src.name}", aligned, [], depth)
-    if Path(out).is_dir() and not overwrite:
-        meta = dict(zarr.open_group(str(out), mode="r").attrs).get(ATTRS_KEY)
-        if isinstance(meta, dict) and meta.get("complete"):
-            made = meta.get("source") or {}
-            if made.get("params_hash") != record["params_hash"] or made.get("input") != record["input"]:
-                raise UserError(f"{out}: holds a complete prediction made with other settings or of another input "
-                                f"(pass --overwrite)")
-            print(f"{src.name}: already complete, skipped")
-            return target
-    writer = NgffWriter(out, src.name, src.shape, src.spacing, src.slice_ids, record, overwrite,
-                        chunk_depth=depth, **ngff_metadata(src, inputs, options))
+    return aligned
+
+
+def _prepare_ngff(out: Path, src: VolumeSource, run: RunRecord, state: str, inputs: Path | str,
+                  options: PredictionOptions, overwrite: bool) -> _Target:
+    """Create (or resume) the NGFF image and its slab marks, as ``state`` (checked) says; slabs are whole chunk
+    rows of level 0."""
+    depth = min(NGFF_CHUNK_DEPTH, src.shape[0])
+    n = len(slab_bounds(src.shape[0], run.slab_planes))
+    target = _Target(Path(out), "0", f"{PROGRESS_GROUP}/{src.name}", run.slab_planes, [], depth)
+    if state == COMPLETE:
+        print(f"{src.name}: already complete in {out} (same options and input), skipped")
+        return target
+    writer = NgffWriter(out, src.name, src.shape, src.spacing, src.slice_ids, run.source, overwrite,
+                        input_fingerprint=run.input, slab_planes=run.slab_planes, chunk_depth=depth,
+                        **ngff_metadata(src, inputs, options))
     target.writer = writer
     image = writer.group
     if target.progress in image:
@@ -234,18 +267,18 @@ def _prepare_ngff(out: Path, src: VolumeSource, inputs: Path | str, options: Pre
     return target
 
 
-def _check_workers(client: Any, base: dict) -> None:
+def _check_workers(client: Any, setup: WorkerSetup) -> None:
     """Every worker can run the networks on ``device`` and load the model: one line otherwise, before any slab."""
-    problems = {w: p for w, p in client.run(_worker_problem, base).items() if p}
+    problems = {w: p for w, p in client.run(_worker_problem, setup).items() if p}
     if problems:
         worker, problem = next(iter(problems.items()))
         raise UserError(f"{problem} (on {len(problems)} of the cluster's workers, e.g. {worker})")
 
 
-def _worker_problem(base: dict) -> str | None:
+def _worker_problem(setup: WorkerSetup) -> str | None:
     """In a worker: why it cannot predict (the device or the model), or None."""
     try:
-        _predictor(base)
+        _predictor(setup)
     except UserError as e:
         return str(e)
     return None
@@ -280,15 +313,15 @@ def _connect(workers: int | None, address: str | None, scheduler_file: Path | No
     return Client(cluster), cluster
 
 
-def _run(client: Any, jobs: dict[str, VolumeSource], targets: dict[str, _Target], base: dict, retries: int,
-         done: dict[str, list[int]]) -> list[str]:
+def _run(client: Any, jobs: dict[str, VolumeSource], targets: dict[str, _Target], setup: WorkerSetup,
+         retries: int, done: dict[str, list[int]]) -> list[str]:
     """Scan each kidney once (crop box, intensity statistics), then every slab; error messages."""
     from distributed import as_completed
     from tqdm import tqdm
     scans = {}
     for name in jobs:
         old = targets[name].group()[targets[name].array].attrs.get("scan")
-        scans[name] = old if old is not None else client.submit(_scan_task, base, name, retries=retries, pure=False)
+        scans[name] = old if old is not None else client.submit(_scan_task, setup, name, retries=retries, pure=False)
     for name, s in scans.items():
         if not isinstance(s, list):
             scans[name] = s = json.loads(json.dumps(s.result()))      # plain lists, as the store keeps it
@@ -298,9 +331,8 @@ def _run(client: Any, jobs: dict[str, VolumeSource], targets: dict[str, _Target]
         target = targets[name]
         bounds = slab_bounds(src.shape[0], target.slab_planes)
         for i in target.todo:
-            task = {**base, "kidney": name, "slab": i, "z0": bounds[i][0], "z1": bounds[i][1], "scan": scans[name],
-                    "out": str(target.out.resolve()), "array": target.array, "progress": target.progress,
-                    "flush": target.flush}
+            task = SlabTask(setup, name, i, bounds[i][0], bounds[i][1], tuple(scans[name]),
+                            str(target.out.resolve()), target.array, target.progress, target.flush)
             futures.append(client.submit(_slab_task, task, retries=retries, pure=False))
     errors = []
     with tqdm(total=len(futures), desc="predict slabs", unit="slab") as bar:
@@ -350,21 +382,21 @@ def _cached(kind: str, key: Any, make: Callable[[], Any]) -> Any:
     return _WORKER_CACHE[kind][1]
 
 
-def _source(base: dict, name: str) -> VolumeSource:
-    folder = Path(base["options"]["folder"])
-    key = (base["inputs"], base["spacing"], base["level"], base["remote"], str(folder))
+def _source(setup: WorkerSetup, name: str) -> VolumeSource:
+    folder = setup.options.model_folder
+    key = (setup.inputs, setup.spacing, setup.level, setup.remote, str(folder))
     srcs = _cached("sources", key,
-                   lambda: {s.name: s for s in map_sources(open_inputs(base["inputs"], base["spacing"], base["level"],
-                                                                       remote=base["remote"], log=None),
+                   lambda: {s.name: s for s in map_sources(open_inputs(setup.inputs, setup.spacing, setup.level,
+                                                                       remote=setup.remote, log=None),
                                                            model_mapping(folder), log=lambda m: None)})
     if name not in srcs:
-        raise UserError(f"{base['inputs']}: no kidney '{name}' (any more)")
+        raise UserError(f"{setup.inputs}: no kidney '{name}' (any more)")
     return srcs[name]
 
 
-def _scan_task(base: dict, name: str) -> tuple:
+def _scan_task(setup: WorkerSetup, name: str) -> tuple:
     from nnunet_vasculature.inference.streaming import StreamingPredictor
-    return StreamingPredictor.scan(_source(base, name))
+    return StreamingPredictor.scan(_source(setup, name))
 
 
 def _worker_device(device: str) -> str:
@@ -379,33 +411,31 @@ def _worker_device(device: str) -> str:
         return device
 
 
-def _predictor(base: dict) -> Any:
-    """The worker's predictor for ``base`` (built once per worker process and parameters)."""
+def _predictor(setup: WorkerSetup) -> Any:
+    """The worker's predictor for ``setup`` (built once per worker process and parameters)."""
     import torch
 
     from nnunet_vasculature.inference.model import resolve_device
     from nnunet_vasculature.inference.streaming import StreamingPredictor
-    device = _worker_device(base["device"])
-    if base["torch_threads"]:
-        torch.set_num_threads(base["torch_threads"])
-    key = json.dumps([base["options"], device, base["torch_threads"]], sort_keys=True)
-    options = PredictionOptions.from_json(base["options"])
-    return _cached("predictor", key, lambda: StreamingPredictor.from_options(options, resolve_device(device)))
+    device = _worker_device(setup.device)
+    if setup.torch_threads:
+        torch.set_num_threads(setup.torch_threads)
+    key = json.dumps([setup.options.to_json(), device, setup.torch_threads], sort_keys=True)
+    return _cached("predictor", key, lambda: StreamingPredictor.from_options(setup.options, resolve_device(device)))
 
 
-def _slab_task(task: dict) -> tuple[str, int, float]:
+def _slab_task(task: SlabTask) -> tuple[str, int, float]:
     """Predict planes [z0, z1) of one kidney into its array (whole chunks) and mark the slab done."""
     import zarr
     started = time.time()
-    name, slab, z0, z1 = task["kidney"], task["slab"], task["z0"], task["z1"]
-    if task["on_slab"] is not None:
-        task["on_slab"](name, slab)
-    src = _source(task, name)
-    predictor = _predictor(task)
-    group = zarr.open_group(task["out"], mode="r+")
-    sink = KidneyWriter.slab(group, task["array"], z0, z1, flush_planes=task["flush"])
-    crop_box, stats = task["scan"]
-    predictor.predict(src, sink, z0, end=z1, scan=(crop_box, stats))
+    if task.setup.on_slab is not None:
+        task.setup.on_slab(task.kidney, task.slab)
+    src = _source(task.setup, task.kidney)
+    predictor = _predictor(task.setup)
+    group = zarr.open_group(task.out, mode="r+")
+    sink = KidneyWriter.slab(group, task.array, task.z0, task.z1, flush_planes=task.flush)
+    crop_box, stats = task.scan
+    predictor.predict(src, sink, task.z0, end=task.z1, scan=(crop_box, stats))
     sink.close()
-    group[task["progress"]][slab] = 1
-    return name, slab, time.time() - started
+    group[task.progress][task.slab] = 1
+    return task.kidney, task.slab, time.time() - started

@@ -8,7 +8,10 @@ Output: the probability store of :mod:`nnunet_vasculature.io.store` (one uint8 a
 model in the ``source`` attribute, the input's fingerprint in ``input``), or, for ``-o NAME.ome.zarr`` (the
 default for multiscale inputs), an NGFF multiscale image (:class:`~nnunet_vasculature.io.ngff.NgffWriter`)
 overlaying the source level. Planes are written in z order; an interrupted run started again with the same
-arguments on the same input resumes from the first unwritten plane (NGFF: chunk row).
+arguments on the same input resumes from the first unwritten plane (NGFF: chunk row) and keeps the kidneys it
+finished. Every kidney's run record is checked (:func:`~nnunet_vasculature.io.run_record.check_resumable`)
+before the model is loaded: a kidney made with other settings or of another input is refused unless
+``--overwrite``.
 """
 from __future__ import annotations
 
@@ -28,8 +31,10 @@ from nnunet_vasculature.inference.inputs import (
     output_path,
 )
 from nnunet_vasculature.inference.options import DEFAULT_CHECKPOINT, PredictionOptions
+from nnunet_vasculature.io import ngff, store
 from nnunet_vasculature.io.ngff import NgffWriter
-from nnunet_vasculature.io.sources import fingerprint
+from nnunet_vasculature.io.run_record import COMPLETE, RunRecord, check_resumable
+from nnunet_vasculature.io.sources import VolumeSource, fingerprint
 from nnunet_vasculature.io.store import KidneyWriter
 
 
@@ -63,17 +68,19 @@ def predict(inputs: Path | str, out: Path | None, options: PredictionOptions, de
     check_model_folder(options.model_folder, options.folds, options.checkpoint)
     sources = open_prediction_inputs(inputs, options, spacing, level, remote)
     out = output_path(inputs, out, sources)
+    todo = plan_outputs(out, sources, options, overwrite)
+    if not todo:
+        return out
     predictor = StreamingPredictor.from_options(options, dev, overlap=overlap)
-    source = {"tool": "predict", "model": options.to_json()}
     group = None if is_ngff_output(out) else zarr.open_group(str(out), mode="a")
-    for src in sources:
+    for src, run in todo:
         if group is None:
-            sink = NgffWriter(out, src.name, src.shape, src.spacing, src.slice_ids,
-                              {**source, "input": fingerprint(src)}, overwrite, chunk_depth=NGFF_CHUNK_DEPTH,
+            sink = NgffWriter(out, src.name, src.shape, src.spacing, src.slice_ids, run.source, overwrite,
+                              input_fingerprint=run.input, chunk_depth=NGFF_CHUNK_DEPTH,
                               **ngff_metadata(src, inputs, options))
         else:
-            sink = KidneyWriter(group, src.name, src.shape, src.spacing, src.slice_ids, source, overwrite,
-                                input_fingerprint=fingerprint(src))
+            sink = KidneyWriter(group, src.name, src.shape, src.spacing, src.slice_ids, run.source, overwrite,
+                                input_fingerprint=run.input)
         if sink.start:
             print(f"resuming {src.name} at plane {sink.start}/{src.shape[0]}")
         if sink.start >= src.shape[0]:
@@ -91,6 +98,40 @@ def predict(inputs: Path | str, out: Path | None, options: PredictionOptions, de
         print(f"{src.name}: {tuple(src.shape)} in {seconds:.1f} s ({np.prod(src.shape) / seconds / 1e6:.2f} M voxels/s)"
               f" -> {where}")
     return out
+
+
+def plan_outputs(out: Path, sources: list[VolumeSource], options: PredictionOptions,
+                 overwrite: bool = False) -> list[tuple[VolumeSource, RunRecord]]:
+    """Check every kidney against what ``out`` already holds, before any model is loaded or anything written.
+
+    A kidney finished by a run with the same options on the same input is kept (a line says so); an interrupted
+    one is resumed by its writer; one made otherwise is a one-line UserError unless ``overwrite``.
+
+    Args:
+        out: the output (a probability store or an ``.ome.zarr`` image).
+        sources: the input volumes.
+        options: the prediction options.
+        overwrite: replace whatever is there.
+
+    Returns:
+        The volumes to predict, each with its run record.
+    """
+    source = {"tool": "predict", "model": options.to_json()}
+    group = None if overwrite else store.open_output(out)
+    todo = []
+    for src in sources:
+        run = RunRecord(source, src.shape, src.spacing, fingerprint(src))
+        if group is None:
+            existing = None
+        elif is_ngff_output(out):
+            existing = ngff.existing_run(group)
+        else:
+            existing = store.existing_run(group, src.name)
+        if check_resumable(existing, run, str(out), src.name, overwrite) == COMPLETE:
+            print(f"{src.name}: already complete in {out} (same options and input), skipped")
+        else:
+            todo.append((src, run))
+    return todo
 
 
 def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:

@@ -11,17 +11,22 @@ format 3 with ``version="0.5"``):
 - ``multiscales``: axes z, y, x (space, micrometer); level ``k``: scale ``spacing * 2**k`` and translation
   ``translation + (2**k - 1) / 2 * spacing`` (scale listed first), so level 0 overlays the source level
   it was predicted from and every level overlays level 0;
-- ``nnunet_vasculature`` (group attribute): ``kidney``, ``spacing``, ``translation``, ``encoding``,
-  ``source`` (the run, as in the probability store), ``provenance`` (source dataset, DOI, level, ...),
-  ``slice_ids`` (when given), ``chunk_depth``, ``complete``; array ``0``'s ``planes_done`` counts the
-  planes written, always a multiple of ``chunk_depth`` (or the depth), so a run resumes chunk-aligned.
+- ``nnunet_vasculature`` (group attribute): ``kidney``, ``translation``, ``encoding``, the run record of
+  :mod:`nnunet_vasculature.io.run_record` (``source``, ``shape``, ``spacing``, ``input``, a distributed run's
+  ``slab_planes``/``params_hash``; as in the probability store), ``provenance`` (source dataset, DOI, level,
+  ...), ``slice_ids`` (when given), ``chunk_depth``, ``complete``; array ``0``'s ``planes_done`` counts the
+  planes written, always a multiple of ``chunk_depth`` (or the depth), so a run resumes chunk-aligned;
+- every array has ``every_chunk_stored``: true: all-zero chunks are written too, so a chunk file missing
+  from a complete image is damage, refused by :func:`open_image` in one line naming the store and the chunk.
 
 :class:`NgffWriter` has :class:`~nnunet_vasculature.io.store.KidneyWriter`'s interface (planes in z
 order through ``writer(z, planes)``, ``start``, ``flush()``, ``close()``); ``close()`` builds the pyramid
-and sets ``complete``.
+and sets ``complete``. :func:`is_probability_image`, :func:`open_image` and :func:`existing_run` read the
+image back (``submit``, ``apply``, ``tune`` and ``score`` through :mod:`nnunet_vasculature.io.volumes`).
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -30,7 +35,8 @@ import numpy as np
 from tqdm import tqdm
 
 from nnunet_vasculature.errors import UserError
-from nnunet_vasculature.io.store import ENCODING, quantize
+from nnunet_vasculature.io.run_record import COMPLETE, NEW, ExistingRun, RunRecord, check_resumable
+from nnunet_vasculature.io.store import ENCODING, EVERY_CHUNK, check_chunks, quantize, store_path
 
 ATTRS_KEY = "nnunet_vasculature"
 VERSIONS = ("0.4", "0.5")
@@ -177,20 +183,20 @@ def _ome(version: str, payload: dict) -> dict:
 class _PyramidWriter:
     """Streams level 0 of a multiscale uint8 image in z order, chunk row by chunk row; builds the rest."""
 
-    def __init__(self, group: Any, name: str, shape: Sequence[int], spacing: Sequence[float],
-                 translation: Sequence[float], meta: dict, ngff: dict, version: str, convert: Callable,
-                 downsample: Callable, overwrite: bool, chunk_depth: int, chunk_yx: int, levels: int | None):
-        if len(shape) != 3 or min(shape) < 1:
-            raise ValueError(f"{name}: shape {tuple(shape)}; expected three non-empty axes")
+    def __init__(self, group: Any, name: str, run: RunRecord, translation: Sequence[float], meta: dict,
+                 ngff: Callable, version: str, convert: Callable, downsample: Callable, overwrite: bool,
+                 chunk_depth: int, chunk_yx: int, levels: int | None):
+        if len(run.shape) != 3 or min(run.shape) < 1:
+            raise ValueError(f"{name}: shape {run.shape}; expected three non-empty axes")
         if chunk_depth < 1 or chunk_yx < 1:
             raise ValueError("chunk_depth and chunk_yx must be at least 1")
         self.group, self.name, self.version = group, name, version
         self.convert, self.downsample = convert, downsample
-        self.shape = tuple(int(s) for s in shape)
+        self.shape = run.shape
         self.chunk_depth = min(int(chunk_depth), self.shape[0])
-        static = {**meta, "kidney": name, "spacing": [float(s) for s in spacing],
-                  "translation": [float(t) for t in translation], "chunk_depth": self.chunk_depth}
-        self.start = self._resume(static, overwrite)
+        static = {**meta, "kidney": name, **run.to_json(), "translation": [float(t) for t in translation],
+                  "chunk_depth": self.chunk_depth}
+        self.start = self._resume(run, overwrite)
         if self.start is None:
             self.start = 0
             shapes = level_shapes(self.shape, levels)
@@ -199,43 +205,48 @@ class _PyramidWriter:
             for k, lshape in enumerate(shapes):
                 chunks = (min(self.chunk_depth, lshape[0]), min(chunk_yx, lshape[1]), min(chunk_yx, lshape[2]))
                 self._create_array(str(k), lshape, chunks)
-            group.attrs.put({**_ome(version, ngff(name, level_transforms(spacing, translation, len(shapes)))),
+            group.attrs.put({**_ome(version, ngff(name, level_transforms(run.spacing, translation, len(shapes)))),
                              ATTRS_KEY: {**static, "complete": False}})
             self._array(0).attrs["planes_done"] = 0
         self.buf: list[np.ndarray] = []
         self.buf_start = self.start
 
-    def _resume(self, static: dict, overwrite: bool) -> int | None:
+    def _resume(self, run: RunRecord, overwrite: bool) -> int | None:
         """Planes already written by an interrupted run with the same settings; None: start afresh."""
-        attrs = dict(self.group.attrs)
-        if overwrite or (not attrs and not list(self.group.keys())):
+        if overwrite:
             return None
-        old = attrs.get(ATTRS_KEY)
-        if not isinstance(old, dict):
-            raise UserError(f"{self.group.store}: holds another zarr group or image (pass --overwrite)")
-        if old.get("complete"):
-            raise UserError(f"{self.group.store}: '{self.name}' is already written (pass --overwrite)")
-        same = all(old.get(k) == v for k, v in static.items()) and "0" in self.group \
-            and tuple(self._array(0).shape) == self.shape
-        if not same:
-            raise UserError(f"{self.group.store}: holds an interrupted run made with other settings "
-                            f"(pass --overwrite)")
-        return int(self._array(0).attrs.get("planes_done", 0))
+        existing = existing_run(self.group)
+        where = group_path(self.group)
+        state = check_resumable(existing, run, where, self.name)
+        if state == NEW:
+            return None
+        if state == COMPLETE:
+            raise UserError(f"{where}: '{self.name}' is already written (pass --overwrite)")
+        depth = dict(self.group.attrs)[ATTRS_KEY].get("chunk_depth")
+        if depth != self.chunk_depth or self._array(0).chunks[0] != self.chunk_depth:
+            raise UserError(f"{where}: '{self.name}' holds an interrupted run made with other settings (chunks of "
+                            f"{depth} planes, not {self.chunk_depth}; pass --overwrite to replace it)")
+        return existing.planes_done
 
     def _create_array(self, key: str, shape: tuple, chunks: tuple) -> Any:
         import zarr
         if self.version == "0.4":
             from numcodecs import Blosc
-            return self.group.create_array(key, shape=shape, chunks=chunks, dtype="uint8", fill_value=0,
-                                           compressors=Blosc(cname="zstd", clevel=5, shuffle=Blosc.BITSHUFFLE),
-                                           chunk_key_encoding={"name": "v2", "separator": "/"}, overwrite=True)
-        return self.group.create_array(key, shape=shape, chunks=chunks, dtype="uint8", fill_value=0,
-                                       compressors=zarr.codecs.BloscCodec(cname="zstd", clevel=5,
-                                                                          shuffle="bitshuffle"),
-                                       dimension_names=["z", "y", "x"], overwrite=True)
+            arr = self.group.create_array(key, shape=shape, chunks=chunks, dtype="uint8", fill_value=0,
+                                          compressors=Blosc(cname="zstd", clevel=5, shuffle=Blosc.BITSHUFFLE),
+                                          chunk_key_encoding={"name": "v2", "separator": "/"}, overwrite=True,
+                                          config=EVERY_CHUNK)
+        else:
+            arr = self.group.create_array(key, shape=shape, chunks=chunks, dtype="uint8", fill_value=0,
+                                          compressors=zarr.codecs.BloscCodec(cname="zstd", clevel=5,
+                                                                             shuffle="bitshuffle"),
+                                          dimension_names=["z", "y", "x"], overwrite=True, config=EVERY_CHUNK)
+        arr.attrs["every_chunk_stored"] = True
+        return arr
 
     def _array(self, k: int) -> Any:
-        return self.group[str(k)]
+        """Level ``k``, opened to store every chunk (zarr's array config is not kept in the store)."""
+        return self.group[str(k)].with_config(EVERY_CHUNK)
 
     def __call__(self, z: int, planes: np.ndarray) -> None:
         """Write planes ``z, z + 1, ...``; z must follow on from the planes before.
@@ -308,16 +319,18 @@ class NgffWriter(_PyramidWriter):
 
     def __init__(self, group: Any, kidney: str, shape: Sequence[int], spacing: Sequence[float],
                  slice_ids: Sequence[str] | None, source: dict, overwrite: bool = False, *,
+                 input_fingerprint: dict | None = None, slab_planes: int | None = None,
                  translation: Sequence[float] = (0.0, 0.0, 0.0), provenance: dict | None = None,
                  chunk_depth: int = 64, chunk_yx: int = 256, levels: int | None = None, version: str = "0.4"):
         if slice_ids is not None and len(slice_ids) != shape[0]:
             raise ValueError(f"{kidney}: {len(slice_ids)} slice ids for {shape[0]} planes")
         group = open_group(group, version)
-        meta = {"encoding": ENCODING, "source": source, "provenance": provenance or {},
+        meta = {"encoding": ENCODING, "provenance": provenance or {},
                 **({"slice_ids": list(slice_ids)} if slice_ids is not None else {})}
         ngff = lambda name, transforms: {"multiscales": [_multiscale(name, version, transforms, "mean")]}
-        super().__init__(group, kidney, shape, spacing, translation, meta, ngff, version, quantize,
-                         downsample_mean, overwrite, chunk_depth, chunk_yx, levels)
+        run = RunRecord(source, shape, spacing, input_fingerprint, slab_planes)
+        super().__init__(group, kidney, run, translation, meta, ngff, version, quantize, downsample_mean,
+                         overwrite, chunk_depth, chunk_yx, levels)
 
 
 def _binary(planes: np.ndarray, where: str) -> np.ndarray:
@@ -354,11 +367,119 @@ class NgffLabelsWriter(_PyramidWriter):
                                       "image-label": image_label}
         level0 = group["0"]
         levels = sum(1 for k in group.array_keys() if k.isdigit())
-        super().__init__(target, name, level0.shape, meta["spacing"], meta["translation"],
-                         {"encoding": LABEL_ENCODING, "source": source, "image": meta["kidney"],
-                          "provenance": meta.get("provenance", {})}, ngff, version, _binary, downsample_max,
-                         overwrite, meta["chunk_depth"], level0.chunks[1], levels)
+        label_meta = {"encoding": LABEL_ENCODING, "image": meta["kidney"], "provenance": meta.get("provenance", {})}
+        super().__init__(target, name, RunRecord(source, level0.shape, meta["spacing"]), meta["translation"],
+                         label_meta, ngff, version, _binary, downsample_max, overwrite, meta["chunk_depth"],
+                         level0.chunks[1], levels)
+
+
+# ---- reading our output back ---------------------------------------------------------------------
+def group_path(group: Any) -> str:
+    """A group's path for messages (a local store's folder, plus the group's path inside it)."""
+    return f"{store_path(group)}/{group.path}" if group.path else store_path(group)
+
+
+def image_attributes(path: Path | str) -> dict | None:
+    """The attributes of the NGFF image group at ``path`` (anyone's), read from its metadata file.
+
+    Args:
+        path: a path.
+
+    Returns:
+        The group's attributes when they hold NGFF ``multiscales`` (0.4, or 0.5 under ``ome``); None otherwise.
+    """
+    path = Path(path)
+    for name in (".zattrs", "zarr.json"):
+        try:
+            attrs = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            continue
+        attrs = attrs.get("attributes", {}) if name == "zarr.json" and isinstance(attrs, dict) else attrs
+        if isinstance(attrs, dict) and ("multiscales" in attrs or isinstance(attrs.get("ome"), dict)):
+            return attrs
+    return None
+
+
+def is_probability_image(path: Path | str) -> bool:
+    """Whether ``path`` is an NGFF probability image written by ``predict`` (``out.ome.zarr``).
+
+    Args:
+        path: a path.
+
+    Returns:
+        True for an NGFF image whose attributes hold this package's record of probabilities (not labels).
+    """
+    attrs = image_attributes(path)
+    meta = (attrs or {}).get(ATTRS_KEY)
+    return isinstance(meta, dict) and meta.get("encoding", ENCODING) == ENCODING
+
+
+def refuse_foreign_image(path: Path | str) -> None:
+    """Refuse (one line) an NGFF image, or a level of one, that is not a probability image of ``predict``:
+    its values (an OME-Zarr scan, a label image) are not probabilities and would be thresholded as if they were.
+
+    Args:
+        path: a path given as probabilities.
+    """
+    path = Path(path)
+    for image in (path, path.parent):
+        if image_attributes(image) is None:
+            continue
+        if is_probability_image(image):
+            if image != path:
+                raise UserError(f"{path}: a level of the probability image {image}; give the image itself")
+            return
+        raise UserError(f"{image}: an OME-Zarr image without predict's record of probabilities (a scan or a label "
+                        f"image?): its values are not probabilities; give predict's output")
+
+
+def existing_run(group: Any) -> ExistingRun | None:
+    """The run record of the image in ``group`` (None: an empty group).
+
+    Args:
+        group: an image group (``out.ome.zarr``, or ``labels/<name>``).
+
+    Returns:
+        The record (its shape level 0's), whether the image is complete, and level 0's ``planes_done``;
+        a group holding anything else is a one-line UserError.
+    """
+    attrs = dict(group.attrs)
+    if not attrs and not list(group.keys()):
+        return None
+    meta = attrs.get(ATTRS_KEY)
+    if not isinstance(meta, dict) or "0" not in group:
+        raise UserError(f"{group_path(group)}: holds another zarr group or image (pass --overwrite)")
+    level0 = group["0"]
+    return ExistingRun(RunRecord.from_json({**meta, "shape": list(level0.shape)}), bool(meta.get("complete")),
+                       int(level0.attrs.get("planes_done", 0)))
+
+
+def open_image(path: Path | str) -> tuple[Any, dict]:
+    """Level 0 of a probability image written by ``predict``, checked: complete, (z, y, x) uint8, no chunk missing.
+
+    Args:
+        path: the image group (``out.ome.zarr``).
+
+    Returns:
+        (the zarr array, the image's ``nnunet_vasculature`` attributes: ``kidney``, ``spacing``,
+        ``translation``, ``slice_ids`` when recorded, ``source``, ``provenance``, ...).
+    """
+    import zarr
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        meta = dict(group.attrs)[ATTRS_KEY]
+        arr = group["0"]
+    except Exception as e:  # noqa: BLE001 - zarr raises many types for a bad store
+        raise UserError(f"{path}: not a readable probability image ({type(e).__name__}: {e})") from None
+    if not meta.get("complete"):
+        raise UserError(f"{path}: prediction is incomplete ({arr.attrs.get('planes_done', 0)} of "
+                        f"{arr.shape[0]} planes); run predict again to resume it")
+    if arr.ndim != 3 or arr.dtype != np.uint8:
+        raise UserError(f"{path}: level 0 is {arr.shape} {arr.dtype}; expected (z, y, x) uint8")
+    check_chunks(arr, str(path))
+    return arr, meta
 
 
 __all__ = ["ATTRS_KEY", "VERSIONS", "LABEL_ENCODING", "level_shapes", "level_transforms", "downsample_mean",
-           "downsample_max", "open_group", "ngff_version", "NgffWriter", "NgffLabelsWriter"]
+           "downsample_max", "open_group", "ngff_version", "NgffWriter", "NgffLabelsWriter", "group_path",
+           "image_attributes", "is_probability_image", "refuse_foreign_image", "existing_run", "open_image"]

@@ -14,20 +14,24 @@ of one plane, values from :func:`quantize`. Attributes:
   equal to the fill value unless told otherwise), so a complete array with a chunk file missing is damaged
   and :func:`check_chunks` refuses it (zarr itself would read the missing chunk as zeros);
 - ``input``: the fingerprint of the input volume (:func:`nnunet_vasculature.io.sources.fingerprint`: file
-  count, bytes and a hash of names, sizes and modification times): an interrupted run is resumed only on the
-  same input.
+  count, bytes and a hash of names, sizes and modification times), ``shape`` and, from a distributed run,
+  ``slab_planes``/``params_hash``: with ``source`` and ``spacing`` the run record of
+  :mod:`nnunet_vasculature.io.run_record`: a run is resumed, or a finished kidney kept, only by the same
+  settings on the same input (:func:`~nnunet_vasculature.io.run_record.check_resumable`).
 
 A slide store (``predict hubmap-kidney``: one (H, W) uint8 array per slide) is written with
 :func:`create_slide_array` (every chunk stored, recorded alike) and read with :func:`open_slide_probabilities`.
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.io.run_record import COMPLETE, RESUME, ExistingRun, RunRecord, check_resumable
 
 if TYPE_CHECKING:      # zarr is imported by the code that opens stores
     import zarr
@@ -57,37 +61,67 @@ def quantize(prob: np.ndarray, where: str) -> np.ndarray:
 EVERY_CHUNK = {"write_empty_chunks": True}     # zarr array config: all-zero chunks are written too
 
 
-def create_kidney_array(group: zarr.Group, kidney: str, shape: tuple[int, int, int], spacing: Sequence[float],
-                        slice_ids: Sequence[str], source: dict, input_fingerprint: dict | None = None,
-                        **extra: object) -> zarr.Array:
+def create_kidney_array(group: zarr.Group, kidney: str, run: RunRecord, slice_ids: Sequence[str]) -> zarr.Array:
     """A new (or replaced) kidney array of the store with the documented attributes.
 
     Args:
         group: the store's group.
         kidney: the kidney's name (the array's name).
-        shape: (z, y, x).
-        spacing: voxel size (z, y, x).
+        run: the run record (shape, spacing, source, input, slab size).
         slice_ids: the Kaggle id of every plane.
-        source: what produces it (``{"tool": "predict", "model": ...}``).
-        input_fingerprint: the input's fingerprint (recorded as ``input``), if known.
-        **extra: further attributes of the writer.
 
     Returns:
         The array (``complete`` false, ``planes_done`` 0), opened to store every chunk.
     """
-    arr = group.create_array(kidney, shape=tuple(shape), chunks=(1, *shape[1:]), dtype="uint8", overwrite=True,
+    arr = group.create_array(kidney, shape=run.shape, chunks=(1, *run.shape[1:]), dtype="uint8", overwrite=True,
                              config=EVERY_CHUNK)
-    attrs = {"kidney": kidney, "spacing": [float(s) for s in spacing], "slice_ids": list(slice_ids),
-             "encoding": ENCODING, "source": source, "complete": False, "planes_done": 0,
-             "every_chunk_stored": True, **extra}
-    if input_fingerprint is not None:
-        attrs["input"] = input_fingerprint
-    arr.attrs.update(attrs)
+    arr.attrs.update({"kidney": kidney, **run.to_json(), "slice_ids": list(slice_ids), "encoding": ENCODING,
+                      "complete": False, "planes_done": 0, "every_chunk_stored": True})
     return arr
 
 
+def existing_run(group: zarr.Group | None, kidney: str) -> ExistingRun | None:
+    """The run record of ``group[kidney]`` (None: no such array).
+
+    Args:
+        group: the store's group (None: no store yet).
+        kidney: the array's name.
+
+    Returns:
+        The record (its shape the array's), whether it is complete, and its ``planes_done``.
+    """
+    if group is None or kidney not in group:
+        return None
+    arr = group[kidney]
+    attrs = dict(arr.attrs)
+    return ExistingRun(RunRecord.from_json({**attrs, "shape": list(arr.shape)}), bool(attrs.get("complete")),
+                       int(attrs.get("planes_done", 0)))
+
+
+def missing_chunk(arr: zarr.Array) -> str | None:
+    """The key of the first chunk of ``arr`` not stored in its local folder (None: all there, or not a local store).
+
+    Args:
+        arr: a zarr array.
+
+    Returns:
+        The chunk's key inside the array (``1/0/0``, ``c/1/0/0``), or None.
+    """
+    root = getattr(arr.store, "root", None)
+    if root is None:
+        return None
+    folder = Path(str(root)) / arr.path
+    grid = [range(-(-int(s) // int(c))) for s, c in zip(arr.shape, arr.chunks)]
+    for coords in itertools.product(*grid):
+        key = arr.metadata.encode_chunk_key(tuple(coords))
+        if not (folder / key).is_file():
+            return key
+    return None
+
+
 def check_chunks(arr: zarr.Array, where: str) -> None:
-    """Refuse (one line) an array recorded as ``every_chunk_stored`` whose chunks are not all stored.
+    """Refuse (one line naming ``where`` and the first missing chunk) an array recorded as ``every_chunk_stored``
+    whose chunks are not all stored.
 
     Args:
         arr: a complete probability array.
@@ -97,13 +131,34 @@ def check_chunks(arr: zarr.Array, where: str) -> None:
         return          # written by other code: zarr's own semantics (missing chunks are the fill value)
     stored, total = int(arr.nchunks_initialized), int(arr.nchunks)
     if stored < total:
-        raise UserError(f"{where}: {total - stored} of {total} chunks are missing (deleted or lost; they would "
-                        f"read as zeros): predict it again")
+        key = missing_chunk(arr)
+        first = "chunks" if key is None else f"chunk {arr.path}/{key}" if arr.path else f"chunk {key}"
+        raise UserError(f"{where}: {total - stored} of {total} chunks are missing ({first} deleted or lost; they "
+                        f"would read as zeros): predict it again")
 
 
 def store_path(group: zarr.Group) -> str:
     """The store's path for messages (a local store's folder; the store's own text otherwise)."""
     return str(getattr(group.store, "root", group.store))
+
+
+def open_output(out: Path) -> zarr.Group | None:
+    """The zarr group of an existing output of ``predict`` (a store or an ``.ome.zarr`` image), read-only.
+
+    Args:
+        out: the output path.
+
+    Returns:
+        The group, or None when there is none yet (no folder, or an empty one); an unreadable store is a one-line
+        UserError.
+    """
+    import zarr
+    if not Path(out).is_dir() or not any(Path(out).iterdir()):
+        return None
+    try:
+        return zarr.open_group(str(out), mode="r")
+    except Exception as e:  # noqa: BLE001 - zarr raises many types for a bad store
+        raise UserError(f"{out}: not a readable zarr store ({type(e).__name__}: {e})") from None
 
 
 def _open_existing(group: zarr.Group, kidney: str) -> zarr.Array:
@@ -127,20 +182,16 @@ class KidneyWriter:
             raise ValueError(f"{kidney}: {len(slice_ids)} slice ids for {shape[0]} planes")
         self.kidney, self.flush_planes = kidney, flush_planes
         self.start, self.track = 0, True
-        if kidney in group and not overwrite:
+        run = RunRecord(source, shape, spacing, input_fingerprint)
+        existing = existing_run(group, kidney)
+        state = check_resumable(existing, run, store_path(group), kidney, overwrite)
+        if state == COMPLETE:
+            raise UserError(f"{store_path(group)}: '{kidney}' is already written (pass --overwrite)")
+        if state == RESUME:
             arr = _open_existing(group, kidney)
-            old = dict(arr.attrs)
-            if old.get("complete"):
-                raise UserError(f"{store_path(group)}: '{kidney}' is already written (pass --overwrite)")
-            if tuple(arr.shape) != tuple(shape) or old.get("source") != source:
-                raise UserError(f"{store_path(group)}: '{kidney}' holds an interrupted run made with other "
-                                f"settings (pass --overwrite)")
-            if input_fingerprint is not None and old.get("input") != input_fingerprint:
-                raise UserError(f"{store_path(group)}: '{kidney}' holds an interrupted run of another input (its "
-                                f"files, sizes or modification times differ; pass --overwrite to start again)")
-            self.start = int(old.get("planes_done", 0))
+            self.start = existing.planes_done
         else:
-            arr = create_kidney_array(group, kidney, shape, spacing, slice_ids, source, input_fingerprint)
+            arr = create_kidney_array(group, kidney, run, slice_ids)
         self.arr, self.stop = arr, int(shape[0])
         self.buf: list[np.ndarray] = []
         self.buf_start = self.start
@@ -229,5 +280,6 @@ def open_slide_probabilities(path: Path) -> Any:
     return arr
 
 
-__all__ = ["ENCODING", "EVERY_CHUNK", "quantize", "store_path", "create_kidney_array", "check_chunks", "KidneyWriter",
+__all__ = ["ENCODING", "EVERY_CHUNK", "quantize", "store_path", "create_kidney_array", "existing_run", "open_output",
+           "missing_chunk", "check_chunks", "KidneyWriter",
            "create_slide_array", "open_slide_probabilities"]

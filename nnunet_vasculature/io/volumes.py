@@ -12,6 +12,7 @@ import numpy as np
 import tifffile
 
 from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.io.ngff import is_probability_image, open_image, refuse_foreign_image
 from nnunet_vasculature.io.slices import list_slices, read_label_slice, read_slice, slice_shape
 from nnunet_vasculature.io.store import check_chunks, quantize
 
@@ -112,35 +113,12 @@ def zarr_kidneys(path: Path) -> list[str]:
     return [str(path)]
 
 
-NGFF_ATTRS = "nnunet_vasculature"      # the attribute io.ngff's writers record their run in
-
-
-def is_probability_image(path: Path | str) -> bool:
-    """Whether ``path`` is an NGFF image written by ``predict`` (``out.ome.zarr``: levels ``0``, ``1``, ...).
-
-    Args:
-        path: a path.
-
-    Returns:
-        True for a zarr group whose attributes hold NGFF ``multiscales`` (0.4 or 0.5) and this package's record.
-    """
-    path = Path(path)
-    for name in (".zattrs", "zarr.json"):
-        try:
-            attrs = json.loads((path / name).read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        attrs = attrs.get("attributes", {}) if name == "zarr.json" else attrs
-        if isinstance(attrs, dict) and NGFF_ATTRS in attrs and ("multiscales" in attrs or "ome" in attrs):
-            return True
-    return False
-
-
 def expand_probabilities(paths: list) -> list[str]:
     """Probability paths with every zarr group (one array per kidney, from ``predict``) expanded; an NGFF
-    probability image (``*.ome.zarr``) is one kidney."""
+    probability image (``*.ome.zarr``) is one kidney, an NGFF image that ``predict`` did not write is refused."""
     out = []
     for p in paths:
+        refuse_foreign_image(p)
         if is_probability_image(p):
             out.append(str(p))
         else:
@@ -149,7 +127,8 @@ def expand_probabilities(paths: list) -> list[str]:
 
 
 def open_probability_image(path: Path) -> tuple[ZSliceable, dict]:
-    """Level 0 of an NGFF probability image written by ``predict`` (``*.ome.zarr``), checked complete.
+    """Level 0 of an NGFF probability image written by ``predict`` (``*.ome.zarr``), checked
+    (:func:`nnunet_vasculature.io.ngff.open_image`: complete, uint8, no chunk missing).
 
     Args:
         path: the image group.
@@ -158,19 +137,7 @@ def open_probability_image(path: Path) -> tuple[ZSliceable, dict]:
         (uint8 volume, attributes: ``kidney``, ``spacing``, ``translation``, ``slice_ids`` when recorded,
         ``source``, ``provenance``).
     """
-    import zarr
-    try:
-        group = zarr.open_group(str(path), mode="r")
-        meta = dict(group.attrs)[NGFF_ATTRS]
-        arr = group["0"]
-    except Exception as e:  # noqa: BLE001 - zarr raises many types for a bad store
-        raise UserError(f"{path}: not a readable probability image ({type(e).__name__}: {e})") from None
-    if not meta.get("complete"):
-        raise UserError(f"{path}: prediction is incomplete ({arr.attrs.get('planes_done', 0)} of "
-                        f"{arr.shape[0]} planes); run predict again to resume it")
-    if arr.ndim != 3 or arr.dtype != np.uint8:
-        raise UserError(f"{path}: level 0 is {arr.shape} {arr.dtype}; expected (z, y, x) uint8")
-    check_chunks(arr, str(path))
+    arr, meta = open_image(path)
     return CheckedU8(DecodedArray(arr, Path(path) / "0"), str(path)), meta
 
 
@@ -192,7 +159,8 @@ def open_probabilities(path: Path | str) -> tuple[ZSliceable, dict]:
             (``*.ome.zarr`` from ``predict``), a folder of probability slices, or an nnU-Net ``.npz``.
 
     Returns:
-        (volume, attributes). An incomplete store, or one with chunks missing, is a one-line UserError.
+        (volume, attributes). An incomplete store, one with chunks missing, or an NGFF image (or a level of
+        one) that ``predict`` did not write is a one-line UserError.
     """
     path = Path(path)
     if not path.exists():
@@ -208,6 +176,7 @@ def open_probabilities(path: Path | str) -> tuple[ZSliceable, dict]:
         if p.ndim != 4 or p.shape[0] < 2:
             raise UserError(f"{path}: expected probabilities (classes, z, y, x), got {p.shape}")
         return quantize(p[1], str(path)), {"kidney": path.stem}
+    refuse_foreign_image(path)
     if is_probability_image(path):
         return open_probability_image(path)
     if _is_zarr(path):
