@@ -42,9 +42,9 @@ demo-hubmap-vasculature: $(STAMP)
 	$(VENV)/bin/nnunet-vasculature demo hubmap-vasculature -o demo-hubmap-vasculature
 
 bench: $(STAMP)
-	$(PY) benchmarks/metric.py
-	$(PY) benchmarks/convert.py
-	$(PY) benchmarks/predict_memory.py
+	$(PY) -m benchmarks metric
+	$(PY) -m benchmarks convert
+	$(PY) -m benchmarks predict_memory
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) demo-hubmap-kidney demo-hubmap-vasculature build *.egg-info

@@ -1,7 +1,7 @@
 """CLI start-up: wall time of `nnunet-vasculature --help`, `env`, `predict --help` and `tune --help`, each in a
 fresh interpreter (median of N runs), against a bare `python -c pass` measured in the same run.
 
-    .venv/bin/python benchmarks/cli_startup.py [--runs 11]
+    .venv/bin/python -m benchmarks cli_startup [--runs 11]
 
 The console script imports only the module of the command it runs (nnunet_vasculature/cli.py): `--help` and
 `env` import no stage module, `predict --help` the SenNet predictor's, `tune --help` the SenNet post-processing
@@ -17,8 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import table  # noqa: E402
+from benchmarks.common import record, table_of
 
 SCRIPT = str(Path(sys.executable).parent / "nnunet-vasculature")
 COMMANDS = {
@@ -52,10 +51,10 @@ def main():
         times = wall_times(argv, a.runs)
         median = statistics.median(times)
         reference = reference or median
-        rows.append([name, f"{median:.3f} s", f"{min(times):.3f} s", f"{max(times):.3f} s",
-                     f"{median / reference:.1f}x"])
-    print(table(rows, ["command", "median", "min", "max", "vs bare interpreter"]))
-
+        rows.append({"command": name, "median (s)": median, "min (s)": min(times), "max (s)": max(times),
+                     "median / bare interpreter": median / reference})
+    print(table_of(rows))
+    record("cli_startup", {"rows": rows}, a)
 
 if __name__ == "__main__":
     main()

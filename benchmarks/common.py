@@ -1,10 +1,16 @@
-"""Helpers shared by the benchmark scripts: timing, peak RSS of a child process, table printing."""
+"""Helpers shared by the benchmark scripts: timing, peak RSS of a child process, table printing, and the run
+records (`record`) that `python -m benchmarks --table NAME` renders."""
 from __future__ import annotations
 
+import datetime
 import json
+import os
+import platform
+import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -63,8 +69,6 @@ def mean_sd(values, f: str = ".3f") -> str:
 
 def process_tree(pid: int) -> list[int]:
     """Every process below ``pid`` (parents read from /proc/*/stat)."""
-    import os
-    from pathlib import Path
     parent = {}
     for d in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -86,3 +90,139 @@ def peak_rss_kib(pid: int) -> int:
         return next(int(x.split()[1]) for x in open(f"/proc/{pid}/status") if x.startswith("VmHWM:"))
     except (OSError, StopIteration):
         return 0
+
+
+# ---- run records: benchmarks/runs/NAME.jsonl, one JSON line per run (nnU-Net's benchmark trainer writes a
+# benchmark_result.json with the run's environment and figures; its summary script makes the table) ----
+
+RUNS = Path(__file__).resolve().parent / "runs"
+REPO = Path(__file__).resolve().parents[1]
+VERSIONS = ("torch", "nnunetv2", "numpy", "nnunet_vasculature")
+
+
+def _git() -> dict:
+    """The checkout's commit and whether tracked files differ from it (None where git is missing)."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                                capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return {"sha": None, "dirty": None}
+    return {"sha": sha.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def _machine() -> dict:
+    """Cores, memory, load average and CPU model of this machine (Linux /proc where it exists)."""
+    memory = model = None
+    try:
+        memory = next(int(x.split()[1]) for x in open("/proc/meminfo") if x.startswith("MemTotal:")) / 2 ** 20
+        model = next((x.split(":", 1)[1].strip() for x in open("/proc/cpuinfo") if x.startswith("model name")), None)
+    except (OSError, StopIteration):
+        pass
+    return {"cpus": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
+            "memory_gib": None if memory is None else round(memory, 1),
+            "load_average": [round(x, 2) for x in os.getloadavg()], "cpu_model": model or platform.processor()}
+
+
+def _versions() -> dict:
+    from importlib import metadata
+    out = {"python": sys.version.split()[0]}
+    for package in VERSIONS:
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+def record(name: str, figures: dict, args, folder: Path = RUNS) -> dict:
+    """Append one run record to ``folder/NAME.jsonl``: the machine, the versions, the git commit, the
+    benchmark's name, parsed arguments and command line (``sys.argv[1:]``) and the figures it printed.
+
+    Args:
+        name: the benchmark's name (its module, e.g. ``metric``).
+        figures: what it measured, JSON-serialisable; a list of dicts is a table (one dict a row, its keys the
+            columns), any other value one figure.
+        args: its parsed arguments (an ``argparse.Namespace`` or a dict); paths are written as strings.
+        folder: where the records go (default ``benchmarks/runs``).
+
+    Returns:
+        The record written.
+    """
+    arguments = vars(args) if hasattr(args, "__dict__") else dict(args)
+    entry = {"benchmark": name, "args": arguments, "argv": sys.argv[1:],
+             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+             "git": _git(), "machine": _machine(), "versions": _versions(), "figures": figures}
+    line = json.dumps(entry, default=str)           # serialise first: nothing half-written on a bad figure
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    with open(Path(folder) / f"{name}.jsonl", "a") as f:
+        f.write(line + "\n")
+    return json.loads(line)
+
+
+def load_records(name: str, folder: Path = RUNS) -> list[dict]:
+    """The run records of ``folder/NAME.jsonl`` written by :func:`record`, oldest first.
+
+    Args:
+        name: the benchmark's name.
+        folder: where the records are.
+
+    Returns:
+        The records; lines of another schema (the experiments' own runs) are left out.
+    """
+    path = Path(folder) / f"{name}.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: not a JSON line ({e.msg})") from None
+            if isinstance(entry, dict) and "benchmark" in entry and "figures" in entry:
+                records.append(entry)
+    return records
+
+
+def _cell(value) -> str:
+    """A figure as a markdown table cell: floats to 4 significant digits, ``|`` escaped."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|")
+
+
+def table_of(rows: list[dict]) -> str:
+    """A markdown table of rows given as dicts (the columns: their keys, in first-seen order)."""
+    header = list(dict.fromkeys(key for row in rows for key in row))
+    return table([[_cell(row.get(key)) for key in header] for row in rows], [_cell(key) for key in header])
+
+
+def render(entry: dict) -> str:
+    """Markdown of one run record: a line with the command, date, commit, machine and versions, then its
+    figures (tables for lists of dicts, one bullet per other figure).
+
+    Args:
+        entry: a record as :func:`record` writes it.
+
+    Returns:
+        The markdown text.
+    """
+    m, v, git = entry["machine"], entry["versions"], entry["git"]
+    args = shlex.join(entry["argv"])
+    sha = "unknown commit" if not git.get("sha") else git["sha"][:10] + (" + local changes" if git["dirty"] else "")
+    head = (f"`python -m benchmarks {entry['benchmark']}{' ' + args if args else ''}` — {entry['time'][:10]}, "
+            f"{sha}; {m['cpus_usable']} of {m['cpus']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, load "
+            f"{' '.join(f'{x:.2f}' for x in m['load_average'])}; Python {v['python']}, torch {v.get('torch')}, "
+            f"nnunetv2 {v.get('nnunetv2')}, numpy {v.get('numpy')}, nnunet_vasculature {v.get('nnunet_vasculature')}")
+    parts, bullets = [head], []
+    for key, value in entry["figures"].items():
+        if isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
+            parts.append(table_of(value))
+        else:
+            bullets.append(f"- {key}: {_cell(value)}")
+    return "\n\n".join(parts + (["\n".join(bullets)] if bullets else []))

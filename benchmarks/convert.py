@@ -3,19 +3,17 @@ shape): throughput of `convert sennet` as a ratio to reading the same slices wit
 the converter's peak RSS (both measured in this run, each in a fresh process). Also compares how fast
 nnU-Net reads one converted case back in three formats.
 
-    .venv/bin/python benchmarks/convert.py [--data bench-data/full] [--slices N]
+    .venv/bin/python -m benchmarks convert [--data bench-data/full] [--slices N]
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import run_child, table  # noqa: E402
+from benchmarks.common import run_child, table
 
 READ_ONLY = """
 import sys, time, numpy as np, tifffile

@@ -1,7 +1,7 @@
 """`predict --workers 2` on OME-Zarr inputs read and written chunk-aligned (issue 24, point 4): peak RSS per dask
 worker at two input depths (flat in the depth), and resume after a killed worker.
 
-    .venv/bin/python benchmarks/hoa_dask.py [--plane 768] [--depths 256 512] [--resume_depth 192]
+    .venv/bin/python -m benchmarks hoa_dask [--plane 768] [--depths 256 512] [--resume_depth 192]
 
 The defaults keep the run near 10 minutes on a 2-core machine (the tiny network predicts ~1-2 M voxels/s per
 worker there); --plane 1024 --depths 1024 2048 gives the 2 and 4 GiB inputs of a bigger machine.
@@ -32,11 +32,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-sys.path.insert(1, str(Path(__file__).resolve().parent))
-from common import peak_rss_kib, process_tree, table  # noqa: E402
-from model_helpers import make_model_folder  # noqa: E402
+from benchmarks.common import peak_rss_kib, process_tree, table
+from nnunet_vasculature.demo.tiny_model import make_model_folder
 
 CLI = str(Path(sys.executable).parent / "nnunet-vasculature")
 SPACING_UM = 50.0

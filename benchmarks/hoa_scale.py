@@ -8,19 +8,16 @@ scheduler), and the memory the scheduler of an in-process ``LocalCluster`` (no w
 holds for them once submitted, measured with tracemalloc. Both should grow linearly with the slabs and stay
 small per slab.
 
-    .venv/bin/python benchmarks/hoa_scale.py [--volumes 1 4 16 64] [--slab_planes 128]
+    .venv/bin/python -m benchmarks hoa_scale [--volumes 1 4 16 64] [--slab_planes 128]
 """
 import argparse
 import pickle
-import sys
 import time
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 
-# run as a script, this file's folder comes first on sys.path and its name would hide dask's `distributed`
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+from benchmarks.common import record, table_of
 
 BRAIN = (12000, 25000, 25000)          # 7.5e12 voxels x 2 bytes = 15 TB
 CHUNK = 128                            # the HOA stores' chunk depth
@@ -80,18 +77,18 @@ def main():
     a = parser.parse_args()
     if a.slab_planes % CHUNK:
         parser.error(f"--slab_planes must be a multiple of the chunk depth {CHUNK}")
-    print("| volumes | virtual size | slabs | plan + graph (s) | graph tasks | pickled graph (MB) | "
-          "bytes/slab | scheduler memory (MB) | bytes/slab | submit (s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
     for n in a.volumes:
         volumes = [VirtualVolume(f"brain_{i}", BRAIN) for i in range(n)]
         tasks, graph, planning = plan(volumes, a.slab_planes)
         pickled = len(pickle.dumps(graph, protocol=5))
         held, submit = scheduler_memory(tasks)
-        size = sum(v.nbytes for v in volumes) / 1e12
-        print(f"| {n} | {size:.0f} TB | {len(tasks)} | {planning:.3f} | {len(graph)} | {pickled / 1e6:.2f} | "
-              f"{pickled / len(tasks):.0f} | {held / 1e6:.1f} | {held / len(tasks):.0f} | {submit:.2f} |")
-
+        rows.append({"volumes": n, "virtual size (TB)": sum(v.nbytes for v in volumes) / 1e12, "slabs": len(tasks),
+                     "plan + graph (s)": planning, "graph tasks": len(graph), "pickled graph (MB)": pickled / 1e6,
+                     "pickled bytes/slab": pickled / len(tasks), "scheduler memory (MB)": held / 1e6,
+                     "scheduler bytes/slab": held / len(tasks), "submit (s)": submit})
+    print(table_of(rows))
+    record("hoa_scale", {"rows": rows}, a)
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,6 @@
 """HuBMAP Hacking the Kidney: RLE speed, conversion throughput / peak RSS, predict-slide peak RSS vs slide size.
 
-    nice -n 10 .venv/bin/python benchmarks/hubmap_kidney.py [--shape 25000 34000] [--model MODEL_FOLDER] [--work DIR]
+    nice -n 10 .venv/bin/python -m benchmarks hubmap_kidney [--shape 25000 34000] [--model MODEL_FOLDER] [--work DIR]
 
 Each measurement prints its reference measured in the same run:
   rle      column-major RLE of a full-size mask: the usual Kaggle snippet vs ``rle_encode(order="F")`` vs the
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import kaggle_rle
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from common import kaggle_rle  # noqa: E402
 
 
 def _child(code: str) -> dict:

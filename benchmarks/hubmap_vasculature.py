@@ -1,6 +1,6 @@
 """AP@0.6 (OpenImages-style, ours) vs a plain pycocotools COCOeval on the same synthetic instance masks.
 
-Run under ``nice -n 10 .venv/bin/python benchmarks/hubmap_vasculature.py [--tiles 2000]``. Prints both
+Run under ``nice -n 10 .venv/bin/python -m benchmarks hubmap_vasculature [--tiles 2000]``. Prints both
 times, measured in the same run: ours from label images (bincount overlaps), COCOeval from RLEs (its
 evaluate + accumulate, with the RLE encoding timed separately), and both APs (they differ by design: all-point
 vs 101-point interpolation, see nnunet_vasculature/postprocess/average_precision.py).
@@ -17,6 +17,7 @@ from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from benchmarks.common import record
 from nnunet_vasculature.postprocess.average_precision import average_precision
 
 
@@ -84,6 +85,11 @@ def main() -> None:
     print(f"COCOeval (RLE, evaluate+accumulate, 101-point):  {t_coco:.2f} s  AP={coco_ap:.4f} "
           f"(+ {t_enc:.2f} s to RLE-encode the masks)")
     print(f"ratio COCOeval / ours: {t_coco / t_ours:.2f} (with encoding: {(t_coco + t_enc) / t_ours:.2f})")
+    record("hubmap_vasculature", {"tiles": a.tiles, "truths": n_gt, "detections": n_det, "rows": [
+        {"method": "ours (label images, bincount IoU, all-point AP)", "seconds": t_ours, "AP@0.6": ours},
+        {"method": "COCOeval (RLE, evaluate+accumulate, 101-point)", "seconds": t_coco, "AP@0.6": coco_ap,
+         "RLE encoding (s)": t_enc}], "COCOeval / ours": t_coco / t_ours,
+        "COCOeval with encoding / ours": (t_coco + t_enc) / t_ours}, a)
 
 
 if __name__ == "__main__":

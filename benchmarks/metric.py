@@ -1,23 +1,19 @@
 """Metric benchmark: our surface Dice vs PyPI surface-distance, the 256-threshold sweep vs one
 threshold, and RLE encoding vs the plain numpy run-length snippet, all measured in this run.
 
-    .venv/bin/python benchmarks/metric.py [--size 256] [--no-reference]
+    .venv/bin/python -m benchmarks metric [--size 256] [--no-reference]
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import best_of, kaggle_rle, table  # noqa: E402
-
-from nnunet_vasculature.io.rle import rle_encode  # noqa: E402
-from nnunet_vasculature.postprocess.surface_dice import surface_dice, surface_dice_sweep  # noqa: E402
+from benchmarks.common import best_of, kaggle_rle, record, table_of
+from nnunet_vasculature.io.rle import rle_encode
+from nnunet_vasculature.postprocess.surface_dice import surface_dice, surface_dice_sweep
 
 
 def vessel_like(n: int, seed: int = 0):
@@ -51,26 +47,27 @@ def main():
         t = time.perf_counter()
         ref = sd.compute_surface_dice_at_tolerance(sd.compute_surface_distances(gt, pred, (1, 1, 1)), 0)
         t_ref = time.perf_counter() - t
-        ours = surface_dice(pred, gt)
-        rows.append([f"surface Dice, one threshold, {n}^3 vessel trees", f"{t_ours:.3f} s",
-                     f"surface-distance {t_ref:.1f} s", f"{t_ref / t_ours:.0f}x faster",
-                     f"|diff| {abs(ours - ref):.1e}"])
+        rows.append({"what": f"surface Dice, one threshold, {n}^3 vessel trees", "ours (s)": t_ours,
+                     "reference": "surface-distance", "reference (s)": t_ref, "reference / ours": t_ref / t_ours,
+                     "note": f"|diff| {abs(surface_dice(pred, gt) - ref):.1e}"})
         rng = np.random.default_rng(3)      # dense random masks: the reference's distance transforms dominate
         ra, rb = rng.random((n, n, n)) > 0.5, rng.random((n, n, n)) > 0.5
         t_rand = best_of(lambda: surface_dice(rb, ra))
         t = time.perf_counter()
         ref = sd.compute_surface_dice_at_tolerance(sd.compute_surface_distances(ra, rb, (1, 1, 1)), 0)
         t_ref = time.perf_counter() - t
-        rows.append([f"surface Dice, one threshold, {n}^3 random 50 %", f"{t_rand:.3f} s",
-                     f"surface-distance {t_ref:.1f} s", f"{t_ref / t_rand:.0f}x faster",
-                     f"|diff| {abs(surface_dice(rb, ra) - ref):.1e}"])
+        rows.append({"what": f"surface Dice, one threshold, {n}^3 random 50 %", "ours (s)": t_rand,
+                     "reference": "surface-distance", "reference (s)": t_ref, "reference / ours": t_ref / t_rand,
+                     "note": f"|diff| {abs(surface_dice(rb, ra) - ref):.1e}"})
     t_sweep = best_of(lambda: surface_dice_sweep(prob, gt), 2)
-    rows.append([f"sweep of 256 thresholds, {n}^3", f"{t_sweep:.3f} s", f"ours, one threshold {t_ours:.3f} s",
-                 f"{t_sweep / t_ours:.2f}x one threshold", "target <= 3x"])
+    rows.append({"what": f"sweep of 256 thresholds, {n}^3", "ours (s)": t_sweep, "reference": "ours, one threshold",
+                 "reference (s)": t_ours, "reference / ours": t_ours / t_sweep,
+                 "note": "target: sweep <= 3x one threshold (ratio >= 0.33)"})
     noise = np.random.default_rng(2).integers(0, 256, gt.shape, dtype=np.uint8)
     t_noise = best_of(lambda: surface_dice_sweep(noise, gt), 1)
-    rows.append([f"sweep, worst case: uniform noise {n}^3", f"{t_noise:.3f} s", f"ours, one threshold {t_ours:.3f} s",
-                 f"{t_noise / t_ours:.1f}x one threshold", "every cube changes code at 8 levels"])
+    rows.append({"what": f"sweep, worst case: uniform noise {n}^3", "ours (s)": t_noise,
+                 "reference": "ours, one threshold", "reference (s)": t_ours, "reference / ours": t_ours / t_noise,
+                 "note": "every cube changes code at 8 levels"})
     for label, cut in (("sparse blobs (~3 %)", 0.56), ("dense blobs (~30 %)", 0.53)):
         rng = np.random.default_rng(1)
         fields = [ndi.gaussian_filter(rng.random((1303, 912)).astype(np.float32), 4) for _ in range(10)]
@@ -79,12 +76,15 @@ def main():
         t_enc = best_of(lambda: [rle_encode(s) for s in u8], 20)
         t_plain = best_of(lambda: [kaggle_rle(s) for s in u8], 20)
         runs = np.mean([len(rle_encode(s).split()) // 2 for s in u8])
-        rows.append([f"RLE encode, 10 slices 1303x912, {label}", f"{t_enc * 1000:.1f} ms",
-                     f"numpy snippet {t_plain * 1000:.1f} ms", f"{t_plain / t_enc:.1f}x faster",
-                     f"{runs:.0f} runs/slice; target >= 3x"])
-    print(f"foreground {gt.mean() * 100:.2f} %, probabilities > 0: {(prob > 0).mean() * 100:.1f} %")
-    print(table(rows, ["what", "ours", "reference (same run)", "ratio", "note"]))
-
+        rows.append({"what": f"RLE encode, 10 slices 1303x912, {label}", "ours (s)": t_enc,
+                     "reference": "numpy snippet", "reference (s)": t_plain, "reference / ours": t_plain / t_enc,
+                     "note": f"{runs:.0f} runs/slice; target >= 3x"})
+    figures = {"foreground_percent": float(gt.mean() * 100),
+               "probabilities_above_0_percent": float((prob > 0).mean() * 100), "rows": rows}
+    print(f"foreground {figures['foreground_percent']:.2f} %, "
+          f"probabilities > 0: {figures['probabilities_above_0_percent']:.1f} %")
+    print(table_of(rows))
+    record("metric", figures, a)
 
 if __name__ == "__main__":
     main()

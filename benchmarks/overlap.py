@@ -9,23 +9,20 @@ and by stock ``nnUNetPredictor.predict_single_npy_array`` on the volume loaded f
 (back-resampling, softmax, zarr; writer thread busy); the scan (one pass over the slices for the crop
 box and intensity statistics) comes before the rows and is reported apart.
 
-    nice -n 10 .venv/bin/python benchmarks/overlap.py [--depth 64] [--plane 256] [--threads 1]
+    nice -n 10 .venv/bin/python -m benchmarks overlap [--depth 64] [--plane 256] [--threads 1]
         [--features 2 4 8] [--step 1.0]
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from common import table  # noqa: E402
+from benchmarks.common import record, table
 
 
 def make_slices(folder: Path, depth: int, plane: int) -> Path:
@@ -86,7 +83,7 @@ def main() -> None:
     a = ap.parse_args()
     import torch
     torch.set_num_threads(a.threads)
-    from model_helpers import make_model_folder
+    from nnunet_vasculature.demo.tiny_model import make_model_folder
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         folder = make_model_folder(tmp / "model", spacing=(50.0, 50.0, 50.0), patch=(32, 64, 64),
@@ -114,6 +111,14 @@ def main() -> None:
                        "write s", "rows wall/network", "rows wall/slowest stage", "total/stock"]))
     print(f"overlapped == serial bitwise: {same}; vs stock: max |uint8 diff| {diff.max()}, "
           f"{(diff > 0).mean() * 100:.2f}% of voxels differ")
+    stages = ("scan", "wall", "prepare", "network", "main", "write")
+    figures = {"cores": len(os.sched_getaffinity(0)),
+               "rows": [{"run": name, "total (s)": r["total"], **{f"{k} (s)": r[k] for k in stages}}
+                        for name, r in (("overlapped", over), ("serial", serial))]
+               + [{"run": "stock nnUNetPredictor", "total (s)": stock["total"], "load (s)": stock["load"]}],
+               "overlapped equals serial": bool(same), "max uint8 diff vs stock": int(diff.max()),
+               "voxels differing from stock (%)": float((diff > 0).mean() * 100)}
+    record("overlap", figures, a)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,15 @@
 """Peak host memory of our streaming predictor vs stock nnUNetPredictor, on synthetic volumes of
 growing depth (tiny network, CPU, no TTA). Each run is a fresh process; its own peak RSS is reported.
 
-    .venv/bin/python benchmarks/predict_memory.py [--depths 64 128 256 512] [--plane 256]
+    .venv/bin/python -m benchmarks predict_memory [--depths 64 128 256 512] [--plane 256]
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from common import run_child, table  # noqa: E402
+from benchmarks.common import record, run_child, table
 
 SETUP = """
 import sys, time, numpy as np, torch
@@ -61,11 +58,11 @@ def main():
     ap.add_argument("--depths", type=int, nargs="+", default=[64, 128, 256, 512])
     ap.add_argument("--plane", type=int, default=256)
     a = ap.parse_args()
-    from model_helpers import make_model_folder
+    from nnunet_vasculature.demo.tiny_model import make_model_folder
     with tempfile.TemporaryDirectory() as tmp:
         folder = str(make_model_folder(Path(tmp) / "model", patch=(32, 64, 64), features=(4, 8, 16)))
         base = run_child(BASELINE, folder, "1", "1")["peak_rss_mib"]
-        rows, stock_pts = [], []
+        rows, stock_pts, figures = [], [], []
         for d in a.depths:
             vox = d * a.plane * a.plane
             o = run_child(OURS, folder, str(d), str(a.plane))
@@ -74,6 +71,10 @@ def main():
             rows.append([f"{d}x{a.plane}x{a.plane}", f"{vox / 1e6:.1f} M", f"{o['peak_rss_mib']:.0f}",
                          f"{s['peak_rss_mib']:.0f}", f"{o['seconds']:.1f}", f"{s['seconds']:.1f}",
                          f"{abs(o['mean'] - s['mean']):.1e}"])
+            figures.append({"volume": f"{d}x{a.plane}x{a.plane}", "voxels": vox,
+                            "ours peak RSS (MiB)": o["peak_rss_mib"], "stock peak RSS (MiB)": s["peak_rss_mib"],
+                            "ours (s)": o["seconds"], "stock (s)": s["seconds"],
+                            "mean prob diff (abs)": abs(o["mean"] - s["mean"])})
     print(f"interpreter + torch + nnU-Net imported: {base:.0f} MiB")
     print(table(rows, ["volume", "voxels", "ours peak RSS MiB", "stock peak RSS MiB", "ours s", "stock s",
                        "|mean prob diff|"]))
@@ -82,6 +83,7 @@ def main():
     fit = (24 * 1024 - m0) * 2 ** 20 / slope + v0
     print(f"stock grows by {slope:.0f} bytes/voxel: about {fit / 1e9:.2f} G voxels fit in 24 GiB "
           f"(kidney_1_dense is 2.71 G voxels); ours does not grow with depth.")
+    record("predict_memory", {"imports peak RSS (MiB)": base, "rows": figures, "stock bytes/voxel": slope}, a)
 
 
 if __name__ == "__main__":

@@ -24,10 +24,10 @@ prediction (both kidneys) and tuning of each run. Levers that need no training o
 baseline model of the same seed, and those that only tune differently its probabilities too. Runs go
 to --work/runs.jsonl as they finish and are skipped when there:
 
-    nice -n 15 .venv/bin/python benchmarks/quality.py [--work bench-quality] [--seeds 0 1 2] \\
+    nice -n 15 .venv/bin/python -m benchmarks quality [--work bench-quality] [--seeds 0 1 2] \\
         [--levers baseline tta_rotations tta_scale1.5 by_fraction closing1 scaleAug055 boundaryDoU \\
                   percentile_norm]
-    .venv/bin/python benchmarks/quality.py --report       # the table from runs.jsonl, nothing run
+    .venv/bin/python -m benchmarks quality --report       # the table from runs.jsonl, nothing run
 
 A seed seeds Python/numpy/torch in the training process; nnU-Net's augmentation workers are not seeded,
 so seeds are repetitions, not replays.
@@ -45,11 +45,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import mean_sd, table  # noqa: E402
-from transfer import TRAIN  # noqa: E402
-
-from nnunet_vasculature.demo.sennet import DATASET_ID, HELD_OUT, SCHEDULE  # noqa: E402
+from benchmarks.common import mean_sd, table
+from benchmarks.transfer import TRAIN
+from nnunet_vasculature.demo.sennet import DATASET_ID, HELD_OUT, SCHEDULE
 
 VALIDATION = HELD_OUT            # fold 0's validation kidney: thresholds are tuned here
 TARGET = "kidney_6"              # the held-out kidney at 63.08 µm, intensity-shifted

@@ -4,7 +4,7 @@ stock nnUNetv2_train with a short VesselTransferTrainer -> streaming prediction 
 of the largest Kaggle plane (1706x1510), plus the GPU memory the predictor will need for that plane.
 Every step runs in a fresh process; peak RSS is its VmHWM (other processes it spawns: sampled VmHWM).
 
-    .venv/bin/python benchmarks/real_size.py [--quick] [--out bench-data/real_size]
+    .venv/bin/python -m benchmarks real_size [--quick] [--out bench-data/real_size]
 """
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from benchmarks.common import REPORT, peak_rss_kib, process_tree, table
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPORT, peak_rss_kib, process_tree, table  # noqa: E402
 
 ENTRY = REPORT + """
 import sys, time
@@ -300,7 +300,7 @@ def main() -> None:
     print(gpu)
     print("Peak = acc + wsum + window + gaussian + the largest transient. Without the roll copies the peak only "
           "drops if the last _finish stops dividing a whole acc-sized block at once: both add one acc.")
-    print(f"reproduce: .venv/bin/python benchmarks/real_size.py{' --quick' if q else ''}")
+    print(f"reproduce: .venv/bin/python -m benchmarks real_size{' --quick' if q else ''}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ throughput: the datasheet peak (T4: 65 TFLOPS FP16 tensor / 8.1 FP32; P100 PCIe 
 times an efficiency FRACTION (default 0.3: cuDNN 3D convolutions rarely reach half the peak) — an assumption,
 not a measurement; run benchmarks/gpu_run.sh on a lent GPU to replace it.
 
-    .venv/bin/python benchmarks/tile_cost.py [--patch 64 192 192] [--efficiency 0.3] [--cpu-repeats 2]
+    .venv/bin/python -m benchmarks tile_cost [--patch 64 192 192] [--efficiency 0.3] [--cpu-repeats 2]
 
 The network is the Task008-size assumption of benchmarks/real_size.py (32 base features, max 320, six stages,
 pools [[1,2,2],[2,2,2],[2,2,2],[2,2,2],[1,2,2]], kernels [[1,3,3],[3,3,3]x5]; 30.8 M parameters).
@@ -16,14 +16,11 @@ pools [[1,2,2],[2,2,2],[2,2,2],[2,2,2],[1,2,2]], kernels [[1,3,3],[3,3,3]x5]; 30
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import table  # noqa: E402
+from benchmarks.common import record, table
 
 POOLS = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]]
 KERNELS = [[1, 3, 3]] + [[3, 3, 3]] * 5
@@ -75,26 +72,35 @@ def main() -> None:
           f"(forward, batch 1); CPU ({torch.get_num_threads()} threads) {cpu_tile:.1f} s per tile "
           f"(best of {a.cpu_repeats}: {', '.join(f'{s:.1f}' for s in seconds)})")
 
-    rows, total = [], {}
+    rows, total, kidney_rows = [], {}, []
     for name, (z, y, x_, um) in KIDNEYS.items():
         shape = tuple(round(n * um / MODEL_UM) for n in (z, y, x_))
         n = tiles(shape, a.patch)
         total[name] = n
         rows.append([name, f"{z}x{y}x{x_} @ {um} µm", "x".join(map(str, shape)), n])
+        kidney_rows.append({"kidney": name, "raw": f"{z}x{y}x{x_} @ {um} µm",
+                            f"at {MODEL_UM:g} µm": "x".join(map(str, shape)), "tiles (step 0.5)": n})
     print(table(rows, ["kidney", "raw", f"at {MODEL_UM:g} µm", "tiles (step 0.5)"]))
     n_tiles = sum(total.values())
-    est = []
+    est, estimate_rows = [], []
     for label, passes, factor in (("1 fold, no TTA", 1, 1.0), ("1 fold, 8x mirroring", 8, 1.0),
                                   ("1 fold, 8x mirroring, nnUNet_compile=1 (assumed 2x)", 8, 0.5),
                                   ("5 folds, 8x mirroring", 40, 1.0)):
         row = [label, f"{n_tiles * passes:,}"]
+        figure = {"both hidden kidneys": label, "network passes": n_tiles * passes}
         for gpu, peak in GPUS.items():
             hours = n_tiles * passes * flops / (peak["fp16"] * a.efficiency) * factor / 3600
             row.append(f"{hours:.2f} h" + (" (over budget)" if hours > BUDGET_H else ""))
+            figure[f"{gpu} fp16 @ {a.efficiency:g} of peak (h, assumed)"] = hours
         row.append(f"{n_tiles * passes * cpu_tile / 3600:.0f} h")
+        figure["this CPU (h)"] = n_tiles * passes * cpu_tile / 3600
         est.append(row)
+        estimate_rows.append(figure)
     print(table(est, ["both hidden kidneys", "network passes"] + [f"{g} fp16 @ {a.efficiency:g} of peak"
                                                                   for g in GPUS] + ["this CPU"]))
+    record("tile_cost", {"parameters_millions": params / 1e6, "tflop_per_tile": flops / 1e12,
+                         "cpu_threads": torch.get_num_threads(), "cpu_seconds_per_tile": cpu_tile,
+                         "kidneys": kidney_rows, "estimates": estimate_rows}, a)
 
 
 if __name__ == "__main__":

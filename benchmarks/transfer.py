@@ -8,9 +8,9 @@ threshold of its own curve. Runs are appended to --work/runs.jsonl as they finis
 there are skipped, so an interrupted or partial run can be continued and subsets combined:
 
     make demo                                             # its two models are seed "demo" (--no-with-demo-run)
-    nice -n 15 .venv/bin/python benchmarks/transfer.py [--demo demo-output] [--work bench-transfer] \\
+    nice -n 15 .venv/bin/python -m benchmarks transfer [--demo demo-output] [--work bench-transfer] \\
         [--seeds 0 1 2] [--budgets demo long] [--variants transfer scratch frozenEncoder sourceHead]
-    .venv/bin/python benchmarks/transfer.py --report      # the table from runs.jsonl, nothing trained
+    .venv/bin/python -m benchmarks transfer --report      # the table from runs.jsonl, nothing trained
 
 `--source v2` fine-tunes from the same stand-in network saved as an nnU-Net v2 model folder
 (--work/source_v2/Dataset008_HepaticVessel/nnUNetTrainer__nnUNetPlans__3d_fullres: plans.json, dataset.json in
@@ -19,7 +19,7 @@ path of `import-pretrained` (plans nnUNetPlans_Dataset008_HepaticVessel, next to
 both share the demo's preprocessed data). Same seeds as the v1 runs; scratch runs do not depend on the source and
 are shared. v1 against v2 on the demo budget:
 
-    nice -n 15 .venv/bin/python benchmarks/transfer.py --source v1 v2 --budgets demo --variants transfer scratch
+    nice -n 15 .venv/bin/python -m benchmarks transfer --source v1 v2 --budgets demo --variants transfer scratch
 
 `--reuse-quality DIR` takes the fine-tuned models of the demo budget from `benchmarks/quality.py --work DIR`
 (its baseline is the same trainer, schedule, seed and training script on the same synthetic kidneys,
@@ -42,16 +42,22 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import mean_sd, table  # noqa: E402
-
-from nnunet_vasculature.demo.sennet import DATASET_ID, HELD_OUT, SCHEDULE  # noqa: E402
+from benchmarks.common import mean_sd, table
+from nnunet_vasculature.demo.sennet import DATASET_ID, HELD_OUT, SCHEDULE
 
 VARIANTS = {"transfer": "VesselTransferTrainer_demo", "scratch": "VesselScratchTrainer_demo",
             "frozenEncoder": "VesselTransferTrainer_frozenEncoder_demo",
             "sourceHead": "VesselTransferTrainer_sourceHead_demo"}
 _epochs, _iters = (int(v) for v in SCHEDULE.split("x"))
-BUDGETS = {"demo": SCHEDULE, "long": f"{3 * _epochs}x{_iters}"}
+# the learning curve: the demo's epochs, a quarter / half / twice its iterations per epoch (nnU-Net's poly
+# learning rate then has the same shape over every budget); "long" (3x the epochs) is kept for earlier records
+BUDGETS = {"quarter": f"{_epochs}x{max(1, round(_iters / 4))}", "half": f"{_epochs}x{round(_iters / 2)}",
+           "demo": SCHEDULE, "double": f"{_epochs}x{2 * _iters}", "long": f"{3 * _epochs}x{_iters}"}
+# training data: fold 0 of the demo's leave-one-kidney-out splits (kidney_2 + kidney_3's sparse and dense parts:
+# two physical kidneys, three Kaggle folders), or kidney_2 alone (an extra fold written into splits_final.json);
+# both hold out kidney_1_dense
+DATA = {"two": 0, "one": 3}
+TEST = ("kidney_5", "kidney_6")    # the demo's test kidneys (50.28 and 63.08 µm), scored from solution.csv
 SOURCES = {"v1": "nnUNetPlans_Task008", "v2": "nnUNetPlans_Dataset008_HepaticVessel"}   # source -> imported plans
 V2_MODEL = "Dataset008_HepaticVessel/nnUNetTrainer__nnUNetPlans__3d_fullres"
 
@@ -156,8 +162,40 @@ def reusable(demo: Path, quality: Path | None, variant: str, budget: str, seed: 
     return folder, float(secs[0])
 
 
+def one_kidney_fold(demo: Path) -> None:
+    """Append fold 3 (train on kidney_2 alone, hold out kidney_1_dense) to the demo's splits_final.json once."""
+    path = demo / "nnUNet_preprocessed" / "Dataset501_SenNetDemo" / "splits_final.json"
+    splits = json.loads(path.read_text())
+    fold = {"train": sorted(c for c in splits[0]["train"] if c.startswith("kidney_2_")), "val": splits[0]["val"]}
+    if len(splits) == DATA["one"]:
+        splits.append(fold)
+        path.write_text(json.dumps(splits, indent=1))
+    elif splits[DATA["one"]] != fold:
+        sys.exit(f"{path}: fold {DATA['one']} is not kidney_2 alone; remove it")
+
+
+def test_labels(demo: Path, work: Path) -> Path:
+    """The hidden test labels of solution.csv as one folder of slice TIFFs per kidney (written once)."""
+    import csv
+
+    import tifffile
+
+    from nnunet_vasculature.io.rle import rle_decode
+    out = work / "test_labels"
+    if (out / ".done").exists():
+        return out
+    with open(demo / "kaggle" / "solution.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            kidney, _, z = row["id"].rpartition("_")
+            (out / kidney / "labels").mkdir(parents=True, exist_ok=True)
+            mask = rle_decode(row["rle"], (int(row["height"]), int(row["width"])))
+            tifffile.imwrite(out / kidney / "labels" / f"{z}.tif", mask.astype(np.uint8) * np.uint8(255))
+    (out / ".done").touch()
+    return out
+
+
 def run_one(demo: Path, work: Path, variant: str, budget: str, seed: int, quality: Path | None = None,
-            source: str = "v1") -> dict:
+            source: str = "v1", data: str = "two") -> dict:
     from nnunet_vasculature.inference.options import PredictionOptions
     from nnunet_vasculature.inference.predict import predict
     from nnunet_vasculature.io.volumes import open_labels, open_probabilities
@@ -166,8 +204,9 @@ def run_one(demo: Path, work: Path, variant: str, budget: str, seed: int, qualit
     from nnunet_vasculature.trainers import ext_trainer_value
     from nnunet_vasculature.trainers.common import DEMO_ENV, VALIDATION_ENV
 
-    trainer, schedule, plans = VARIANTS[variant], BUDGETS[budget], SOURCES[source]
-    tag = f"{variant}_{budget}_seed{seed}" + ("" if source == "v1" else f"_{source}")
+    trainer, schedule, plans, fold = VARIANTS[variant], BUDGETS[budget], SOURCES[source], DATA[data]
+    tag = f"{variant}_{budget}_seed{seed}" + ("" if source == "v1" else f"_{source}") + \
+        ("" if data == "two" else f"_{data}kidney")
     results = work / "results" / tag
     env = dict(os.environ, nnUNet_raw=str(demo / "nnUNet_raw"), nnUNet_preprocessed=str(demo / "nnUNet_preprocessed"),
                nnUNet_results=str(results), nnUNet_extTrainer=ext_trainer_value(),
@@ -176,26 +215,42 @@ def run_one(demo: Path, work: Path, variant: str, budget: str, seed: int, qualit
     log = work / "logs" / f"{tag}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     t = time.time()
-    reused = reusable(demo, quality, variant, budget, seed, source)
-    if reused is None:
+    reused = reusable(demo, quality, variant, budget, seed, source) if data == "two" else None
+    folder = results / "Dataset501_SenNetDemo" / f"{trainer}__{plans}__3d_fullres"
+    if reused is not None:
+        folder, train_s = reused
+        t -= train_s
+    elif (folder / f"fold_{fold}" / "checkpoint_final.pth").is_file():   # trained, not yet scored (interrupted)
+        train_s = float("nan")
+    else:
         with open(log, "w") as f:
-            subprocess.run([sys.executable, "-c", TRAIN, str(seed), str(DATASET_ID), "3d_fullres", "0", "-tr",
+            subprocess.run([sys.executable, "-c", TRAIN, str(seed), str(DATASET_ID), "3d_fullres", str(fold), "-tr",
                             trainer, "-p", plans, "-device", "cpu"], env=env, stdout=f,
                            stderr=subprocess.STDOUT, check=True)
         train_s = time.time() - t
-        folder = results / "Dataset501_SenNetDemo" / f"{trainer}__{plans}__3d_fullres"
-    else:
-        folder, train_s = reused
-        t -= train_s
     os.environ.update({k: v for k, v in env.items() if k.startswith("nnUNet")})
     held = demo / "kaggle" / "train" / HELD_OUT
     probs = work / "probs" / f"{tag}.zarr"
-    predict(held, probs, PredictionOptions.of(folder, ["0"]), "cpu", overwrite=True)
+    options = PredictionOptions.of(folder, [str(fold)])
+    predict(held, probs, options, "cpu", overwrite=True)
     sweep = surface_dice_sweep(open_probabilities(f"{probs}/{HELD_OUT}")[0], open_labels(held / "labels"))
+    tuned = int(np.argmax(sweep))
+    # the test kidneys (kidney_6 at its own 63.08 µm, resampled by nnU-Net as predict does for a known name):
+    # at 0.5, at the level tuned on the held-out kidney, and at the level that would have been best on each
+    test_probs = work / "probs" / f"{tag}_test.zarr"
+    predict(demo / "kaggle" / "test", test_probs, options, "cpu", overwrite=True)
+    truth = test_labels(demo, work)
+    test = {k: surface_dice_sweep(open_probabilities(f"{test_probs}/{k}")[0], open_labels(truth / k / "labels"))
+            for k in TEST}
     return {"variant": variant, "source": source, "plans": plans, "trainer": trainer, "budget": budget,
-            "schedule": schedule, "seed": seed,
+            "schedule": schedule, "seed": seed, "data": data, "fold": fold,
             "surface_dice_at_0.5": float(sweep[LEVEL_HALF]), "surface_dice_at_best_threshold": float(sweep.max()),
-            "best_threshold": float(np.argmax(sweep) / 255), "train_seconds": round(train_s),
+            "best_threshold": tuned / 255,
+            "test_at_0.5": {k: float(v[LEVEL_HALF]) for k, v in test.items()},
+            "test_at_tuned_threshold": {k: float(v[tuned]) for k, v in test.items()},
+            "test_at_own_best_threshold": {k: float(v.max()) for k, v in test.items()},
+            "test_own_best_threshold": {k: int(np.argmax(v)) / 255 for k, v in test.items()},
+            "train_seconds": None if train_s != train_s else round(train_s),
             "total_seconds": round(time.time() - t), "model": str(folder),
             "source_model_sha256": json.loads((demo / "summary.json").read_text())["source_model"].get("sha256")}
 
@@ -221,38 +276,65 @@ def demo_runs(demo: Path) -> list[dict]:
     return runs
 
 
+def _test_mean(r: dict, key: str) -> float | None:
+    """Mean over the test kidneys of ``r[key]`` (None for runs recorded before the test kidneys were scored)."""
+    return float(np.mean([r[key][k] for k in TEST])) if key in r else None
+
+
+METRICS = (("held-out @0.5", lambda r: r["surface_dice_at_0.5"]),
+           ("held-out @tuned", lambda r: r["surface_dice_at_best_threshold"]),
+           ("test @0.5", lambda r: _test_mean(r, "test_at_0.5")),
+           ("test @tuned", lambda r: _test_mean(r, "test_at_tuned_threshold")))
+
+
+def paired(a: list[float], b: list[float]) -> str:
+    """``mean ± sd`` of the per-seed differences a - b, the seeds won, and whether the mean is beyond the spread
+    (more than two standard errors from 0: about a 95 % interval that excludes 0)."""
+    d = np.asarray(a) - np.asarray(b)
+    if len(d) < 2:
+        return f"{d.mean():+.3f} (1 seed)"
+    se = d.std(ddof=1) / np.sqrt(len(d))
+    verdict = "beyond" if abs(d.mean()) > 2 * se else "within"
+    return f"{d.mean():+.3f} ± {d.std(ddof=1):.3f}, {int((d > 0).sum())}/{len(d)} won, {verdict}"
+
+
 def report(runs: list[dict]) -> str:
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in runs:     # runs before --source existed are v1 runs; a v2 run is listed as "variant@v2"
+    """Mean ± sd per (data, budget, variant) and, paired by seed, each variant minus scratch."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for r in runs:     # runs before --source / --data existed are v1 runs on two kidneys
         source = r.get("source", "v1")
-        groups.setdefault((r["budget"], r["variant"] + ("" if source == "v1" else f"@{source}")), []).append(r)
+        groups.setdefault((r.get("data", "two"), r["budget"], r["variant"] + ("" if source == "v1" else f"@{source}")),
+                          []).append(r)
+    order = lambda kv: (list(DATA).index(kv[0][0]), list(BUDGETS).index(kv[0][1]),
+                        list(VARIANTS).index(kv[0][2].split("@")[0]), kv[0][2])
     rows = []
-    for (budget, variant), rs in sorted(groups.items(), key=lambda kv: (list(BUDGETS).index(kv[0][0]),
-                                                                         list(VARIANTS).index(kv[0][1].split("@")[0]),
-                                                                         kv[0][1])):
-        cells = [mean_sd([r[k] for r in rs]) for k in ("surface_dice_at_0.5", "surface_dice_at_best_threshold")]
-        rows.append([budget, rs[0]["schedule"], variant, ",".join(str(r["seed"]) for r in rs), *cells,
+    for (data, budget, variant), rs in sorted(groups.items(), key=order):
+        cells = []
+        for _, get in METRICS:
+            values = [v for v in map(get, rs) if v is not None]
+            cells.append(mean_sd(values) if values else "–")
+        rows.append([data, budget, rs[0]["schedule"], variant, ",".join(str(r["seed"]) for r in rs), *cells,
                      f"{np.mean([r['best_threshold'] for r in rs]):.2f}"])
-    head = ["budget", "epochs x it.", "variant", "seeds", "surface Dice @0.5 mean ± sd [min–max]",
-            "@best threshold mean ± sd [min–max]", "mean best thr."]
-    out = f"held-out {HELD_OUT}, CPU\n" + table(rows, head)
-    # paired by seed: each variant minus scratch of the same budget and seed
+    head = ["kidneys", "budget", "epochs x it.", "variant", "seeds", *(f"{m} mean ± sd [min–max]" for m, _ in METRICS),
+            "tuned thr."]
+    out = f"surface Dice (tolerance 0): held-out {HELD_OUT}; test = mean of {', '.join(TEST)}; CPU\n" + \
+        table(rows, head)
     prow = []
-    for (budget, variant), rs in groups.items():
+    for (data, budget, variant), rs in sorted(groups.items(), key=order):
         if variant == "scratch":
             continue
-        base = {r["seed"]: r for r in groups.get((budget, "scratch"), [])}
+        base = {r["seed"]: r for r in groups.get((data, budget, "scratch"), [])}
         pairs = [(r, base[r["seed"]]) for r in rs if r["seed"] in base]
         if not pairs:
             continue
         cells = []
-        for key in ("surface_dice_at_0.5", "surface_dice_at_best_threshold"):
-            d = np.array([a[key] - b[key] for a, b in pairs])
-            cells.append(" ".join(f"{x:+.3f}" for x in d) + f" (mean {d.mean():+.3f})")
-        prow.append([budget, f"{variant} - scratch", ",".join(str(a["seed"]) for a, _ in pairs), *cells])
+        for _, get in METRICS:
+            ab = [(get(a), get(b)) for a, b in pairs if get(a) is not None and get(b) is not None]
+            cells.append(paired([a for a, _ in ab], [b for _, b in ab]) if ab else "–")
+        prow.append([data, budget, f"{variant} - scratch", ",".join(str(a["seed"]) for a, _ in pairs), *cells])
     if prow:
-        out += "\n\npaired by seed\n" + table(prow, ["budget", "difference", "seeds", "@0.5 per seed",
-                                                       "@best threshold per seed"])
+        out += "\n\npaired by seed: mean ± sd of the differences, seeds won, beyond or within the spread\n" + \
+            table(prow, ["kidneys", "budget", "difference", "seeds", *(m for m, _ in METRICS)])
     return out
 
 
@@ -263,6 +345,8 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--budgets", nargs="+", choices=list(BUDGETS), default=list(BUDGETS))
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--data", nargs="+", choices=list(DATA), default=["two"],
+                    help="training kidneys: two = fold 0 (kidney_2 + kidney_3), one = kidney_2 alone (an extra fold)")
     ap.add_argument("--source", nargs="+", choices=list(SOURCES), default=["v1"],
                     help="source model(s) to fine-tune from: v1 = the demo's import of the shipped stand-in zip, "
                          "v2 = the same network as an nnU-Net v2 model folder, imported through the v2 path")
@@ -278,9 +362,9 @@ def main():
     runs_file = work / "runs.jsonl"
     runs = [json.loads(line) for line in runs_file.read_text().splitlines()] if runs_file.exists() else []
     have_demo = (demo / "summary.json").is_file()
-    done = {(r["variant"], r["budget"], r["seed"], r.get("source", "v1")) for r in runs}
-    if have_demo and a.with_demo_run and ("transfer", "demo", "demo", "v1") not in done and SCHEDULE == json.loads(
-            (demo / "summary.json").read_text())["schedule_epochs_x_iterations"]:
+    done = {(r["variant"], r["budget"], r["seed"], r.get("source", "v1"), r.get("data", "two")) for r in runs}
+    if have_demo and a.with_demo_run and ("transfer", "demo", "demo", "v1", "two") not in done and \
+            SCHEDULE == json.loads((demo / "summary.json").read_text())["schedule_epochs_x_iterations"]:
         with open(runs_file, "a") as f:
             for r in demo_runs(demo):
                 runs.append(r)
@@ -290,19 +374,24 @@ def main():
             sys.exit(f"{demo}/summary.json not found: run `make demo` (or --demo DIR) first")
         # seed-major order: a cut-short run still has matched transfer/scratch pairs
         # scratch does not depend on the source: trained once, as a v1 run
-        todo = [(v, b, s, src) for b in a.budgets for s in a.seeds for src in a.source for v in a.variants
-                if (v, b, s, src) not in done and not (b != "demo" and v in ("frozenEncoder", "sourceHead"))
+        todo = [(v, b, s, src, d) for d in a.data for b in a.budgets for s in a.seeds for src in a.source
+                for v in a.variants
+                if (v, b, s, src, d) not in done and not (b != "demo" and v in ("frozenEncoder", "sourceHead"))
                 and not (v == "scratch" and src != "v1")]
-        if any(src == "v2" for *_, src in todo):
+        if any(src == "v2" for *_, src, _ in todo):
             import_v2_standin(demo, work)
-        for i, (v, b, s, src) in enumerate(todo):
-            print(f"[{i + 1}/{len(todo)}] {v} {b} ({BUDGETS[b]}) seed {s} source {src} ...", flush=True)
-            r = run_one(demo, work, v, b, s, a.reuse_quality.resolve() if a.reuse_quality else None, src)
+        if any(d == "one" for *_, d in todo):
+            one_kidney_fold(demo)
+        for i, (v, b, s, src, d) in enumerate(todo):
+            print(f"[{i + 1}/{len(todo)}] {v} {b} ({BUDGETS[b]}) seed {s} source {src} kidneys {d} ...", flush=True)
+            r = run_one(demo, work, v, b, s, a.reuse_quality.resolve() if a.reuse_quality else None, src, d)
             runs.append(r)
             with open(runs_file, "a") as f:
                 f.write(json.dumps(r) + "\n")
-            print(f"   surface Dice {r['surface_dice_at_0.5']:.3f} @0.5, {r['surface_dice_at_best_threshold']:.3f} "
-                  f"@{r['best_threshold']:.2f}; {r['total_seconds']} s", flush=True)
+            print(f"   held-out surface Dice {r['surface_dice_at_0.5']:.3f} @0.5, "
+                  f"{r['surface_dice_at_best_threshold']:.3f} @{r['best_threshold']:.2f}; test "
+                  f"{_test_mean(r, 'test_at_0.5'):.3f} @0.5, {_test_mean(r, 'test_at_tuned_threshold'):.3f} @tuned; "
+                  f"{r['total_seconds']} s", flush=True)
     print(report(runs))
 
 

@@ -1,14 +1,13 @@
 """`predict` on 1 vs 2 local dask workers (tiny network, CPU, one torch thread per worker): wall time,
 speedup, peak RSS per worker, and whether the stores equal single-process `predict` byte for byte.
 
-    .venv/bin/python benchmarks/distributed.py [--shape 64 96 96] [--slab_planes 16] [--workers 1 2]
+    .venv/bin/python -m benchmarks dask_scaling [--shape 64 96 96] [--slab_planes 16] [--workers 1 2]
 
 Prints a markdown table. Worker start-up and model loading are left out of the times (each cluster is
 warmed up first); the scan of the volume (one task per kidney) is included.
 """
 import argparse
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,10 +16,7 @@ import numpy as np
 import tifffile
 import zarr
 
-# run as a script, this file's folder comes first on sys.path and its name would hide dask's `distributed`
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from model_helpers import make_model_folder  # noqa: E402
+from nnunet_vasculature.demo.tiny_model import make_model_folder
 
 
 def _warm():

@@ -1,0 +1,113 @@
+"""benchmarks/ as a package (issue 32): the runner lists the benchmarks, ``record`` appends a run record with the
+machine, versions and commit, ``--table`` renders the latest one, and no benchmark reaches into tests/ or edits
+``sys.path``."""
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
+# scripts other people were editing when the runner came (issue 32): each still inserts its folder into sys.path
+# for `from common import ...`; the one-line change is `from benchmarks.common import ...` (then drop it here)
+AWAITING_IMPORT_CHANGE = {"shift", "kidney_metrics", "skeleton_halo"}
+
+
+def _runner(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=REPO, capture_output=True, text=True)
+
+
+def test_the_runner_lists_every_benchmark_with_a_description_and_groups_the_experiments():
+    r = _runner()
+    assert r.returncode == 0, r.stderr
+    micro, _, experiments = r.stdout.partition("experiments")
+    names = {p.stem for p in BENCHMARKS.glob("*.py")} - {"__init__", "__main__", "common"}
+    for name in names:
+        line = next((x for x in r.stdout.splitlines() if x.split()[:1] == [name]), None)
+        assert line and len(line.split()) > 2, f"{name}: not listed with a description"
+        assert (name in experiments) == (name in {"quality", "transfer", "shift"}), name
+    assert "distributed" not in names, "benchmarks/distributed.py would hide dask's `distributed` package"
+
+
+def test_an_unknown_benchmark_is_one_line_and_a_non_zero_exit():
+    r = _runner("no_such_benchmark")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "no_such_benchmark" in r.stderr
+
+
+def test_record_appends_a_line_with_the_machine_versions_commit_args_and_figures(tmp_path):
+    from benchmarks.common import record
+    figures = {"rows": [{"what": "a", "seconds": 0.5}], "ratio": 2.0}
+    record("demo_bench", figures, {"size": 8, "out": tmp_path}, folder=tmp_path)
+    record("demo_bench", {"rows": [{"what": "b", "seconds": 0.25}]}, {"size": 16}, folder=tmp_path)
+    lines = (tmp_path / "demo_bench.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    entry = json.loads(lines[0])
+    assert entry["benchmark"] == "demo_bench" and entry["figures"] == figures
+    assert entry["args"] == {"size": 8, "out": str(tmp_path)}
+    assert set(entry["machine"]) >= {"cpus", "memory_gib", "load_average", "cpu_model"}
+    assert entry["machine"]["cpus"] >= 1 and len(entry["machine"]["load_average"]) == 3
+    assert set(entry["versions"]) >= {"python", "torch", "nnunetv2", "numpy", "nnunet_vasculature"}
+    assert entry["versions"]["python"] == sys.version.split()[0]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert entry["git"]["sha"] == head and isinstance(entry["git"]["dirty"], bool)
+
+
+def test_table_renders_the_latest_record_as_markdown(tmp_path):
+    from benchmarks.__main__ import table
+    from benchmarks.common import record
+    record("demo_bench", {"rows": [{"what": "old run", "seconds": 9.0}]}, {}, folder=tmp_path)
+    record("demo_bench", {"rows": [{"what": "x|y", "seconds": 0.123456}, {"what": "z", "note": "n"}],
+                          "ratio": 2.5}, {}, folder=tmp_path)
+    text = table("demo_bench", folder=tmp_path)
+    assert "old run" not in text
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    assert [c.strip() for c in rows[0].strip("|").split(" | ")] == ["what", "seconds", "note"]
+    assert rows[2].split(" | ")[1].strip() == "0.1235" and "x\\|y" in rows[2]
+    assert "- ratio: 2.5" in text and "python -m benchmarks demo_bench" in text
+    assert "old run" in table("demo_bench", last=2, folder=tmp_path)
+
+
+def test_table_of_a_name_without_records_is_one_line(tmp_path):
+    from benchmarks.__main__ import table
+    (tmp_path / "quality.jsonl").write_text(json.dumps({"lever": "baseline", "seed": 0}) + "\n")
+    with pytest.raises(SystemExit, match="no run record of quality.*--report"):
+        table("quality", folder=tmp_path)
+
+
+def _violations(path: Path) -> list[str]:
+    """Imports from tests/ (or of its helper modules) and edits of sys.path in one module."""
+    helpers = {p.stem for p in (REPO / "tests").glob("*.py")}
+    bad = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        bad += [f"imports {n}" for n in names if n.split(".")[0] in helpers | {"tests"}]
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "sys" \
+                and node.attr == "path":
+            bad.append("uses sys.path")
+    return bad
+
+
+def test_no_benchmark_imports_from_tests_or_edits_sys_path():
+    bad = {p.stem: _violations(p) for p in sorted(BENCHMARKS.glob("*.py"))}
+    bad = {name: v for name, v in bad.items() if v}
+    assert not {n: v for n, v in bad.items() if n not in AWAITING_IMPORT_CHANGE}, bad
+    done = {n for n in AWAITING_IMPORT_CHANGE if (BENCHMARKS / f"{n}.py").is_file() and n not in bad}
+    assert not done, f"{sorted(done)} no longer edit sys.path: remove them from AWAITING_IMPORT_CHANGE"
+
+
+def test_the_check_sees_a_test_helper_import_and_a_sys_path_edit(tmp_path):
+    """The four scripts of issue 32 did both (`sys.path.insert(0, .../tests)`, `from model_helpers import ...`)."""
+    script = tmp_path / "old.py"
+    script.write_text("import sys\nsys.path.insert(0, 'tests')\nfrom model_helpers import make_model_folder\n")
+    assert sorted(_violations(script)) == ["imports model_helpers", "uses sys.path"]
+    script.write_text("from benchmarks.common import table\nfrom nnunet_vasculature.demo.tiny_model import "
+                      "make_model_folder\n")
+    assert _violations(script) == []
