@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Prepared GPU run: the Kaggle situation on a bare machine that has Python and torch only.
+# Prepared GPU run: the Kaggle situation on a bare machine that has Python, torch and torchvision only.
 #
 #   OUT=/where/to/write benchmarks/gpu_run.sh --bundle DIR [--python PY] [--cpu-smoke] [--work DIR]
 #
-# 1. installs nnunet-vasculature from the bundle (`nnunet-vasculature bundle -o DIR`; pip isolated from the
-#    machine's pip configuration, no index);
+# 1. installs nnunet-vasculature from the bundle (`nnunet-vasculature bundle -o DIR --python-version X.Y
+#    --platform manylinux_2_N_ARCH` of this machine, docs/kaggle.md; pip isolated from the machine's pip
+#    configuration, no index);
 # 2. synthesizes SenNet-like kidneys (real kidney_1_dense shape; --cpu-smoke: the small ones), converts them,
 #    plans and preprocesses them with stock nnU-Net;
 # 3. trains with stock nnUNetv2_train (nnUNetTrainer_demo: stock trainer, $SCHEDULE epochs x iterations);
@@ -21,7 +22,7 @@ while [[ $# -gt 0 ]]; do
         --python) PYTHON_BIN="$2"; shift 2 ;;
         --work) WORK="$2"; shift 2 ;;
         --cpu-smoke) SMOKE=1; shift ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done

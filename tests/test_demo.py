@@ -51,7 +51,7 @@ def test_quick_demo(tmp_path, capsys):
 
 
 def test_source_model_record_of_a_given_zip(tmp_path):
-    """--pretrained: a zip with a build-source record beside it reports that record's score, and says so
+    """--pretrained: a zip with a standin record beside it reports that record's score, and says so
     when the zip is not the one the record describes; a zip without a record (the real Task008) has none."""
     zpath, record = shipped_standin()
     given = tmp_path / "mine.zip"

@@ -3,7 +3,7 @@ colour code (truth only green, prediction only magenta, both yellow) and titled 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -68,9 +68,45 @@ def dice(truth: np.ndarray, prediction: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int((truth & prediction).sum()) / total
 
 
+PANEL_INCHES = 4.0
+TITLE_POINTS, FIGURE_TITLE_POINTS, FOOTNOTE_POINTS = 9, 10, 8
+
+
+def wrap_to_width(text: str, width: float, measure: Callable[[str], float]) -> str:
+    """``text`` broken at spaces into lines no wider than ``width`` (a word wider than it keeps its own line).
+
+    Args:
+        text: the text.
+        width: the widest line allowed, in the unit ``measure`` returns.
+        measure: the width of one line of text.
+
+    Returns:
+        The text with newlines.
+    """
+    lines = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            trial = f"{line} {word}" if line else word
+            if line and measure(trial) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = trial
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _text_inches(points: float, lines: int) -> float:
+    """Height of ``lines`` lines of ``points``-point text (matplotlib's line spacing 1.2), in inches."""
+    return lines * points * 1.2 / 72
+
+
 def save_panels(rows: Sequence[Sequence[tuple[str, np.ndarray]]], title: str, png: Path | str,
                 footnote: str = LEGEND) -> None:
-    """Write a grid of titled RGB panels (rows of (panel title, image)) as one PNG, all or nothing.
+    """Write a grid of titled RGB panels (rows of (panel title, image)) as one PNG, all or nothing. Titles
+    wider than their panel (or the figure) are wrapped, and each row gets the height its titles need, so no
+    title leaves the picture or covers the row above.
 
     Args:
         rows: the panels, row by row.
@@ -82,19 +118,40 @@ def save_panels(rows: Sequence[Sequence[tuple[str, np.ndarray]]], title: str, pn
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    height, width = rows[0][0][1].shape[:2]
-    panel = 4.0
-    fig, axes = plt.subplots(n_rows, n_cols, squeeze=False,
-                             figsize=(panel * n_cols, panel * n_rows * height / max(width, 1) + 0.9))
-    for ax_row, row in zip(axes, rows):
-        for ax, (name, image) in zip(ax_row, row):
+    width = PANEL_INCHES * n_cols
+    fig = plt.figure(figsize=(width, PANEL_INCHES))
+    renderer = fig.canvas.get_renderer()
+    probe = fig.text(0, 0, "")
+
+    def wrapped(text: str, points: float, inches: float) -> str:
+        probe.set_fontsize(points)
+
+        def measure(line: str) -> float:
+            probe.set_text(line)
+            return probe.get_window_extent(renderer).width / fig.dpi
+        return wrap_to_width(text, inches, measure)
+
+    titles = [[wrapped(name, TITLE_POINTS, 0.9 * PANEL_INCHES) for name, _ in row] for row in rows]
+    title, footnote = (wrapped(text, points, 0.95 * width) for text, points in
+                       ((title, FIGURE_TITLE_POINTS), (footnote, FOOTNOTE_POINTS)))
+    probe.remove()
+    top = _text_inches(FIGURE_TITLE_POINTS, title.count("\n") + 1) + 0.1
+    bottom = _text_inches(FOOTNOTE_POINTS, footnote.count("\n") + 1) + 0.1
+    row_inches = [max(PANEL_INCHES * image.shape[0] / max(image.shape[1], 1) for _, image in row)
+                  + _text_inches(TITLE_POINTS, max(t.count("\n") + 1 for t in row_titles)) + 0.25
+                  for row, row_titles in zip(rows, titles)]
+    height = sum(row_inches) + top + bottom
+    fig.set_size_inches(width, height)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False, gridspec_kw={"height_ratios": row_inches})
+    for ax_row, row, row_titles in zip(axes, rows, titles):
+        for ax, (_, image), name in zip(ax_row, row, row_titles):
             ax.imshow(image, interpolation="nearest")
-            ax.set_title(name, fontsize=9)
+            ax.set_title(name, fontsize=TITLE_POINTS)
         for ax in ax_row:
             ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.text(0.5, 0.005, footnote, ha="center", va="bottom", fontsize=8)
-    fig.tight_layout(rect=(0, 0.03, 1, 0.97))
+    fig.suptitle(title, fontsize=FIGURE_TITLE_POINTS, y=1 - 0.05 / height, va="top")
+    fig.text(0.5, 0.04 / height, footnote, ha="center", va="bottom", fontsize=FOOTNOTE_POINTS)
+    fig.tight_layout(rect=(0, bottom / height, 1, 1 - top / height))
     with atomic_file(Path(png)) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
