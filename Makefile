@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-output
 PIP := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: venv lint test test-fast demo demo-hubmap-kidney demo-hubmap-vasculature bench clean
+.PHONY: venv lint test test-fast test-integration test-e2e demo demo-hubmap-kidney demo-hubmap-vasculature bench clean
 
 venv: $(STAMP)
 
@@ -27,10 +27,19 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
 
-test-fast: lint
-	$(PY) -m pytest -q -m "not slow" tests
+# the tiers (tests/conftest.py). `| $(STAMP)`: an existing venv is used as it is, so editing pyproject.toml or
+# this Makefile does not rebuild the venv and its wheel folder before a fast run (`make venv` refreshes it)
+test-fast: | $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q --durations=10 -m unit tests
+
+test-integration: | $(STAMP)
+	$(PY) -m pytest -q --durations=20 -m integration tests
+
+test-e2e: | $(STAMP)
+	$(PY) -m pytest -q --durations=20 -m e2e tests
 
 demo: $(STAMP)
 	$(VENV)/bin/nnunet-vasculature demo sennet -o $(DEMO_OUT)

@@ -45,10 +45,10 @@ def _warm():
     import nnunetv2.inference.predict_from_raw_data  # noqa: F401
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def cluster():
-    """Two worker processes, one thread each: what `predict --workers 2` starts on CPU. Started with the
-    module, the workers import torch and nnU-Net while the first tests run."""
+    """Two worker processes, one thread each: what `predict --workers 2` starts on CPU; started by the first
+    test that asks for it and shared by the module's dask tests (the others run without it)."""
     from nnunet_vasculature.inference.distributed import _connect
     client, cluster = _connect(2, None, None, "cpu")
     warm = [client.submit(_warm, workers=[w], pure=False) for w in client.scheduler_info()["workers"]]

@@ -12,7 +12,7 @@ any tile; R/G/B names would give per-case z-scoring, which depends on how much g
 Masks come from ``train.csv`` (column-major RLE; classes ``glomerulus``) or, with ``--classes
 glomerulus unhealthy``, from the polygon JSONs (label 2 for polygons whose classification name contains
 "unhealthy"). Folds are leave-one-patient-out (``patient_number`` of the information CSV).
-``--pseudo ID=STORE`` adds a test slide with the mask of a ``predict-slide`` probability store.
+``--pseudo ID=STORE`` adds a test slide with the mask of a ``predict hubmap-kidney`` probability store.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 synthesize small slides -> convert (2D tissue tiles, leave-one-patient-out folds) -> stock
 ``nnUNetv2_plan_and_preprocess -c 2d`` -> a CPU-sized copy of the plans (``demo.cpu_plans``: fewer stages,
 at most 32 features; the same preprocessed data) -> stock ``nnUNetv2_train ... 2d 0 -tr nnUNetTrainer_demo
--p nnUNetPlans_cpu`` -> predict-slide on the held-out (fold 0 validation) slides and the test slides -> tune
+-p nnUNetPlans_cpu`` -> predict hubmap-kidney on the held-out (fold 0 validation) slides and the test slides -> tune
 the threshold on the held-out slides -> submit -> validate -> score against the hidden ``solution.csv``;
 writes ``overlay.png`` (thumbnail, truth, prediction of a test slide) and ``summary.json``.
 """
@@ -73,9 +73,9 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     val_dir, test_dir = out / "pred_val", out / "pred_test"
     tta = not quick          # the quick run skips flip TTA (the tests compare TTA with nnU-Net's predictor)
     sp = SlidePredictor(model, ["0"], "checkpoint_final.pth", "cpu", tta, 0.5)        # loaded once for both
-    steps.run("predict-slide held-out slides", predict_slides, [kaggle / "train" / f"{s}.tiff" for s in held],
+    steps.run("predict hubmap-kidney: held-out slides", predict_slides, [kaggle / "train" / f"{s}.tiff" for s in held],
               val_dir, model, ["0"], "checkpoint_final.pth", "cpu", tta, 0.5, overwrite=True, predictor=sp)
-    steps.run("predict-slide test slides", predict_slides, [kaggle / "test"], test_dir, model, ["0"],
+    steps.run("predict hubmap-kidney: test slides", predict_slides, [kaggle / "test"], test_dir, model, ["0"],
               "checkpoint_final.pth", "cpu", tta, 0.5, overwrite=True, predictor=sp)
     res = steps.run("tune threshold on held-out slides", pp.determine, pp.stores([val_dir]), kaggle / "train.csv",
                     [] if quick else pp.CC_PIXELS)
