@@ -40,6 +40,11 @@ def test_quick_demo(tmp_path, capsys):
     assert abs(again - ft["surface_dice_at_tuned_threshold"]) <= 1e-9
     assert set(s["test_kidneys_tuned_threshold"]) == {"kidney_5", "kidney_6"}
     assert pp["threshold_u8"] == round(ft["tuned_threshold"] * 255) and len(pp["mean_curve"]) == 256
+    # tune's warning for a threshold at the edge of the 256 levels reaches the demo's user and its summary
+    from nnunet_vasculature.postprocess.tune import level_edge_warning
+    edge = level_edge_warning(pp["threshold_u8"])
+    assert s["tune_warnings"] == ([edge] if edge else [])
+    assert all(f"warning: {m}" in r.err for m in s["tune_warnings"])
     # the shipped stand-in was imported as it is: nothing was trained before the fine-tune
     zpath, record = shipped_standin()
     src = s["source_model"]

@@ -36,7 +36,7 @@ def run_demo(out: Path, pretrained: Path | None = None, quick: bool = False, see
         validate,
     )
     from nnunet_vasculature.postprocess.surface_dice import surface_dice_sweep
-    from nnunet_vasculature.postprocess.tune import LEVEL_HALF, write_postprocessing
+    from nnunet_vasculature.postprocess.tune import LEVEL_HALF, level_edge_warning, warn, write_postprocessing
     from nnunet_vasculature.pretrained.import_pretrained import import_pretrained
     from nnunet_vasculature.synthetic.sennet import synthesize
     from nnunet_vasculature.trainers.common import DEMO_ENV, VALIDATION_ENV
@@ -80,6 +80,9 @@ def run_demo(out: Path, pretrained: Path | None = None, quick: bool = False, see
         plot_curve(res, out / "threshold_curve.png")
         return res
     res = steps.run(f"tune threshold on {HELD_OUT}", tune)
+    warnings = [m for m in (level_edge_warning(res["threshold_u8"]),) if m]     # what `tune` itself would print
+    for message in warnings:
+        warn(message)
 
     def submit_and_score():
         submit([out / "probs_test.zarr"], pp_file, out / "submission.csv", kaggle / "sample_submission.csv")
@@ -104,6 +107,7 @@ def run_demo(out: Path, pretrained: Path | None = None, quick: bool = False, see
                                      "surface_dice_at_best_threshold": float(scratch.max()),
                                      "best_threshold": float(np.argmax(scratch) / 255)},
         "test_kidneys_tuned_threshold": test_tuned, "test_kidneys_at_0.5": test_half,
+        "tune_warnings": warnings,
         "schedule_epochs_x_iterations": env[DEMO_ENV], "source_model": source_info,
         "minutes": round((time.time() - steps.t0) / 60, 1),
     }
