@@ -4,6 +4,13 @@ process with its own peak RSS, both measured in this run on the same synthetic v
 
     .venv/bin/python benchmarks/kidney_metrics.py [--shape 160 256 256] [--no-reference]
 
+``--workers 1 2`` scores the same pair once per worker count (threads of one process, ``kidney_scores(...,
+workers=N)``), the first count (1: today's plain loop) printed as the reference, with wall and CPU seconds, and checks
+that every count gives the same values. ``--planes Z0 Z1`` keeps planes Z0..Z1 of the ``--shape`` kidney (same tree,
+same noise as the whole one), so a piece of a whole kidney, with its thick vessels, can be timed in minutes:
+
+    .venv/bin/python benchmarks/kidney_metrics.py --shape 2279 1303 912 --planes 1024 1280 --workers 1 2 --no-reference
+
 ``--csv DIR`` scores through the command line instead, as a user scores a Kaggle kidney: the pair is generated slab
 by slab (never whole in memory) into ``DIR/Z_H_W/solution.csv`` and ``submission.csv`` (RLE by Kaggle's own encoder
 snippet, not ours), then ``score sennet --solution … --submission … --metrics nsd0 nsd1 cldice assd dice --json``
@@ -13,23 +20,23 @@ kidney: ``--shape 2279 1303 912 --no-reference --csv /tmp/full_kidney``.
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import kaggle_rle, run_child, table  # noqa: E402
+from benchmarks.common import kaggle_rle, run_child, table
 
 OURS = """
 import sys, time
 import numpy as np
 from nnunet_vasculature.postprocess.kidney_metrics import kidney_scores
 pred, gt = np.load(sys.argv[1], mmap_mode="r"), np.load(sys.argv[2], mmap_mode="r")
-t = time.perf_counter()
-s = kidney_scores(pred, gt, ["nsd0", "nsd1", "cldice", "assd", "dice"])
-report(seconds=time.perf_counter() - t, **s)
+workers = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+t, cpu = time.perf_counter(), time.process_time()
+s = kidney_scores(pred, gt, ["nsd0", "nsd1", "cldice", "assd", "dice"], workers=workers)
+report(seconds=time.perf_counter() - t, cpu_seconds=time.process_time() - cpu, **s)
 """
 
 HOSTS = """
@@ -69,24 +76,34 @@ report(seconds=seconds, **json.load(open(sys.argv[3]))["mean"])
 """
 
 
-def vessel_pair_slabs(shape: tuple[int, int, int], seed: int = 0, slab: int | None = None):
+def vessel_pair_slabs(shape: tuple[int, int, int], seed: int = 0, slab: int | None = None,
+                      planes: tuple[int, int] | None = None):
     """Labels: the synthesizer's vessel tree; prediction: the same tree thresholded from a noisy distance, so it
     is shifted, thinner/thicker in places, and has scattered false positives. Yields (pred, gt) z-slabs of
     ``slab`` planes (all at once when None); the noise is drawn in z order from one generator, so any slab size
-    gives the same volumes."""
+    gives the same volumes. ``planes=(z0, z1)``: only planes z0..z1 (z0 a multiple of ``slab``), equal to those
+    planes of the whole pair (the noise of the planes before is drawn and dropped)."""
     from nnunet_vasculature.synthetic.vessels import grow_tree, segment_field
     rng = np.random.default_rng(seed)
     tree = grow_tree(rng, np.array(shape, float), root_radius=min(shape) / 40, min_radius=1.0, n_roots=12,
                      missing_fraction=0.0)
-    slab = slab or shape[0]
-    for z0 in range(0, shape[0], slab):
-        block = (min(slab, shape[0] - z0), *shape[1:])
+    first, stop = planes or (0, shape[0])
+    slab = slab or (shape[0] if planes is None else 32)
+    for z0 in range(0, stop, slab):
+        block = (min(slab, stop - z0), *shape[1:])
+        if z0 < first:
+            rng.normal(0, 0.6, block)
+            continue
         sd = segment_field(np.array([z0, 0.0, 0.0]), block, 1.0, tree, False, 3.0)
         yield (sd + rng.normal(0, 0.6, sd.shape)) <= 0.3, sd <= 0
 
 
-def vessel_pair(shape: tuple[int, int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    return next(vessel_pair_slabs(shape, seed))
+def vessel_pair(shape: tuple[int, int, int], seed: int = 0,
+                planes: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    if planes is None:
+        return next(vessel_pair_slabs(shape, seed))
+    pred, gt = zip(*vessel_pair_slabs(shape, seed, 32, planes))
+    return np.concatenate(pred), np.concatenate(gt)
 
 
 def foreground_voxels(path: Path) -> int:
@@ -131,8 +148,14 @@ def main() -> None:
     ap.add_argument("--shape", type=int, nargs=3, default=[160, 256, 256], metavar=("Z", "H", "W"))
     ap.add_argument("--no-reference", action="store_true", help="only ours (for volumes the reference cannot run)")
     ap.add_argument("--csv", type=Path, metavar="DIR", help="score Kaggle-layout CSVs written to DIR through the CLI")
+    ap.add_argument("--planes", type=int, nargs=2, metavar=("Z0", "Z1"),
+                    help="only planes Z0..Z1 (Z0 a multiple of 32) of the --shape kidney")
+    ap.add_argument("--workers", type=int, nargs="+", metavar="N",
+                    help="score with each of these worker counts (the first is the reference)")
     a = ap.parse_args()
     shape = tuple(a.shape)
+    if a.planes and (a.planes[0] % 32 or not 0 <= a.planes[0] < a.planes[1] <= shape[0]):
+        ap.error(f"--planes {a.planes[0]} {a.planes[1]}: need 0 <= Z0 < Z1 <= {shape[0]}, Z0 a multiple of 32")
     metrics = ["nsd0", "nsd1", "cldice", "assd", "dice"]
     if a.csv:
         r = run_child(CLI, *write_csv_pair(shape, a.csv))
@@ -140,19 +163,39 @@ def main() -> None:
                      + [f"{r[m]:.6f}" for m in metrics]], ["run", "seconds", "peak RSS MiB", *metrics]))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        pred, gt = vessel_pair(shape)
+        pred, gt = vessel_pair(shape, planes=tuple(a.planes) if a.planes else None)
+        if a.planes:
+            shape = pred.shape
         paths = [str(Path(tmp) / "pred.npy"), str(Path(tmp) / "gt.npy")]
         np.save(paths[0], pred)
         np.save(paths[1], gt)
         print(f"volume {shape} = {np.prod(shape) / 1e6:.1f} M voxels; foreground {gt.mean():.2%} (labels), "
               f"{pred.mean():.2%} (prediction)")
         del pred, gt
+        if a.workers:
+            runs = {}
+            for n in a.workers:
+                runs[n] = run_child(OURS, *paths, str(n))
+                runs[n]["load"] = os.getloadavg()[0]       # the machine is shared: its 1-minute load after the run
+            return print_workers(runs, metrics)
         runs = {"ours (streamed)": run_child(OURS, *paths)}
         if not a.no_reference:
             runs["hosts' logic (whole volume)"] = run_child(HOSTS, *paths)
     rows = [[name, f"{r['seconds']:.1f}", f"{r['peak_rss_mib']:.0f}"] + [f"{r[m]:.6f}" for m in metrics]
             for name, r in runs.items()]
     print(table(rows, ["run", "seconds", "peak RSS MiB", *metrics]))
+
+
+def print_workers(runs: dict[int, dict], metrics: list[str]) -> None:
+    """The worker counts' table, each against the first (the reference), and the largest difference of any value
+    from the reference's (0 expected: the slabs' sums are reduced in one order whatever ran them)."""
+    ref = runs[next(iter(runs))]
+    rows = [[f"workers={n}" + (" (reference)" if r is ref else ""), f"{r['seconds']:.1f}", f"{r['cpu_seconds']:.1f}",
+             f"{ref['seconds'] / r['seconds']:.2f}x", f"{r['peak_rss_mib']:.0f}", f"{r['load']:.1f}"]
+            + [f"{r[m]:.9f}" for m in metrics] for n, r in runs.items()]
+    print(table(rows, ["run", "seconds", "CPU seconds", "speed-up", "peak RSS MiB", "load", *metrics]))
+    diff = max(abs(r[m] - ref[m]) for r in runs.values() for m in metrics)
+    print(f"largest difference from the reference's values: {diff:.3g}")
 
 
 if __name__ == "__main__":

@@ -13,16 +13,12 @@ from its middle (``--kidney 2279 1303 912 --planes 384``: a piece of the whole-k
 from __future__ import annotations
 
 import argparse
-import sys
 from itertools import islice
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import table  # noqa: E402
-
-from nnunet_vasculature.postprocess.skeleton_slabs import skeleton_difference  # noqa: E402
+from benchmarks.common import table
+from nnunet_vasculature.postprocess.skeleton_slabs import skeleton_difference
 
 
 def capsule(shape: tuple[int, int, int], a, b, radius: float) -> np.ndarray:

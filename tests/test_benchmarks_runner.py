@@ -11,9 +11,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
-# scripts other people were editing when the runner came (issue 32): each still inserts its folder into sys.path
-# for `from common import ...`; the one-line change is `from benchmarks.common import ...` (then drop it here)
-AWAITING_IMPORT_CHANGE = {"kidney_metrics", "skeleton_halo"}
 
 
 def _runner(*args: str) -> subprocess.CompletedProcess:
@@ -98,9 +95,7 @@ def _violations(path: Path) -> list[str]:
 def test_no_benchmark_imports_from_tests_or_edits_sys_path():
     bad = {p.stem: _violations(p) for p in sorted(BENCHMARKS.glob("*.py"))}
     bad = {name: v for name, v in bad.items() if v}
-    assert not {n: v for n, v in bad.items() if n not in AWAITING_IMPORT_CHANGE}, bad
-    done = {n for n in AWAITING_IMPORT_CHANGE if (BENCHMARKS / f"{n}.py").is_file() and n not in bad}
-    assert not done, f"{sorted(done)} no longer edit sys.path: remove them from AWAITING_IMPORT_CHANGE"
+    assert not bad, bad
 
 
 def test_the_check_sees_a_test_helper_import_and_a_sys_path_edit(tmp_path):

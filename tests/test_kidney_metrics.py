@@ -203,6 +203,56 @@ def test_disk_radius_bounds_are_upper_bounds_of_the_largest_inscribed_disk():
     assert truth.max() > 20 and (truth == 0).any()
 
 
+# ---------------------------------------------------------------- slab tasks on dask
+def slab_tasks_run(**kw: object) -> tuple[dict[str, float], list[str]]:
+    """kidney_scores(**kw) and the keys of the slab tasks dask ran (a dask callback sees every finished task)."""
+    from dask.callbacks import Callback
+    keys: list[str] = []
+    with Callback(posttask=lambda key, *rest: keys.append(str(key))):
+        scores = kidney_scores(**kw)
+    return scores, [k for k in keys if k.startswith("slab_task")]
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if n != "both empty"])
+def test_two_workers_give_the_values_of_the_plain_loop(name):
+    pred, gt = CASES[name]
+    geometry = {"skeleton_core": 9, "skeleton_halo": 12}
+    serial = kidney_scores(pred, gt, ALL, **geometry)
+    parallel, tasks = slab_tasks_run(pred=pred, gt=gt, metrics=ALL, workers=2, **geometry)
+    assert len(tasks) == 5              # 40 planes in cores of 9: five independent slab tasks
+    for metric in ALL:
+        assert_same(parallel[metric], serial[metric], metric)
+        if math.isfinite(serial[metric]):
+            assert parallel[metric] == pytest.approx(serial[metric], rel=1e-12, abs=1e-12), metric
+
+
+def test_the_dask_graph_has_one_task_per_slab_and_the_sums_are_exact():
+    pred, gt = CASES["far false positives"]       # far voxels: the ASSD search over the whole volume after the tasks
+    one, tasks_one = slab_tasks_run(pred=pred, gt=gt, metrics=ALL, workers=2, skeleton_core=40)
+    many, tasks_many = slab_tasks_run(pred=pred, gt=gt, metrics=ALL, workers=2, skeleton_core=4, skeleton_halo=40)
+    assert len(tasks_one) == 1 and len(tasks_many) == 10
+    # a 40-plane halo covers the whole kidney: the same skeletons; every count is summed exactly
+    assert one == many
+    for metric in ALL:
+        assert_same(many[metric], HOSTS[metric](pred, gt), metric)
+
+
+def test_slab_tasks_on_a_dask_distributed_cluster():
+    distributed = pytest.importorskip("distributed")
+    pred, gt = CASES["shifted tree"]
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+        ours = kidney_scores(pred, gt, ALL, skeleton_core=9, skeleton_halo=12, scheduler=client)
+    assert ours == kidney_scores(pred, gt, ALL, skeleton_core=9, skeleton_halo=12)
+
+
+def test_bad_worker_requests_are_one_line():
+    pred, gt = CASES["shifted tree"]
+    with pytest.raises(UserError, match="--workers 0: need at least 1"):
+        kidney_scores(pred, gt, ALL, workers=0)
+    with pytest.raises(UserError, match="not both"):
+        kidney_scores(pred, gt, ALL, workers=2, scheduler="tcp://127.0.0.1:1")
+
+
 def test_zarr_and_mixed_inputs(tmp_path):
     zarr = pytest.importorskip("zarr")
     pred, gt = CASES["shifted tree"]

@@ -391,3 +391,56 @@ def test_submit_checks_the_sample_before_post_processing(tmp_path, monkeypatch, 
     assert main(["submit", "-i", str(tmp_path / "probs.zarr"), "-pp", str(pp), "-o", str(tmp_path / "s.csv"),
                  "--sample", str(sample)]) == 2
     assert "kidney_5_0003 is not" in capsys.readouterr().err
+
+
+def test_threshold_curve_of_one_case_is_one_line(tmp_path, monkeypatch):
+    """With one kidney its curve is the mean: the picture draws it once (a second line would hide under the first)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from nnunet_vasculature.postprocess.tune import plot_curves
+    drawn = []
+    save = Figure.savefig
+
+    def recording_savefig(fig, *args, **kwargs):
+        drawn.extend((line.get_label(), line.get_ydata()) for ax in fig.axes for line in ax.get_lines()
+                     if len(line.get_ydata()) == 256)
+        return save(fig, *args, **kwargs)
+    monkeypatch.setattr(Figure, "savefig", recording_savefig)
+    curve = np.linspace(0.2, 0.8, 256) * np.linspace(1, 0, 256)
+
+    def shared(lines):
+        return [(a, b) for i, (a, ya) in enumerate(lines) for b, yb in lines[i + 1:] if np.array_equal(ya, yb)]
+    plot_curves({"kidney_1": curve}, curve, 100, "surface Dice", tmp_path / "one.png")
+    assert drawn and not shared(drawn), shared(drawn)
+    assert "kidney_1" in drawn[0][0] and "mean" in drawn[0][0]     # the one line is named for both
+    drawn.clear()
+    plot_curves({"kidney_1": curve, "kidney_2": curve[::-1]}, (curve + curve[::-1]) / 2, 100, "surface Dice",
+                tmp_path / "two.png")
+    assert [name for name, _ in drawn] == ["kidney_1", "kidney_2", "mean"] and not shared(drawn)
+
+
+def test_component_sizes_from_kept_foreground_threads_or_a_second_read_agree_with_cc3d():
+    """Issue 36.1: the first pass keeps the labelled foreground (sparse) so the second pass reads nothing; past its
+    memory budget it reads and labels again; blocks labelled on 2 threads: all three give cc3d's masks."""
+    from nnunet_vasculature.postprocess.components import StreamingComponents
+    rng = np.random.default_rng(4)
+    m = ndi.gaussian_filter(rng.random((37, 26, 31)), 1) > 0.55
+    lab = cc3d.connected_components(m.astype(np.uint8), connectivity=26)
+    sizes = np.bincount(lab.ravel())
+    reads = []
+
+    def read(a, b):
+        reads.append(a)
+        return m[a:b]
+    wanted = [0, 3, 20, 200]
+    expect = [m & (sizes[lab] >= s) for s in wanted]
+    for workers, keep_bytes, reads_again in ((1, 1 << 20, False), (2, 1 << 20, False), (1, 0, True), (2, 0, True)):
+        reads.clear()
+        comps = StreamingComponents(read, 37, 8, workers, keep_bytes)
+        first = len(reads)
+        got = [np.concatenate(parts) for parts in zip(*[blocks for _, blocks in comps.filtered_blocks(wanted)])]
+        assert (len(reads) > first) == reads_again, (workers, keep_bytes)
+        for g, e in zip(got, expect):
+            np.testing.assert_array_equal(g, e)

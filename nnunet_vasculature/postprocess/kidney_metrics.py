@@ -13,14 +13,17 @@ Names and definitions (spacing 1 voxel, volumes (slice, H, W)):
 Memory: one streaming read of both volumes (Dice, both surface Dice values); when clDice or ASSD is asked for, both
 masks are also kept bit-packed (1 bit per voxel, 0.34 GB each for a 2279 x 1303 x 912 kidney) and the skeleton
 (slabs with a halo, ``skeleton_slabs``) and the surface distances (k-d trees of a few slabs, ``surface_distances``)
-work from there.
+work from there: each core of ``skeleton_core`` planes is one independent task (both skeletons, its ASSD target
+slabs, its cube layers of both surface Dice values), run in a loop, in threads or on a dask cluster, and the tasks'
+integer counts and distance sums are reduced in slab order (the values do not depend on where the tasks ran).
 """
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -31,19 +34,27 @@ from nnunet_vasculature.postprocess.packed_volume import PackedVolume
 from nnunet_vasculature.postprocess.skeleton_slabs import (
     DEFAULT_CORE,
     DEFAULT_HALO,
+    PlaneRadii,
     cldice_counts,
     cldice_from_counts,
+    core_ranges,
     packed_skeleton,
+    skeleton_hits,
 )
 from nnunet_vasculature.postprocess.surface_dice import SurfaceDiceAccumulator, surface_dice_sweep
 from nnunet_vasculature.postprocess.surface_distances import (
     ToleranceOneAccumulator,
-    average_symmetric_surface_distance,
+    areas,
+    assd_from_slabs,
+    slab_distances,
+    surface_counts,
+    tolerance_one_score,
 )
 
 METRICS = ("nsd0", "nsd1", "cldice", "assd", "dice")
 OBJECTIVES = ("nsd0", "nsd1", "cldice", "dice")
 BLOCK = 16
+ASSD_SLAB = 32
 
 
 def check_metrics(metrics: Sequence[str], allowed: Sequence[str] = METRICS) -> list[str]:
@@ -94,8 +105,13 @@ def dice_from_counts(intersection: int, pred_total: int, gt_total: int) -> float
 
 def kidney_scores(pred: ZSliceable, gt: ZSliceable, metrics: Sequence[str] = ("nsd0",), *, where: str = "kidney",
                   block: int = BLOCK, skeleton_core: int = DEFAULT_CORE, skeleton_halo: int = DEFAULT_HALO,
-                  progress: bool = False) -> dict[str, float]:
+                  progress: bool = False, workers: int = 1, scheduler: Any = None) -> dict[str, float]:
     """The hosts' metrics of one kidney, streamed over z.
+
+    With ``cldice`` or ``assd`` both masks are read once into bit-packed memory, then every slab of
+    ``skeleton_core`` planes is one task (its skeletons with their halo, its share of the surface distances and of
+    both surface Dice counts); the tasks are independent and their integer counts and distance sums are reduced in
+    slab order, so the values do not depend on ``workers`` or on where the tasks ran.
 
     Args:
         pred, gt: (slice, H, W) volumes of equal shape, non-zero = foreground: numpy or zarr arrays, ``SliceStack``
@@ -105,19 +121,29 @@ def kidney_scores(pred: ZSliceable, gt: ZSliceable, metrics: Sequence[str] = ("n
         block: planes read at a time.
         skeleton_core, skeleton_halo: slab geometry of the clDice skeleton (see ``skeleton_slabs``).
         progress: show tqdm bars.
+        workers: slab tasks run at once in this process (dask's threaded scheduler; 1: a plain loop).
+        scheduler: the address of a dask.distributed scheduler (``tcp://host:8786``) or a ``distributed.Client``
+            to run the slab tasks on instead (``workers`` must then be 1).
     Returns:
         ``{name: value}`` in the order asked; NaN/inf as the module docstring defines.
     Raises:
-        UserError: unknown metric name, shapes that differ, not 3D, or fewer than 2 slices.
+        UserError: unknown metric name, shapes that differ, not 3D, fewer than 2 slices, workers < 1, workers
+            with a scheduler, a scheduler that cannot be reached.
     """
     names = check_metrics(metrics)
     shape = _check_volumes(pred, gt, where)
+    if not isinstance(workers, int) or workers < 1:
+        raise UserError(f"--workers {workers}: need at least 1")
+    if scheduler is not None and workers != 1:
+        raise UserError("give --workers N (threads here) or --scheduler ADDRESS (a dask cluster), not both")
     depth, plane = shape[0], shape[1:]
-    nsd0 = SurfaceDiceAccumulator(plane) if "nsd0" in names else None
-    nsd1 = ToleranceOneAccumulator(plane) if "nsd1" in names else None
     need_packed = "cldice" in names or "assd" in names
+    # without clDice and ASSD, both surface Dice values are accumulated while reading; with them, in the tasks
+    nsd0 = SurfaceDiceAccumulator(plane) if "nsd0" in names and not need_packed else None
+    nsd1 = ToleranceOneAccumulator(plane) if "nsd1" in names and not need_packed else None
     packed_p = PackedVolume(shape) if need_packed else None
     packed_g = PackedVolume(shape) if need_packed else None
+    radii = (PlaneRadii(packed_p), PlaneRadii(packed_g)) if "cldice" in names else None
     inter = total_p = total_g = 0
     bar = tqdm(total=depth, desc=f"{where}: reading", unit="slice", disable=not progress)
     for z0 in range(0, depth, block):
@@ -134,23 +160,184 @@ def kidney_scores(pred: ZSliceable, gt: ZSliceable, metrics: Sequence[str] = ("n
         if need_packed:
             packed_p.write(z0, p)
             packed_g.write(z0, g)
+        if radii is not None:
+            radii[0].add(z0, p)
+            radii[1].add(z0, g)
         bar.update(len(g))
     bar.close()
-    out: dict[str, float] = {}
-    for name in names:
-        if name == "nsd0":
-            out[name] = nsd0.score()
-        elif name == "nsd1":
-            out[name] = nsd1.score()
-        elif name == "dice":
-            out[name] = dice_from_counts(inter, total_p, total_g)
-        elif name == "cldice":
-            with tqdm(total=2 * depth, desc=f"{where}: skeletons", unit="slice", disable=not progress) as sk_bar:
-                counts = cldice_counts(packed_p, packed_g, skeleton_core, skeleton_halo, progress=sk_bar.update)
-            out[name] = cldice_from_counts(counts)
-        elif name == "assd":
-            with tqdm(desc=f"{where}: surface distances", unit="slab", disable=not progress) as sd_bar:
-                out[name] = average_symmetric_surface_distance(packed_p, packed_g, progress=sd_bar.update)
+    out: dict[str, float] = {"dice": dice_from_counts(inter, total_p, total_g)}
+    if need_packed:
+        jobs = slab_jobs(shape, names, skeleton_core, skeleton_halo, radii)
+        with tqdm(total=len(jobs), desc=f"{where}: slabs", unit="slab", disable=not progress) as slab_bar:
+            parts = run_slab_jobs(packed_p, packed_g, jobs, workers, scheduler, slab_bar.update)
+        out.update(reduce_slabs(parts, packed_p, packed_g, names))
+    else:
+        out.update({"nsd0": nsd0.score() if nsd0 else None, "nsd1": nsd1.score() if nsd1 else None})
+    return {name: out[name] for name in names}
+
+
+@dataclass(frozen=True)
+class SlabJob:
+    """One task of :func:`kidney_scores`: the metrics' shares of core planes ``z0 .. z1`` of a ``depth``-plane
+    kidney. ``skeletons``: the planes ``(lo, hi)`` skeletonised for the prediction and for the labels (None: no
+    clDice); ``assd_slabs``: the ASSD target slabs ``(first, stop)`` of ``ASSD_SLAB`` planes (None: no ASSD)."""
+    z0: int
+    z1: int
+    depth: int
+    surface: tuple[str, ...]
+    skeletons: tuple[tuple[int, int], tuple[int, int]] | None
+    assd_slabs: tuple[int, int] | None
+
+    def planes(self) -> tuple[int, int]:
+        """The planes the task reads (both masks): its core, a margin of 2, the skeletons' halos, the ASSD
+        windows.
+
+        Returns:
+            ``(lo, hi)``, clipped to the kidney.
+        """
+        lo, hi = [self.z0 - 2], [self.z1 + 2]
+        if self.skeletons:
+            lo += [r[0] for r in self.skeletons]
+            hi += [r[1] for r in self.skeletons]
+        if self.assd_slabs:
+            lo.append((self.assd_slabs[0] - 1) * ASSD_SLAB - 1)
+            hi.append((self.assd_slabs[1] + 1) * ASSD_SLAB + 1)
+        return max(min(lo), 0), min(max(hi), self.depth)
+
+
+def slab_jobs(shape: tuple[int, int, int], names: Sequence[str], core: int = DEFAULT_CORE, halo: int = DEFAULT_HALO,
+              radii: tuple[PlaneRadii, PlaneRadii] | None = None) -> list[SlabJob]:
+    """The tasks of a kidney: one per core of ``core`` planes.
+
+    Args:
+        shape: the kidney's shape.
+        names: the metrics asked for.
+        core, halo: the clDice slab geometry (``skeleton_slabs``).
+        radii: the prediction's and the labels' plane radius bounds (the halos follow the thickness); needed for
+            clDice.
+    Returns:
+        the jobs, in z order.
+    """
+    depth = shape[0]
+    surface = tuple(n for n in ("nsd0", "nsd1") if n in names)
+    ranges = [core_ranges(depth, core, halo, r) for r in radii] if "cldice" in names else None
+    jobs = []
+    for i, z0 in enumerate(range(0, depth, core)):
+        z1 = min(z0 + core, depth)
+        skeletons = (ranges[0][i][2:], ranges[1][i][2:]) if ranges else None
+        first, stop = -(-z0 // ASSD_SLAB), -(-z1 // ASSD_SLAB)      # target slabs starting in z0 .. z1
+        assd = (first, stop) if "assd" in names and stop > first else None
+        jobs.append(SlabJob(z0, z1, depth, surface, skeletons, assd))
+    return jobs
+
+
+def slab_task(pred: PackedVolume, gt: PackedVolume, job: SlabJob) -> dict[str, Any]:
+    """What one slab contributes to each metric (the task a dask worker runs).
+
+    Args:
+        pred, gt: the packed masks or windows of them holding ``job.planes()``.
+        job: the slab.
+    Returns:
+        ``{"cldice": counts (4,), "assd": per target slab shares, "nsd0": pair histogram, "nsd1": code counts}``,
+        for the metrics of the job.
+    """
+    out: dict[str, Any] = {}
+    if job.skeletons:
+        (lo_p, hi_p), (lo_g, hi_g) = job.skeletons
+        out["cldice"] = np.array([*skeleton_hits(pred, gt, job.z0, job.z1, lo_p, hi_p),
+                                  *skeleton_hits(gt, pred, job.z0, job.z1, lo_g, hi_g)], dtype=np.int64)
+    if job.assd_slabs:
+        out["assd"] = slab_distances(pred, gt, range(*job.assd_slabs), ASSD_SLAB)
+    if job.surface:
+        out.update(surface_counts(pred, gt, job.z0, job.z1, job.surface))
+    return out
+
+
+def run_slab_jobs(pred: PackedVolume, gt: PackedVolume, jobs: list[SlabJob], workers: int = 1,
+                  scheduler: Any = None, progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """Run :func:`slab_task` for every job: a plain loop (``workers=1``), dask's threaded scheduler, or a
+    dask.distributed cluster (``scheduler``), the masks' windows scattered to it.
+
+    Args:
+        pred, gt: the whole packed masks.
+        jobs: from :func:`slab_jobs`.
+        workers: threads (1: no dask).
+        scheduler: address of a dask.distributed scheduler, or a ``distributed.Client``.
+        progress: called with 1 per finished task.
+    Returns:
+        the tasks' results, in the order of ``jobs``.
+    """
+    progress = progress or (lambda n: None)
+    windows = [job.planes() for job in jobs]
+    if workers == 1 and scheduler is None:
+        out = []
+        for job, (lo, hi) in zip(jobs, windows):
+            out.append(slab_task(pred.window(lo, hi), gt.window(lo, hi), job))
+            progress(1)
+        return out
+    import dask
+    if scheduler is None:
+        from dask.callbacks import Callback
+        tasks = slab_graph(pred, gt, jobs)
+        done = Callback(posttask=lambda key, *rest: progress(1) if str(key).startswith("slab_task") else None)
+        with done:
+            return list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
+    from distributed import Client, as_completed
+    try:
+        client = scheduler if isinstance(scheduler, Client) else Client(scheduler, timeout="30s")
+    except OSError as e:
+        raise UserError(f"cannot reach the dask scheduler {scheduler}: {e}") from None
+    try:
+        tasks = slab_graph(pred, gt, jobs, lambda window: client.scatter(window, hash=False))
+        futures = client.compute(tasks)
+        for _ in as_completed(futures):
+            progress(1)
+        return client.gather(futures)
+    finally:
+        if client is not scheduler:
+            client.close()
+
+
+def slab_graph(pred: PackedVolume, gt: PackedVolume, jobs: list[SlabJob],
+               place: Callable[[PackedVolume], Any] = lambda window: window) -> list[Any]:
+    """One ``dask.delayed`` :func:`slab_task` per job, each given the windows of the masks it reads.
+
+    Args:
+        pred, gt: the whole packed masks.
+        jobs: from :func:`slab_jobs`.
+        place: turns a window into the task's argument (e.g. ``client.scatter``).
+    Returns:
+        the delayed tasks, in the order of ``jobs``.
+    """
+    import dask
+    task = dask.delayed(slab_task, pure=False)
+    return [task(place(pred.window(*job.planes())), place(gt.window(*job.planes())), job) for job in jobs]
+
+
+def reduce_slabs(parts: list[dict[str, Any]], pred: PackedVolume, gt: PackedVolume,
+                 names: Sequence[str]) -> dict[str, float]:
+    """The metrics from the slab tasks' results (in slab order): integer counts summed, distance sums added in
+    slab order, then the ASSD's far voxels searched over the whole masks.
+
+    Args:
+        parts: :func:`slab_task` results, in z order.
+        pred, gt: the whole packed masks.
+        names: the metrics asked for.
+    Returns:
+        ``{name: value}`` for nsd0, nsd1, cldice and assd among ``names``.
+    """
+    out = {}
+    if "nsd0" in names:
+        nsd0 = SurfaceDiceAccumulator((1, 1))
+        nsd0.hist, nsd0.closed = sum(part["nsd0"] for part in parts), True
+        out["nsd0"] = nsd0.score()
+    if "nsd1" in names:
+        out["nsd1"] = tolerance_one_score(areas(sum(part["nsd1"] for part in parts)))
+    if "cldice" in names:
+        out["cldice"] = cldice_from_counts(tuple(int(c) for c in sum(part["cldice"] for part in parts)))
+    if "assd" in names:
+        out["assd"] = assd_from_slabs(pred, gt, [share for part in parts for share in part.get("assd", [])],
+                                      ASSD_SLAB)
     return out
 
 
@@ -298,4 +485,5 @@ def _dice_sweep(prob_u8: ZSliceable, gt: ZSliceable, levels: list[int], block: i
 
 
 __all__ = ["METRICS", "OBJECTIVES", "check_metrics", "kidney_scores", "mean_scores", "json_value",
-           "scores_document", "write_scores_json", "objective_scores", "dice_from_counts"]
+           "scores_document", "write_scores_json", "objective_scores", "dice_from_counts", "SlabJob", "slab_jobs",
+           "slab_task", "slab_graph", "run_slab_jobs", "reduce_slabs"]

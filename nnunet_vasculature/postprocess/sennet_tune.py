@@ -17,10 +17,11 @@ from nnunet_vasculature.postprocess.kidney_metrics import (
 from nnunet_vasculature.postprocess.mask_rule import MaskRule
 from nnunet_vasculature.postprocess.morphology import level_histogram
 from nnunet_vasculature.postprocess.sennet_metrics import ObjectiveScorer, objective_curve
-from nnunet_vasculature.postprocess.surface_dice import surface_dice_sweep
+from nnunet_vasculature.postprocess.surface_dice import sweep_with_levels
 from nnunet_vasculature.postprocess.tune import (
     BLOCK,
     LEVEL_HALF,
+    WORKERS,
     best_fraction,
     best_option,
     option_scores,
@@ -74,12 +75,14 @@ def determine(prob_paths: list, label_paths: list, cc_candidates: Sequence[int] 
         if not any(np.asarray(labels[z:z + BLOCK]).any() for z in range(0, labels.shape[0], BLOCK)):
             raise UserError(f"{l_path}: label volume is empty; it cannot rank thresholds")
         name = kidney_of(p_path, attrs)
-        if objective == "nsd0":
+        if objective == "nsd0":       # one read for the 256 thresholds and the level counts
             print(f"sweeping 256 thresholds on {name} {tuple(prob.shape)}")
-            curves.append(surface_dice_sweep(prob, labels, block=BLOCK))
+            curve, hist = sweep_with_levels(prob, labels, BLOCK, WORKERS)
+            curves.append(curve)
+            hists.append(hist)
         else:
             curves.append(objective_curve(prob, labels, objective, name))
-        hists.append(level_histogram(prob, BLOCK))
+            hists.append(level_histogram(prob, BLOCK))
         kidneys.append(name)
         pairs.append((prob, labels))
     mean = np.mean(curves, axis=0)

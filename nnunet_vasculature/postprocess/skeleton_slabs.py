@@ -41,13 +41,28 @@ def lee_skeleton(volume: np.ndarray) -> np.ndarray:
     Returns:
         bool array of the same shape.
     """
-    volume = np.asarray(volume) != 0
+    volume = np.asarray(volume)
+    volume = volume if volume.dtype == bool else volume != 0
     out = np.zeros(volume.shape, dtype=bool)
-    if not volume.any():
-        return out
-    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(volume))
-    out[box] = skeletonize(volume[box], method="lee") != 0
+    box = foreground_box(volume)
+    if box is not None:
+        out[box] = skeletonize(volume[box], method="lee") != 0
     return out
+
+
+def foreground_box(volume: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of a boolean array's True voxels (None when there are none), from its projections.
+
+    Args:
+        volume: bool array.
+    Returns:
+        one slice per axis, or None.
+    """
+    hit = np.flatnonzero(volume.reshape(len(volume), -1).any(axis=1))
+    if not len(hit):
+        return None
+    first = slice(int(hit[0]), int(hit[-1]) + 1)
+    return (first,) if volume.ndim == 1 else (first, *foreground_box(volume[first].any(axis=0)))
 
 
 def disk_radius_bounds(planes: np.ndarray, pool: int = POOL) -> np.ndarray:
@@ -63,14 +78,26 @@ def disk_radius_bounds(planes: np.ndarray, pool: int = POOL) -> np.ndarray:
     Returns:
         float ``(B,)``.
     """
+    planes = np.asarray(planes, dtype=bool)
     depth, height, width = planes.shape
-    h, w = -(-height // pool) * pool, -(-width // pool) * pool
-    padded = np.zeros((depth, h, w), dtype=bool)
-    padded[:, :height, :width] = planes
-    full = padded.reshape(depth, h // pool, pool, w // pool, pool).all(axis=(2, 4))
+    h = -(-height // pool) * pool
+    if pool == 4:       # on the packed planes: a byte's two nibbles are two blocks' columns
+        bits = np.zeros((depth, h, (width + 7) // 8), dtype=np.uint8)
+        bits[:, :height] = np.packbits(planes, axis=-1)
+        rows = bits.reshape(depth, h // 4, 4, -1)
+        rows = rows[:, :, 0] & rows[:, :, 1] & rows[:, :, 2] & rows[:, :, 3]
+        full = np.stack([(rows & 0xF0) == 0xF0, (rows & 0x0F) == 0x0F], axis=-1).reshape(depth, h // 4, -1)
+    else:
+        w = -(-width // pool) * pool
+        padded = np.zeros((depth, h, w), dtype=bool)
+        padded[:, :height, :width] = planes
+        full = padded.reshape(depth, h // pool, pool, w // pool, pool).all(axis=(2, 4))
     out = np.full(depth, (pool - 1) * math.sqrt(2))
     for i in np.flatnonzero(full.any(axis=(1, 2))):
-        out[i] += pool * float(distance_transform_edt(np.pad(full[i], 1)).max())
+        # the transform on the full blocks' bounding box padded with background equals it on the whole plane:
+        # the nearest background pixel of any pixel in the box is in the box or on the ring around it
+        box = foreground_box(full[i])
+        out[i] += pool * float(distance_transform_edt(np.pad(full[i][box], 1)).max())
     return out
 
 
@@ -80,6 +107,15 @@ class PlaneRadii:
     def __init__(self, mask: PackedVolume, block: int = 32):
         self.mask, self.block = mask, block
         self.radius = np.full(mask.shape[0], np.nan)
+
+    def add(self, z0: int, planes: np.ndarray) -> None:
+        """Compute the bounds of planes ``z0 .. z0 + len(planes)`` from those planes (read anyway elsewhere).
+
+        Args:
+            z0: first plane.
+            planes: bool ``(B, H, W)``, the mask's planes.
+        """
+        self.radius[z0:z0 + len(planes)] = disk_radius_bounds(planes)
 
     def max(self, z0: int, z1: int) -> float:
         """Largest bound over planes ``z0 .. z1``."""
@@ -113,6 +149,51 @@ def slab_range(z0: int, z1: int, depth: int, halo: int, radii: PlaneRadii | None
         h = need
 
 
+def core_ranges(depth: int, core: int = DEFAULT_CORE, halo: int = DEFAULT_HALO,
+                radii: PlaneRadii | None = None) -> list[tuple[int, int, int, int]]:
+    """The slabs of a volume: ``(z0, z1, lo, hi)``, core planes ``z0 .. z1`` skeletonised on planes ``lo .. hi``.
+
+    Args:
+        depth: planes in the volume.
+        core, halo: slab geometry (see :func:`skeleton_slabs`).
+        radii: per-plane disk radius bounds (the halo follows the thickness), or None for a fixed halo.
+    Returns:
+        one tuple per core, in z order.
+    """
+    return [(z0, min(z0 + core, depth), *slab_range(z0, min(z0 + core, depth), depth, halo, radii))
+            for z0 in range(0, depth, core)]
+
+
+def core_skeleton(mask: PackedVolume, z0: int, z1: int, lo: int, hi: int) -> np.ndarray:
+    """The Lee skeleton of planes ``lo .. hi`` of ``mask``, kept on the core planes ``z0 .. z1``.
+
+    Args:
+        mask: packed binary volume (or a window of it holding planes ``lo .. hi``).
+        z0, z1, lo, hi: as :func:`core_ranges` gives them.
+    Returns:
+        bool ``(z1 - z0, H, W)``.
+    """
+    return lee_skeleton(mask[lo:hi])[z0 - lo:z1 - lo]
+
+
+def skeleton_hits(mask: PackedVolume, other: PackedVolume, z0: int, z1: int, lo: int, hi: int) -> tuple[int, int]:
+    """``(|S & other|, |S|)`` on the core planes ``z0 .. z1``, S the Lee skeleton of ``mask``'s planes ``lo .. hi``
+    (:func:`core_skeleton`); both masks are unpacked only inside the in-plane box of ``mask``'s foreground.
+
+    Args:
+        mask: the skeletonised mask (or a window holding planes ``lo .. hi``).
+        other: the other mask (or a window holding planes ``z0 .. z1``).
+        z0, z1, lo, hi: as :func:`core_ranges` gives them.
+    Returns:
+        the two counts.
+    """
+    box = mask.box(lo, hi)
+    if box is None:
+        return 0, 0
+    skeleton = lee_skeleton(mask.read(lo, hi, *box))[z0 - lo:z1 - lo]
+    return int((skeleton & other.read(z0, z1, *box)).sum()), int(skeleton.sum())
+
+
 def skeleton_slabs(mask: PackedVolume, core: int = DEFAULT_CORE, halo: int = DEFAULT_HALO,
                    follow_thickness: bool = True) -> Iterator[tuple[int, np.ndarray]]:
     """The Lee skeleton of a packed volume, slab by slab.
@@ -126,12 +207,9 @@ def skeleton_slabs(mask: PackedVolume, core: int = DEFAULT_CORE, halo: int = DEF
     Yields:
         ``(z0, skeleton)`` with ``skeleton`` the bool ``(B, H, W)`` skeleton of planes ``z0 .. z0 + B``.
     """
-    depth = mask.shape[0]
     radii = PlaneRadii(mask) if follow_thickness else None
-    for z0 in range(0, depth, core):
-        z1 = min(z0 + core, depth)
-        lo, hi = slab_range(z0, z1, depth, halo, radii)
-        yield z0, lee_skeleton(mask[lo:hi])[z0 - lo:z1 - lo]
+    for z0, z1, lo, hi in core_ranges(mask.shape[0], core, halo, radii):
+        yield z0, core_skeleton(mask, z0, z1, lo, hi)
 
 
 def cldice_counts(pred: PackedVolume, gt: PackedVolume, core: int = DEFAULT_CORE, halo: int = DEFAULT_HALO,

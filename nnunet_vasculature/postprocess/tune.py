@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -29,6 +30,7 @@ from nnunet_vasculature.postprocess.morphology import (
 
 LEVEL_HALF = 128          # uint8 level equivalent to probability 0.5 (argmax of two classes)
 BLOCK = 32                # planes (or columns) read at a time
+WORKERS = 2               # threads of tune's passes: both cores of a laptop, ~2 blocks in memory at once
 EDGE_LEVELS = 6           # a tuned uint8 level within this many levels of 0 or 255 is "at the edge" (~2 %)
 
 
@@ -183,7 +185,7 @@ def best_fraction(curves: Sequence[np.ndarray], hists: Sequence[np.ndarray]) -> 
 
 
 def option_scores(prob: ZSliceable, labels: ZSliceable, level: int, sizes: Sequence[int], closing: int,
-                  scorer: Callable[[tuple[int, ...]], object]) -> np.ndarray:
+                  scorer: Callable[[tuple[int, ...]], object], workers: int = WORKERS) -> np.ndarray:
     """The score of a volume thresholded at ``level`` (and closed) for each minimum component size, in one pass.
 
     Args:
@@ -193,18 +195,40 @@ def option_scores(prob: ZSliceable, labels: ZSliceable, level: int, sizes: Seque
         sizes: minimum 26-connected component sizes (0: none removed).
         closing: closing radius in voxels (0: none).
         scorer: makes the competition's accumulator for a plane shape (``add(pred, gt)``, ``score(empty)``).
+        workers: threads (blocks labelled at once; the sizes' scores of a block added at once; the labels read
+            one block ahead).
 
     Returns:
         One score per size (0.0 when both masks are empty).
     """
     read = closed_reader(lambda a, b: np.asarray(prob[a:b]) >= level, prob.shape[0], closing)
-    comps = StreamingComponents(read, prob.shape[0], BLOCK)
+    comps = StreamingComponents(read, prob.shape[0], BLOCK, workers)
     scorers = [scorer(tuple(prob.shape[1:])) for _ in sizes]
-    for z0, blocks in comps.filtered_blocks(list(sizes)):
-        gt = np.asarray(labels[z0:z0 + BLOCK])
-        for one, m in zip(scorers, blocks):
-            one.add(m, gt)
+    starts = list(range(0, prob.shape[0], BLOCK))
+    with ThreadPoolExecutor(max(2, workers)) as pool:
+        truth = read_ahead(pool, lambda z: np.asarray(labels[z:z + BLOCK]), starts)
+        for (z0, blocks), gt in zip(comps.filtered_blocks(list(sizes)), truth):
+            # each size's accumulator is its own: they take the block at once
+            list((pool.map if workers > 1 else map)(lambda one, m: one.add(m, gt), scorers, blocks))
     return np.array([one.score(0.0) for one in scorers])
+
+
+def read_ahead(pool: ThreadPoolExecutor, read: Callable[[int], np.ndarray], starts: Sequence[int]) -> Iterator:
+    """``read(z)`` for each z of ``starts`` in order, the next one being read on ``pool`` meanwhile (one ahead).
+
+    Args:
+        pool: the thread pool.
+        read: reads the block at a start.
+        starts: the starts.
+
+    Returns:
+        An iterator of the blocks.
+    """
+    future = pool.submit(read, starts[0]) if len(starts) else None
+    for following in [*starts[1:], None]:
+        block = future.result()
+        future = None if following is None else pool.submit(read, following)
+        yield block
 
 
 def warn(message: str) -> None:
@@ -255,8 +279,8 @@ def grid_edge_warning(name: str, values: Sequence[float], chosen: float, low_edg
 
 def plot_curves(curves: dict[str, Sequence[float]], mean: Sequence[float], chosen_level: int, ylabel: str,
                 out_png: Path, notes: Sequence[str] = ()) -> None:
-    """Score versus uint8 threshold level: one thin line per case, the mean in black, the tuned and the 0.5
-    thresholds marked (all or nothing on ``out_png``).
+    """Score versus uint8 threshold level: one thin line per case, the mean in black (one case: its curve, the
+    mean, drawn once), the tuned and the 0.5 thresholds marked (all or nothing on ``out_png``).
 
     Args:
         curves: score at each of the 256 levels, per case (kidney, slide).
@@ -271,9 +295,12 @@ def plot_curves(curves: dict[str, Sequence[float]], mean: Sequence[float], chose
     import matplotlib.pyplot as plt
     x = np.arange(256) / 255.0
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, curve in curves.items():
-        ax.plot(x, curve, lw=1, alpha=0.7, label=name)
-    ax.plot(x, mean, "k", lw=2, label="mean")
+    if len(curves) == 1:      # the one case's curve is the mean: one line, named for both
+        ax.plot(x, mean, "k", lw=2, label=f"{next(iter(curves))} (the only case: the mean)")
+    else:
+        for name, curve in curves.items():
+            ax.plot(x, curve, lw=1, alpha=0.7, label=name)
+        ax.plot(x, mean, "k", lw=2, label="mean")
     ax.axvline(chosen_level / 255, color="tab:red", ls="--", label=f"tuned {chosen_level / 255:.3f}: "
                                                                    f"{mean[chosen_level]:.4f}")
     ax.axvline(0.5, color="grey", ls=":", label=f"0.5: {mean[LEVEL_HALF]:.4f}")
