@@ -44,6 +44,9 @@ SHARED = {
                 "downloading"),
     "export-model": ("nnunet_vasculature.export.model_zip",
                      "zip a trained model (nnU-Net's export layout) with its post-processing for a Kaggle notebook"),
+    "hoa-store": ("nnunet_vasculature.synthetic.hoa_store",
+                  "write synthetic kidneys as a local Human Organ Atlas mirror (N5 and OME-Zarr pyramids, catalogue "
+                  "entries) to try predict -i hoa:NAME offline"),
     "bundle": ("nnunet_vasculature.export.bundle",
                "wheels of this package and its dependencies for an offline machine (Kaggle), plus the Kaggle "
                "inference script and notebook"),

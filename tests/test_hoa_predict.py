@@ -179,3 +179,41 @@ def test_dry_run_level_choice(tmp_path, capsys):
     rc, err, out = _main(capsys, ["predict", "-i", str(store), "-m", str(folder), "-device", "cpu", "--dry_run",
                                   "--level", "0"])
     assert rc == 0 and "input (64, 64, 64) at 25 µm -> model space (32, 32, 32)" in out
+
+
+def test_dry_run_counts_absent_chunks(tmp_path, capsys):
+    """An absent chunk of an OME-Zarr / N5 input is read as the fill value (zarr's rule) and counted in the log
+    and in --dry_run (issue 35.8)."""
+    folder = _broken_model(tmp_path / "model")
+    volume = np.random.default_rng(1).integers(1, 60000, (64, 64, 64), dtype=np.uint16)
+    store = write_hoa_omezarr04(tmp_path / "organ.ome.zarr", [volume, mean2(volume)], 25.0, chunk=16)
+    (store / "1" / "0" / "1" / "0").unlink()
+    rc, err, out = _main(capsys, ["predict", "-i", str(store), "-m", str(folder), "-device", "cpu", "--dry_run"])
+    assert rc == 0, err
+    assert "organ: 1 of 8 chunks of level 1 are absent, read as the fill value 0" in out
+    assert "organ: voxel size 50 µm (the input's metadata), model 50 µm: not resampled" in out
+    rc, err, out = _main(capsys, ["predict", "-i", str(store), "-m", str(folder), "-device", "cpu", "--dry_run",
+                                  "--level", "0"])
+    assert rc == 0 and "organ: all 64 chunks of level 0 are stored" in out
+
+
+def test_hoa_name_offline_from_hoa_store(tmp_path, capsys, monkeypatch):
+    """``hoa-store`` writes a mirror that ``predict -i hoa:NAME`` reads out of the box, without network: its
+    catalogue entry found in the mirror, level 1 chosen for the 50 µm model (issue 34.4)."""
+    pytest.importorskip("hoa_tools")
+    from nnunet_vasculature.synthetic.hoa_store import write_hoa_store
+    mirror = tmp_path / "mirror"
+    names = write_hoa_store(mirror, voxel_um=25.0, levels=3, chunk=32)
+    monkeypatch.setenv("NNUNET_VASCULATURE_HOA_MIRROR", str(mirror))
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")     # any network use would fail
+    monkeypatch.chdir(tmp_path)
+    folder = make_model_folder(tmp_path / "model")
+    for name in names:
+        rc, err, out = _main(capsys, ["predict", "-i", f"hoa:{name}", "-m", str(folder), "-device", "cpu",
+                                      "--disable_tta"])
+        assert rc == 0, err
+        assert f"{name}: level 1 of 3" in out and f"{name}: voxel size 50 µm (the input's metadata)" in out
+        image = zarr.open_group(str(tmp_path / f"{name}.ome.zarr"), mode="r")
+        record = image.attrs["nnunet_vasculature"]
+        assert record["complete"] and record["provenance"]["dataset"] == name
+        assert image["0"].shape[0] in (40, 44) and image["0"][:].max() > 0

@@ -212,13 +212,15 @@ def _hoa_catalogue(tmp_path, um, url):
     return meta_dir, meta
 
 
-def _run_hoa(tmp_path, meta_dir, name, level, host, compare=True):
+def _run_hoa(tmp_path, meta_dir, name, level, host, compare=True, mirror=None, stderr=None):
     env = {**os.environ, "STORAGE_EMULATOR_HOST": host, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
-           "NNUNET_VASCULATURE_HOA_MIRROR": str(tmp_path / "bucket" / "hoa-test")}
+           "NNUNET_VASCULATURE_HOA_MIRROR": str(mirror or tmp_path / "bucket" / "hoa-test")}
     run = subprocess.run([sys.executable, "-c", HOA_SCRIPT, str(meta_dir), name, str(level),
                           "compare" if compare else "ours"], env=env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
+    if stderr is not None:
+        stderr.append(run.stderr)
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
@@ -244,13 +246,43 @@ def test_hoa_dataset_through_hoa_tools(tmp_path, volume, fmt):
     assert any("attributes.json" in p or ".zattrs" in p for p in log)      # it did go through the emulator
 
 
-@pytest.mark.slow        # gcsfs retries a refused connection with back-off (about 40 s)
 def test_hoa_no_network(tmp_path):
+    """--remote without network (a closed port) is one line within seconds, without gcsfs/aiohttp warnings
+    (it took about 60 s of retries and printed ~50 lines before, issue 34.5)."""
     pytest.importorskip("hoa_tools")
     import socket
+    import time
     meta_dir, meta = _hoa_catalogue(tmp_path, 25.0, "n5://gs://hoa-test/nowhere/")
     with socket.socket() as s:                    # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    out = _run_hoa(tmp_path, meta_dir, meta["name"], 0, f"http://127.0.0.1:{port}", compare=False)
+    started, stderr = time.monotonic(), []
+    out = _run_hoa(tmp_path, meta_dir, meta["name"], 0, f"http://127.0.0.1:{port}", compare=False, stderr=stderr)
     assert "no network?" in out["error"] and "\n" not in out["error"]
+    assert f"cannot reach 127.0.0.1:{port} within 5 s" in out["error"]
+    assert time.monotonic() - started < 30          # the interpreter's start and imports included
+    assert not [line for line in stderr[0].splitlines() if "Warning" in line or "Traceback" in line or
+                "aiohttp" in line or "gcsfs" in line], stderr[0]
+
+
+def test_hoa_store_is_read_by_hoa_tools(tmp_path):
+    """``hoa-store`` writes what hoa-tools' own classes read (its catalogue schema, its N5 and OME-Zarr stores
+    served as the bucket by the emulator), the same voxels as ``hoa:NAME`` read from the mirror (issue 34.4)."""
+    pytest.importorskip("hoa_tools")
+    from gcs_emulator import gcs_emulator
+
+    from nnunet_vasculature.synthetic.hoa_store import BUCKET, write_hoa_store
+    mirror = tmp_path / "bucket" / BUCKET
+    names = write_hoa_store(mirror, voxel_um=25.0, levels=3, chunk=32)
+    assert names == ["SYNTHETIC-01_kidney_right_complete-organ_25.0um_bm05",
+                     "SYNTHETIC-01_kidney_left_complete-organ_25.0um_bm18"]
+    root = json.loads((mirror / "SYNTHETIC-01/kidney-right/25.0um_complete-organ_bm05/attributes.json").read_text())
+    assert root["axes"] == ["x", "y", "z"] and root["units"] == ["um"] * 3 and root["resolution"] == [25.0] * 3
+    assert root["downsamplingFactors"] == [[1, 1, 1], [2, 2, 2], [4, 4, 4]]
+    with gcs_emulator(tmp_path / "bucket") as (host, log):
+        for name in names:
+            out = _run_hoa(tmp_path, mirror / "metadata", name, 1, host, mirror=mirror)
+            assert "error" not in out, out
+            assert out["equal_remote"] and out["mirror_level"] == 1 and out["mirror_spacing"] == [50.0] * 3
+            assert out["mirror_equal"] and out["provenance"]["dataset"] == name
+    assert any("attributes.json" in p for p in log) and any(".zattrs" in p for p in log)

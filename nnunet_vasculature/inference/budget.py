@@ -33,10 +33,13 @@ from nnunet_vasculature.inference.inputs import (
     NGFF_CHUNK_DEPTH,
     ModelPlans,
     is_ngff_output,
+    model_input_spacing,
     read_model_plans,
+    spacing_line,
 )
 from nnunet_vasculature.inference.options import PredictionOptions
 from nnunet_vasculature.io.input_spec import InputSpec, open_input, parse_input
+from nnunet_vasculature.io.pyramid import chunks_line
 from nnunet_vasculature.io.volume_source import VolumeSource
 
 GIB = 2 ** 30
@@ -134,6 +137,7 @@ def estimate(src: VolumeSource, plans: ModelPlans, options: PredictionOptions, c
     host = QUEUED * plane * 4 + QUEUED * step_planes * classes * height * width * 4 + reader + writer
     host += device_bytes if not cuda else folds * params * 4
     return {"name": src.name, "input_shape": list(src.shape), "input_spacing": list(src.spacing),
+            "spacing_source": src.spacing_source, "chunk_count": src.chunk_count, "absent_chunks": src.absent_chunks,
             "model_spacing": spacing, **geometry.describe(), "patch": list(plans.patch),
             "tile_steps": [len(s) for s in geometry.tile_starts], "tiles": tiles, "passes_per_tile": passes,
             "network_passes": tiles * passes, "parameters": params, "device_bytes": int(device_bytes),
@@ -148,7 +152,8 @@ def dry_run(spec: InputSpec | str | Path, options: PredictionOptions, spacing: f
     Args:
         spec: the parsed ``-i`` value (or its text, parsed here with ``spacing``, ``level`` and ``remote``).
         options: the prediction options.
-        spacing: voxel size (µm) when the input does not say (only with the ``-i`` text).
+        spacing: ``--spacing`` (µm when the input does not say, or its words with ``KIDNEY=UM`` pairs; only
+            with the ``-i`` text).
         level: the pyramid level of a multiscale input (only with the ``-i`` text).
         remote: allow an ``hoa:`` dataset's metadata to be read over the network (only with the ``-i`` text).
         device: where the networks would run (``-device``).
@@ -175,7 +180,11 @@ def dry_run(spec: InputSpec | str | Path, options: PredictionOptions, spacing: f
         (", permutations" if options.tta_permutations else "")
     print(f"dry run: {options.model_folder} ({plans.configuration}), patch {list(plans.patch)}, step "
           f"{options.step_size:g}, {len(options.folds)} fold(s), {tta}; no network runs, nothing is written")
-    for r in results:
+    model_spacing = model_input_spacing(options)
+    for src, r in zip(sources, results):
+        print(spacing_line(src, model_spacing))
+        if src.chunk_count and not src.absent_chunks:          # absent ones were said when the level was opened
+            print(chunks_line(src))
         print(f"{r['name']}: input {tuple(r['input_shape'])} at {_fmt(r['input_spacing'])} -> model space "
               f"{tuple(r['model_shape'])} at {_fmt(r['model_spacing'])} (padded {tuple(r['padded_shape'])}; whole "
               f"volume, the non-zero crop is not computed)")

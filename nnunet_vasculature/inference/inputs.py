@@ -10,6 +10,11 @@ Outputs: a path ending in ``.ome.zarr`` is an NGFF multiscale image of one volum
 OME-Zarr, N5, JPEG 2000 slices) is written to ``<its name>.ome.zarr`` in the current folder; other inputs
 need ``-o``. An ``.ome.zarr`` output of an input holding several kidneys is refused (an NGFF image holds
 one volume, and viewers open it as one): predict them one at a time or into a ``.zarr`` store.
+
+Every volume opened for prediction gets one line (:func:`spacing_line`): the voxel size used, where it came
+from (a known Kaggle name, ``--spacing``, the input's metadata, ...) and the resampling factor to the model's
+voxel size; an assumed voxel size is a warning naming ``--spacing``. ``predict``, its Dask path and
+``--dry_run`` print the same line.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.inference.options import PredictionOptions
 from nnunet_vasculature.io.input_spec import InputSpec, open_input, parse_input
 from nnunet_vasculature.io.intensity import map_sources, model_mapping
-from nnunet_vasculature.io.volume_source import VolumeSource
+from nnunet_vasculature.io.volume_source import ASSUMED, VolumeSource
 
 NGFF_SUFFIX = ".ome.zarr"
 NGFF_CHUNK_DEPTH = 64       # z-chunks of the NGFF output (the distributed slabs are multiples of it)
@@ -75,6 +80,44 @@ def read_model_plans(folder: Path) -> ModelPlans:
     return ModelPlans(manager, cm, configuration, spacing, tuple(int(p) for p in cm.patch_size))
 
 
+def spacing_line(src: VolumeSource, model_spacing: tuple[float, ...]) -> str:
+    """The line saying the voxel size a volume is predicted at, where it came from and the resampling to the model.
+
+    Args:
+        src: the input volume (its ``spacing`` and ``spacing_source``).
+        model_spacing: the voxel size (z, y, x) the network sees (the model's, divided by ``--tta_scale``).
+
+    Returns:
+        e.g. ``kidney_6: voxel size 63.08 µm (known name), model 50 µm: resampled x1.262``; an assumed voxel size
+        starts with ``warning:`` and names ``--spacing``.
+    """
+    factors = [float(s) / float(m) for s, m in zip(src.spacing, model_spacing)]
+    resampling = "not resampled" if all(abs(f - 1) < 1e-6 for f in factors) else f"resampled x{_fmt(factors, 4)}"
+    line = (f"{src.name}: voxel size {_fmt(src.spacing)} µm ({src.spacing_source or 'given by the caller'}), "
+            f"model {_fmt(model_spacing)} µm: {resampling}")
+    if src.spacing_source == ASSUMED:
+        return (f"warning: {line}; nothing in the input says its voxel size: pass --spacing UM "
+                f"(or --spacing {src.name}=UM)")
+    return line
+
+
+def _fmt(values: tuple[float, ...] | list[float], digits: int = 6) -> str:
+    text = [f"{v:.{digits}g}" for v in values]
+    return text[0] if len(set(text)) == 1 else " x ".join(text)
+
+
+def model_input_spacing(options: PredictionOptions) -> tuple[float, float, float]:
+    """The voxel size (z, y, x) the network is fed: the model's, divided by ``--tta_scale``.
+
+    Args:
+        options: the prediction options.
+
+    Returns:
+        µm per voxel.
+    """
+    return tuple(s / options.tta_scale for s in read_model_plans(options.model_folder).spacing)
+
+
 def open_prediction_inputs(spec: InputSpec | str | Path, options: PredictionOptions, spacing: float | None = None,
                            level: int | str = "auto", remote: bool = False,
                            log: Callable[[str], None] | None = print) -> list[VolumeSource]:
@@ -83,10 +126,12 @@ def open_prediction_inputs(spec: InputSpec | str | Path, options: PredictionOpti
     Args:
         spec: the parsed ``-i`` value (or its text, parsed here with ``spacing``, ``level`` and ``remote``).
         options: the prediction options (the model's plans give ``level="auto"`` its target spacing).
-        spacing: voxel size (µm) when the input does not say (only with the ``-i`` text).
+        spacing: ``--spacing`` (µm when the input does not say, or its words with ``KIDNEY=UM`` pairs; only
+            with the ``-i`` text).
         level: the pyramid level of a multiscale input: ``"auto"`` or a number (only with the ``-i`` text).
         remote: allow an ``hoa:`` dataset to be read over the network (only with the ``-i`` text).
-        log: where the chosen level and intensity mapping are reported (None: nowhere).
+        log: where the chosen level, each volume's voxel size (:func:`spacing_line`) and the intensity mapping
+            are reported (None: nowhere).
 
     Returns:
         The volumes.
@@ -94,6 +139,10 @@ def open_prediction_inputs(spec: InputSpec | str | Path, options: PredictionOpti
     spec = parse_input(spec, level, remote, spacing)
     target = read_model_plans(options.model_folder).spacing if spec.multiscale else None
     sources = open_input(spec, target, log)
+    if log is not None:
+        model = model_input_spacing(options)
+        for src in sources:
+            log(spacing_line(src, model))
     return map_sources(sources, model_mapping(options.model_folder), log=log or (lambda m: None))
 
 
@@ -161,5 +210,5 @@ def ngff_metadata(src: VolumeSource, spec: InputSpec | str | Path, options: Pred
     return {"translation": tuple(src.translation), "provenance": provenance}
 
 
-__all__ = ["NGFF_SUFFIX", "NGFF_CHUNK_DEPTH", "ModelPlans", "read_model_plans",
+__all__ = ["NGFF_SUFFIX", "NGFF_CHUNK_DEPTH", "ModelPlans", "read_model_plans", "spacing_line", "model_input_spacing",
            "open_prediction_inputs", "output_path", "is_ngff_output", "ngff_metadata"]

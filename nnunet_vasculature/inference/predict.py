@@ -39,8 +39,8 @@ from nnunet_vasculature.io.store import KidneyWriter
 
 
 def predict(inputs: Path | str, out: Path | None, options: PredictionOptions, device: str = "cuda",
-            spacing: float | None = None, overwrite: bool = False, overlap: bool = True, level: int | str = "auto",
-            remote: bool = False) -> Path:
+            spacing: float | tuple[str, ...] | None = None, overwrite: bool = False, overlap: bool = True,
+            level: int | str = "auto", remote: bool = False) -> Path:
     """Predict every kidney of ``inputs`` into ``out`` (a probability store, or an NGFF image for ``.ome.zarr``).
 
     Args:
@@ -50,7 +50,8 @@ def predict(inputs: Path | str, out: Path | None, options: PredictionOptions, de
             (:func:`~nnunet_vasculature.inference.inputs.output_path`).
         options: the model and how it is applied (recorded in the store's ``source``).
         device: ``cuda``, ``cpu`` or ``mps`` (checked before any work).
-        spacing: voxel size (µm) when the input does not say.
+        spacing: ``--spacing``: voxel size (µm) when the input does not say, or the flag's words (``KIDNEY=UM``
+            pairs too; :func:`~nnunet_vasculature.io.input_spec.parse_spacing`).
         overwrite: replace kidneys already in the store.
         overlap: read/prepare input and write planes in background threads while the network runs (False:
             all in this thread, in turn; the same planes).
@@ -178,7 +179,9 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
                    help="test-time up-scaling: predict at the model's spacing / F (e.g. 1.5 or 2; about F^3 the "
                         "time), probabilities resampled back to the input grid")
     p.add_argument("-step_size", type=float, default=0.5, help="sliding-window step (fraction of the patch)")
-    p.add_argument("--spacing", type=float, help="voxel size (µm) when the input does not say")
+    p.add_argument("--spacing", nargs="+", metavar="UM|KIDNEY=UM",
+                   help="voxel size (µm, 0.1 to 10000) when the input does not say (a known Kaggle kidney's too), "
+                        "and/or KIDNEY=UM for one kidney (e.g. kidney_5=50.28 kidney_6=63.08)")
     p.add_argument("--overwrite", action="store_true", help="replace kidneys already in the output")
     p.add_argument("--no_overlap", action="store_true",
                    help="read, predict and write in turn in one thread (debugging, timing); same output")
@@ -203,6 +206,7 @@ def _run(a: argparse.Namespace) -> None:
                                    step_size=a.step_size, tta_rotations=a.tta_rotations,
                                    tta_permutations=a.tta_permutations, tta_scale=a.tta_scale)
     level = a.level if str(a.level).strip().lower() == "auto" else _level_number(a.level)
+    a.spacing = tuple(a.spacing) if a.spacing else None       # the flag's words, parsed with -i (parse_input)
     if a.dry_run:
         from nnunet_vasculature.inference.budget import dry_run
         dry_run(a.input, options, a.spacing, level, a.remote, a.device, a.output)

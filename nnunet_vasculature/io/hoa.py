@@ -5,15 +5,22 @@ The catalogue (name, voxel size, DOI, where the data lives) is hoa-tools'. The v
 
 - from a local copy when :data:`MIRROR_ENV` names a folder laid out like the bucket
   (``$NNUNET_VASCULATURE_HOA_MIRROR/<donor>/<organ>/<dataset>/``, e.g. made with ``gcloud storage cp -r``):
-  the N5 or OME-Zarr reader of this package, metadata from the store itself;
+  the N5 or OME-Zarr reader of this package, metadata from the store itself. A dataset hoa-tools does not
+  list (a synthetic one, ``nnunet-vasculature hoa-store``) is found by its catalogue entry in the mirror,
+  ``<mirror>/metadata/<name>.json`` in hoa-tools' own schema (:data:`MIRROR_CATALOGUE`);
 - over the network only when asked (``remote=True``, ``predict --remote``): hoa-tools'
   ``Dataset.data_array(downsample_level=L)`` (anonymous Google Cloud Storage), spacing
-  ``voxel_size_um * 2**L`` as hoa-tools states it.
+  ``voxel_size_um * 2**L`` as hoa-tools states it. The storage host (or the proxy) is first connected to
+  with a :data:`CONNECT_TIMEOUT_S` timeout: without network the answer is one line within seconds, not a
+  minute of retries.
 """
 from __future__ import annotations
 
 import difflib
 import os
+import socket
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +28,16 @@ import numpy as np
 
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.io.pyramid import BlockReader, Level, Pyramid, check_dtype, check_level_shapes
+from nnunet_vasculature.io.volume_source import CATALOGUE
 
 PREFIX = "hoa:"
 MIRROR_ENV = "NNUNET_VASCULATURE_HOA_MIRROR"
 INSTALL_HINT = "pip install 'nnunet-vasculature[hoa]' (hoa-tools, Python >= 3.11)"
 MAX_LEVELS = 10
+MIRROR_CATALOGUE = "metadata"          # <mirror>/metadata/<name>.json: catalogue entries of datasets hoa-tools lacks
+CONNECT_TIMEOUT_S = 5.0
+STORAGE_URL = "https://storage.googleapis.com"
+EMULATOR_ENV = "STORAGE_EMULATOR_HOST"     # gcsfs's switch to another storage server (tests)
 
 
 def hoa_dataset(name: str) -> Any:
@@ -38,17 +50,55 @@ def hoa_dataset(name: str) -> Any:
         the ``hoa_tools.dataset.Dataset``.
     """
     try:
-        from hoa_tools.dataset import get_dataset
+        from hoa_tools.dataset import Dataset, get_dataset
         from hoa_tools.inventory import load_inventory
     except ImportError:
         raise UserError(f"hoa:{name}: Human Organ Atlas inputs need hoa-tools: {INSTALL_HINT}") from None
     try:
         return get_dataset(name)
     except KeyError:
-        close = difflib.get_close_matches(name, [str(n) for n in load_inventory().index], n=3, cutoff=0.6)
+        catalogue = mirror_catalogue()
+        entry = catalogue / f"{name}.json" if catalogue is not None else None
+        if entry is not None and entry.is_file():
+            try:
+                return Dataset.model_validate_json(entry.read_text())
+            except ValueError as e:         # pydantic's ValidationError is a ValueError
+                raise UserError(f"{entry}: not a hoa-tools catalogue entry ({str(e).splitlines()[0]})") from None
+        known = [str(n) for n in load_inventory().index]
+        known += [f.stem for f in catalogue.glob("*.json")] if catalogue is not None else []
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else \
             "; list them with hoa_tools.inventory.load_inventory()"
         raise UserError(f"hoa:{name}: no such Human Organ Atlas dataset{hint}") from None
+
+
+def mirror_catalogue() -> Path | None:
+    """The folder of catalogue entries in the local mirror (:data:`MIRROR_ENV`), None without one.
+
+    Returns:
+        ``<mirror>/metadata`` if it is a folder, else None.
+    """
+    mirror = os.environ.get(MIRROR_ENV)
+    folder = Path(mirror) / MIRROR_CATALOGUE if mirror else None
+    return folder if folder is not None and folder.is_dir() else None
+
+
+def check_reachable(where: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Connect once to the storage host (or the HTTPS proxy); failing within ``timeout`` is a UserError.
+
+    Args:
+        where: the dataset (for the message).
+        timeout: seconds.
+    """
+    url = urllib.request.getproxies().get("https") or os.environ.get(EMULATOR_ENV) or STORAGE_URL
+    parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        reason = e.strerror or str(e) or type(e).__name__
+        raise UserError(f"{where}: cannot reach {host}:{port} within {timeout:g} s ({reason}); no network? "
+                        f"Read it from a local copy under ${MIRROR_ENV} instead") from None
 
 
 def provenance(dataset: Any) -> dict:
@@ -121,10 +171,11 @@ def read_hoa(name: str, remote: bool = False) -> Pyramid:
             f"; it is not under ${MIRROR_ENV} ({mirror_path(dataset, Path(mirror))})"
         raise UserError(f"hoa:{name}: stored remotely ({dataset.data.gcs_url}); pass --remote to read it over "
                         f"the network{where}")
+    check_reachable(f"hoa:{name}")
     levels = _remote_levels(dataset, fmt)
     check_level_shapes(levels, f"hoa:{name}")
     return Pyramid(name, f"hoa:{name}", f"HOA {'N5' if fmt == 'n5' else 'OME-Zarr'} (remote)", levels,
-                   {**info, "read_from": dataset.data.gcs_url})
+                   {**info, "read_from": dataset.data.gcs_url}, spacing_source=CATALOGUE)
 
 
 def _remote_levels(dataset: Any, fmt: str) -> list[Level]:
@@ -164,4 +215,5 @@ def _opener(array: Any) -> Any:
     return open_reader
 
 
-__all__ = ["PREFIX", "MIRROR_ENV", "INSTALL_HINT", "hoa_dataset", "provenance", "mirror_path", "read_hoa"]
+__all__ = ["PREFIX", "MIRROR_ENV", "MIRROR_CATALOGUE", "INSTALL_HINT", "CONNECT_TIMEOUT_S", "hoa_dataset",
+           "mirror_catalogue", "check_reachable", "provenance", "mirror_path", "read_hoa"]

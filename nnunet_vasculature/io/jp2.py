@@ -1,9 +1,10 @@
 """Folders of JPEG 2000 slices (the Human Organ Atlas portal's downloads, one file per z-plane) as
 prediction inputs, decoded with imagecodecs.
 
-Slices are ordered by the last number in their names (``..._0001.jp2``); the numbers must be distinct.
-The voxel size is the one given, else the one in the folder's name (``..._25.08um_...``, µm), else a
-UserError. One level (the portal's binnings are separate downloads).
+Slices are ordered by the last number in their names (``..._0001.jp2``); the numbers must form one unbroken
+run (a missing or doubled number is refused, as for the Kaggle TIFF slices), and every slice must have the
+first one's size and data type. The voxel size is the one given, else the one in the folder's name
+(``..._25.08um_...``, µm), else a UserError. One level (the portal's binnings are separate downloads).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.io.pyramid import BlockReader, Level, Pyramid, check_dtype
+from nnunet_vasculature.io.volume_source import FOLDER_NAME, GIVEN
 
 SUFFIXES = (".jp2", ".j2k", ".jpx", ".jph")
 CHUNK_PLANES = 16            # slices decoded together (in threads) and kept for the next reads
@@ -29,7 +31,7 @@ def list_jp2(folder: Path) -> list[Path]:
         folder: a folder of ``*.jp2`` files.
 
     Returns:
-        the files, sorted by the last number in their names.
+        the files, sorted by the last number in their names (one unbroken run of numbers).
     """
     files = [p for p in Path(folder).iterdir() if p.suffix.lower() in SUFFIXES and p.is_file()]
     if not files:
@@ -44,6 +46,11 @@ def list_jp2(folder: Path) -> list[Path]:
     for (a, pa), (b, pb) in zip(numbered, numbered[1:]):
         if a == b:
             raise UserError(f"{folder}: slice number {a} appears twice ({pa.name}, {pb.name})")
+    first, last = numbered[0][0], numbered[-1][0]
+    if last - first + 1 != len(numbered):
+        present = {n for n, _ in numbered}
+        missing = [n for n in range(first, last + 1) if n not in present]
+        raise UserError(f"{folder}: missing slice {missing[0]} (slices {first}..{last}, {len(missing)} missing)")
     return [p for _, p in numbered]
 
 
@@ -73,12 +80,13 @@ def spacing_from_name(folder: Path) -> float | None:
     return found.pop() if len(found) == 1 else None
 
 
-def decode_slice(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """One slice; a corrupt file or one of another size is a UserError naming it.
+def decode_slice(path: Path, shape: tuple[int, int] | None = None, dtype: np.dtype | None = None) -> np.ndarray:
+    """One slice; a corrupt file or one of another size or data type is a UserError naming it.
 
     Args:
         path: the file.
         shape: the (y, x) size the other slices have.
+        dtype: the data type the other slices have.
 
     Returns:
         the 2D plane.
@@ -92,6 +100,8 @@ def decode_slice(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray
         raise UserError(f"{path}: expected a grey-level slice, got shape {plane.shape}")
     if shape is not None and tuple(plane.shape) != tuple(shape):
         raise UserError(f"{path}: slice is {plane.shape[0]}x{plane.shape[1]}, the first one {shape[0]}x{shape[1]}")
+    if dtype is not None and plane.dtype != dtype:
+        raise UserError(f"{path}: slice is {plane.dtype}, the first one {np.dtype(dtype)}")
     return plane
 
 
@@ -122,14 +132,15 @@ def read_jp2_folder(folder: Path, spacing_um: float | None = None, name: str | N
     def open_reader() -> BlockReader:
         def read(z0: int, z1: int) -> np.ndarray:
             with ThreadPoolExecutor(max(1, threads)) as pool:
-                planes = list(pool.map(lambda p: decode_slice(p, plane_shape), files[z0:z1]))
-            return np.stack(planes).astype(dtype, copy=False)
+                planes = list(pool.map(lambda p: decode_slice(p, plane_shape, dtype), files[z0:z1]))
+            return np.stack(planes)
         return read
 
     level = Level("0", (len(files), *plane_shape), (float(spacing),) * 3, (0.0, 0.0, 0.0), CHUNK_PLANES, dtype,
                   open_reader)
     return Pyramid(name or folder.name, str(folder), "JPEG 2000 slices", [level],
-                   {"source": str(folder), "slices": len(files)}, files)
+                   {"source": str(folder), "slices": len(files)}, files,
+                   GIVEN if spacing_um is not None else FOLDER_NAME)
 
 
 __all__ = ["SUFFIXES", "list_jp2", "is_jp2_folder", "spacing_from_name", "decode_slice", "read_jp2_folder"]

@@ -6,10 +6,19 @@ Root ``attributes.json``: ``axes`` (storage order, e.g. ``["x", "y", "z"]``), ``
 the fastest axis first). Spacing of level ``l`` along an axis: ``resolution * factor``; as in
 BigDataViewer's mipmaps, the centre of voxel 0 of a level downsampled by ``f`` lies at ``(f - 1) / 2``
 level-0 voxels.
+
+Checked when a level is opened (cheap checks, before any voxel is predicted): every number of the attributes
+is finite; every stored block of the level read lies inside the grid of the declared ``dimensions`` and
+``blockSize`` and its header's size is the one that grid gives it (an ``axes`` or ``dimensions`` list written
+in another order than the blocks is refused wherever the sizes tell it apart; a cube of whole blocks cannot be
+told apart); the first stored block decodes as the declared ``dataType``. Absent blocks read as 0 and are
+counted.
 """
 from __future__ import annotations
 
 import json
+import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +32,8 @@ from nnunet_vasculature.io.pyramid import (
     axis_permutation,
     check_dtype,
     check_level_shapes,
+    chunk_grid,
+    finite_numbers,
     unit_to_um,
 )
 
@@ -72,6 +83,7 @@ def read_n5(path: Path, name: str | None = None) -> Pyramid:
     path = Path(path)
     where = str(path)
     root = _attributes(path, where)
+    attributes = f"{where}/attributes.json"
     if "dimensions" in root:
         raise UserError(f"{where}: an N5 dataset, not a multiscale folder; give the folder holding s0, s1, ...")
     for key in ("downsamplingFactors", "resolution", "units"):
@@ -80,12 +92,12 @@ def read_n5(path: Path, name: str | None = None) -> Pyramid:
     factors = root["downsamplingFactors"]
     if not isinstance(factors, list) or not factors:
         raise UserError(f"{where}/attributes.json: downsamplingFactors {factors!r}; expected a list of triples")
-    resolution = [float(r) for r in _triple(root["resolution"], "resolution", where)]
+    resolution = finite_numbers(root["resolution"], "resolution", attributes, 3)
     units = [unit_to_um(u, where) for u in _triple(root["units"], "units", where)]
     root_axes = root.get("axes")
     levels = []
     for index, factor in enumerate(factors):
-        factor = [float(f) for f in _triple(factor, f"downsamplingFactors[{index}]", where)]
+        factor = finite_numbers(factor, f"downsamplingFactors[{index}]", attributes, 3)
         key = f"s{index}"
         level_dir, level_where = path / key, f"{where}/{key}"
         if not level_dir.is_dir():
@@ -101,31 +113,110 @@ def read_n5(path: Path, name: str | None = None) -> Pyramid:
             raise UserError(f"{level_where}: dimensions {dims} do not match the axes {axes}")
         perm = axis_permutation(_triple(list(axes), "axes", level_where), level_where)
         dtype = check_dtype(attrs.get("dataType"), level_where)
-        block = _triple(attrs.get("blockSize"), "blockSize", level_where)
+        dims = [int(d) for d in finite_numbers(dims, "dimensions", f"{level_where}/attributes.json", 3)]
+        block = [int(b) for b in finite_numbers(attrs.get("blockSize"), "blockSize",
+                                                f"{level_where}/attributes.json", 3)]
+        if min(block) < 1:
+            raise UserError(f"{level_where}/attributes.json: blockSize {block}; expected positive sizes")
         shape = tuple(int(dims[p]) for p in perm)
         spacing = tuple(resolution[p] * factor[p] * units[p] for p in perm)
         translation = tuple((factor[p] - 1) / 2 * resolution[p] * units[p] for p in perm)
-        levels.append(Level(key, shape, spacing, translation, int(block[perm[0]]), dtype, _opener(level_dir, perm)))
+        levels.append(Level(key, shape, spacing, translation, int(block[perm[0]]), dtype, _opener(level_dir, perm),
+                            _block_files(level_dir, dims, block, axes), 0.0))
     check_level_shapes(levels, where)
     provenance = {"source": where, "stored_axes": list(root_axes or axes)}
     files = [path / "attributes.json"] + [path / lv.key / "attributes.json" for lv in levels]
     return Pyramid(name or path.name.removesuffix(".n5"), where, "N5", levels, provenance, files)
 
 
+def _open_array(level_dir: Path) -> Any:
+    """The level as a tensorstore array (an absolute path: tensorstore refuses ``..``)."""
+    import tensorstore as ts
+    try:
+        return ts.open({"driver": "n5", "kvstore": {"driver": "file", "path": str(Path(level_dir).resolve())}},
+                       read=True).result()
+    except ValueError as e:
+        raise UserError(f"{level_dir}: tensorstore cannot open it ({str(e).splitlines()[0]})") from None
+
+
+def _block_header(file: Path) -> tuple[int, ...] | None:
+    """The sizes an N5 block's header gives (N5 order), None when it is not a readable file."""
+    if not os.path.isfile(file):
+        return None
+    try:
+        with open(file, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4:
+                return ()
+            ndim = struct.unpack(">H", head[2:4])[0]
+            body = f.read(4 * ndim)
+    except OSError:
+        return None         # count_chunks names it
+    return struct.unpack(f">{ndim}I", body) if len(body) == 4 * ndim else ()
+
+
+def _stored_blocks(level_dir: Path) -> list[tuple[int, ...]]:
+    """The grid indices of the entries stored under a level (``i/j/k``, N5 order), from its folder listing."""
+    found = []
+    for a in os.scandir(level_dir):
+        if a.name.isdigit() and a.is_dir():
+            for b in os.scandir(a.path):
+                if b.name.isdigit() and b.is_dir():
+                    found.extend((int(a.name), int(b.name), int(c.name)) for c in os.scandir(b.path)
+                                 if c.name.isdigit())
+    return found
+
+
+def _block_files(level_dir: Path, dims: list[int], block: list[int], axes: list) -> Any:
+    """Every block file of the level's grid, after checking the stored blocks against the declared sizes."""
+    where = f"{level_dir}/attributes.json"
+    described = f"dimensions {dims}, blockSize {block}, axes {list(axes)} in {where}"
+
+    def files() -> list[Path]:
+        counts = [-(-d // b) for d, b in zip(dims, block)]
+        stored = sorted(_stored_blocks(level_dir))
+        for index in stored:
+            if any(i >= n for i, n in zip(index, counts)):
+                raise UserError(f"{level_dir.joinpath(*map(str, index))}: a block outside the grid of {described}: "
+                                f"the attributes do not describe these blocks")
+        for index in stored:
+            file = level_dir.joinpath(*map(str, index))
+            header = _block_header(file)
+            if header is None:
+                continue        # not a readable file: count_chunks names it
+            if header == ():
+                raise UserError(f"{file}: not a readable N5 block (its header is cut or corrupt)")
+            edge = tuple(min(b, d - i * b) for i, b, d in zip(index, block, dims))
+            if header not in (edge, tuple(block)):          # writers store edge blocks cut or whole
+                raise UserError(f"{file}: block of size {list(header)}, but {described} give it {list(edge)}: the "
+                                f"block is corrupt or the attributes do not describe these blocks")
+        readable = [index for index in stored if os.path.isfile(level_dir.joinpath(*map(str, index)))]
+        if readable:
+            index = readable[0]
+            region = tuple(slice(i * b, min(d, (i + 1) * b)) for i, b, d in zip(index, block, dims))
+            try:
+                _open_array(level_dir)[region].read().result()
+            except ValueError as e:
+                raise UserError(f"{level_dir.joinpath(*map(str, index))}: the block cannot be decoded as declared "
+                                f"in {where} ({str(e).splitlines()[0]})") from None
+        return [level_dir.joinpath(*map(str, index)) for index in chunk_grid(dims, block)]
+    return files
+
+
 def _opener(level_dir: Path, perm: list[int]) -> Any:
     def open_reader() -> BlockReader:
-        import tensorstore as ts
-        try:
-            array = ts.open({"driver": "n5", "kvstore": {"driver": "file", "path": str(level_dir)}},
-                            read=True).result()
-        except ValueError as e:
-            raise UserError(f"{level_dir}: tensorstore cannot open it ({str(e).splitlines()[0]})") from None
+        array = _open_array(level_dir)
         z_axis = perm[0]
 
         def read(z0: int, z1: int) -> np.ndarray:
             index = [slice(None)] * 3
             index[z_axis] = slice(z0, z1)
-            return np.ascontiguousarray(array[tuple(index)].read().result().transpose(perm))
+            try:
+                data = array[tuple(index)].read().result()
+            except ValueError as e:     # tensorstore names the block file that cannot be read or decoded
+                raise UserError(f"{level_dir}: planes {z0}..{z1 - 1} cannot be read "
+                                f"({str(e).splitlines()[0]})") from None
+            return np.ascontiguousarray(data.transpose(perm))
         return read
     return open_reader
 

@@ -11,11 +11,20 @@ this module imports none of them, and none of them knows which input kinds exist
 (:mod:`nnunet_vasculature.io.input_spec` does).
 
 Geometry: ``spacing`` and ``translation`` are (z, y, x) in µm; the centre of voxel ``(k, j, i)`` lies at
-``translation + (k, j, i) * spacing`` (NGFF's scale-then-translation).
+``translation + (k, j, i) * spacing`` (NGFF's scale-then-translation). Every number taken from metadata goes
+through :func:`finite_numbers` (a string or NaN is one line naming the file).
+
+Chunks: a level of a chunked store may say how to find its chunk files (``Level.chunk_files``); the level read
+is checked by :func:`count_chunks` when opened: an absent chunk is the fill value (zarr's rule: stores omit
+empty chunks) and counted, one that exists but cannot be read (a dangling or looping link, a folder, no read
+permission) is a UserError naming it.
 """
 from __future__ import annotations
 
+import itertools
 import math
+import os
+import stat
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -25,7 +34,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from nnunet_vasculature.errors import UserError
-from nnunet_vasculature.io.volume_source import VolumeSource
+from nnunet_vasculature.io.volume_source import METADATA, VolumeSource
 
 BlockReader = Callable[[int, int], np.ndarray]      # (z0, z1) -> (z1 - z0, y, x) in the store's dtype
 
@@ -71,6 +80,29 @@ def check_dtype(dtype: object, where: str) -> np.dtype:
     return dt
 
 
+def finite_numbers(values: object, what: str, where: str, count: int | None = None) -> list[float]:
+    """Numbers of a metadata vector; anything else (a string, NaN, infinity, a wrong length) is a UserError.
+
+    Args:
+        values: the JSON value (a list).
+        what: its name in the metadata (for the message).
+        where: the metadata file (for the message).
+        count: the number of values expected (None: any).
+
+    Returns:
+        the values as floats.
+    """
+    if not isinstance(values, (list, tuple)) or (count is not None and len(values) != count):
+        expected = f"{count} numbers" if count is not None else "a list of numbers"
+        raise UserError(f"{where}: {what} {values!r}; expected {expected}")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise UserError(f"{where}: {what} {list(values)!r} holds {v!r}; expected finite numbers")
+        out.append(float(v))
+    return out
+
+
 def axis_permutation(axes: Sequence[str], where: str) -> list[int]:
     """Positions of z, y, x in a store's axis order (names from its metadata, never assumed).
 
@@ -98,6 +130,52 @@ class Level:
     chunk_depth: int
     dtype: np.dtype
     open_reader: Callable[[], BlockReader] = field(repr=False, compare=False)
+    chunk_files: Callable[[], list[Path]] | None = field(default=None, repr=False, compare=False)
+    fill_value: float = 0.0        # what an absent chunk reads as
+
+
+def count_chunks(files: Sequence[Path], where: str) -> int:
+    """How many of a level's chunk files are absent; one that exists but cannot be read is a UserError.
+
+    Args:
+        files: the path of every chunk of the level's grid.
+        where: the level (for the message).
+
+    Returns:
+        the number of absent chunks.
+    """
+    absent = 0
+    for f in files:
+        try:
+            info = os.lstat(f)
+        except FileNotFoundError:
+            absent += 1
+            continue
+        except OSError as e:
+            raise UserError(f"{f}: chunk of {where} cannot be read ({e.strerror})") from None
+        if stat.S_ISLNK(info.st_mode):
+            try:
+                info = os.stat(f)
+            except OSError as e:
+                raise UserError(f"{f}: chunk of {where} is a link that cannot be followed ({e.strerror})") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise UserError(f"{f}: chunk of {where} is not a file")
+        if not os.access(f, os.R_OK):
+            raise UserError(f"{f}: chunk of {where} cannot be read (permission denied)")
+    return absent
+
+
+def chunk_grid(shape: Sequence[int], chunks: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every chunk index of an array, in storage order.
+
+    Args:
+        shape: the array's shape (storage order).
+        chunks: its chunk shape.
+
+    Returns:
+        the index tuples.
+    """
+    return list(itertools.product(*(range(-(-int(n) // int(c))) for n, c in zip(shape, chunks))))
 
 
 @dataclass(frozen=True)
@@ -109,6 +187,7 @@ class Pyramid:
     levels: list[Level]
     provenance: dict = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)     # metadata files (the input's fingerprint), if local
+    spacing_source: str = METADATA                       # where the levels' spacing came from
 
 
 def check_level_shapes(levels: Sequence[Level], where: str) -> None:
@@ -126,6 +205,8 @@ def check_level_shapes(levels: Sequence[Level], where: str) -> None:
             raise UserError(f"{where}: level {lv.key} has shape {lv.shape}; expected three non-empty axes")
         if min(lv.spacing) <= 0 or not all(math.isfinite(s) for s in lv.spacing):
             raise UserError(f"{where}: level {lv.key} has spacing {lv.spacing}; expected positive numbers")
+        if not all(math.isfinite(t) for t in lv.translation):
+            raise UserError(f"{where}: level {lv.key} has translation {lv.translation}; expected finite numbers")
         for axis, name in enumerate("zyx"):
             extent, base_extent = lv.shape[axis] * lv.spacing[axis], base.shape[axis] * base.spacing[axis]
             if abs(extent - base_extent) > 2 * lv.spacing[axis]:
@@ -249,12 +330,38 @@ def to_volume(pyramid: Pyramid, index: int, choice: str = "", keep_rows: int = 2
         gives them (:func:`nnunet_vasculature.io.input_spec.open_input`).
     """
     lv = pyramid.levels[index]
+    chunk_count = absent = 0
+    if lv.chunk_files is not None:
+        files = lv.chunk_files()
+        chunk_count, absent = len(files), count_chunks(files, f"{pyramid.where} level {lv.key}")
     reader = AlignedReader(lv.open_reader(), lv.shape[0], lv.chunk_depth, keep_rows)
     provenance = {**pyramid.provenance, "level": index, "level_key": lv.key, "format": pyramid.kind}
+    if absent:
+        provenance.update(absent_chunks=absent, fill_value=lv.fill_value)
     return VolumeSource(pyramid.name, tuple(lv.shape), tuple(lv.spacing), [], [(0, lv.shape[0], reader)],
                         files=list(pyramid.files), level=index, translation=tuple(lv.translation),
-                        chunk_depth=lv.chunk_depth, provenance=provenance, choice=choice)
+                        chunk_depth=lv.chunk_depth, provenance=provenance, choice=choice,
+                        spacing_source=pyramid.spacing_source, chunk_count=chunk_count, absent_chunks=absent)
 
 
-__all__ = ["UNIT_TO_UM", "SUPPORTED_DTYPES", "unit_to_um", "check_dtype", "axis_permutation", "Level", "Pyramid",
-           "check_level_shapes", "choose_level", "AlignedReader", "to_volume"]
+def chunks_line(volume: VolumeSource) -> str:
+    """The line saying how many chunks of a chunked store's level are absent ("" when not counted).
+
+    Args:
+        volume: a level opened by :func:`to_volume`.
+
+    Returns:
+        the line.
+    """
+    if not volume.chunk_count:
+        return ""
+    if not volume.absent_chunks:
+        return f"{volume.name}: all {volume.chunk_count} chunks of level {volume.level} are stored"
+    return (f"{volume.name}: {volume.absent_chunks} of {volume.chunk_count} chunks of level {volume.level} are "
+            f"absent, read as the fill value {volume.provenance.get('fill_value', 0):g} (zarr's rule for empty "
+            f"chunks)")
+
+
+__all__ = ["UNIT_TO_UM", "SUPPORTED_DTYPES", "unit_to_um", "check_dtype", "finite_numbers", "axis_permutation",
+           "Level", "count_chunks", "chunk_grid", "Pyramid", "check_level_shapes", "choose_level", "AlignedReader",
+           "to_volume", "chunks_line"]

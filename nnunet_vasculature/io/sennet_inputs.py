@@ -19,7 +19,7 @@ from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.io.paths import CASES_FILE
 from nnunet_vasculature.io.sennet import KNOWN_SPACING_UM, numbered_slice_ids, slice_id
 from nnunet_vasculature.io.slices import list_slices
-from nnunet_vasculature.io.volume_source import VolumeSource
+from nnunet_vasculature.io.volume_source import ASSUMED, GIVEN, KNOWN_NAME, METADATA, VolumeSource
 from nnunet_vasculature.io.volumes import SliceStack
 
 RAW_IMAGE_SUFFIXES = ("_0000.tif", "_0000.nii.gz", "_0000.mha")     # channel 0 of an nnU-Net raw image
@@ -41,6 +41,31 @@ def _tiff3d_reader(path: Path):
     return shape, lambda a, b: np.stack([pages[i].asarray() for i in range(a, b)])
 
 
+def kaggle_kidney_name(folder: Path) -> str:
+    """The kidney's name of a Kaggle kidney folder (``.../kidney_5`` or ``.../kidney_5/images``).
+
+    Args:
+        folder: the kidney folder or its ``images`` folder.
+
+    Returns:
+        the name.
+    """
+    folder = Path(folder)
+    return folder.parent.name if folder.name == "images" and not (folder / "images").is_dir() else folder.name
+
+
+def raw_image_name(path: Path) -> str:
+    """The case name of an nnU-Net raw image (``case_0000.tif`` -> ``case``).
+
+    Args:
+        path: the image file.
+
+    Returns:
+        the name.
+    """
+    return re.sub(r"_0000$", "", Path(path).name.split(".")[0])
+
+
 def kaggle_kidney(folder: Path, spacing: float | None = None) -> VolumeSource:
     """One Kaggle kidney folder (``images/`` of ``0000.tif``, ..., or the slices themselves).
 
@@ -54,13 +79,13 @@ def kaggle_kidney(folder: Path, spacing: float | None = None) -> VolumeSource:
     folder = Path(folder)
     images = folder / "images" if (folder / "images").is_dir() else folder
     stack = SliceStack(list_slices(images))
-    name = folder.parent.name if images == folder and folder.name == "images" else folder.name
+    name = kaggle_kidney_name(folder)
     sp = spacing or KNOWN_SPACING_UM.get(name)
     if sp is None:
-        raise UserError(f"{folder}: unknown voxel size for '{name}'; pass --spacing UM")
+        raise UserError(f"{folder}: unknown voxel size for '{name}'; pass --spacing UM (or --spacing {name}=UM)")
     ids = [slice_id(name, n) for n in stack.slice_names]
     return VolumeSource(name, stack.shape, (sp, sp, sp), ids, [(0, stack.shape[0], lambda a, b: stack[a:b])],
-                        files=list(stack.files))
+                        files=list(stack.files), spacing_source=GIVEN if spacing else KNOWN_NAME)
 
 
 def raw_image(path: Path, spacing: float | None = None) -> VolumeSource:
@@ -74,7 +99,8 @@ def raw_image(path: Path, spacing: float | None = None) -> VolumeSource:
         the volume (ids ``case_0000``, ``case_0001``, ...; the conversion's intensity mapping, if any).
     """
     path = Path(path)
-    name = re.sub(r"_0000$", "", path.name.split(".")[0])
+    name = raw_image_name(path)
+    source = METADATA
     if path.suffix.lower() in (".tif", ".tiff"):
         shape, reader = _tiff3d_reader(path)
         if len(shape) != 3:
@@ -84,7 +110,7 @@ def raw_image(path: Path, spacing: float | None = None) -> VolumeSource:
         if sp is None:
             if spacing is None:
                 raise UserError(f"{path}: no {aux.name} with the spacing; pass --spacing")
-            sp = (spacing,) * 3
+            sp, source = (spacing,) * 3, GIVEN
     else:
         import SimpleITK as sitk
         try:
@@ -93,10 +119,12 @@ def raw_image(path: Path, spacing: float | None = None) -> VolumeSource:
             raise UserError(f"{path}: cannot read image ({str(e).splitlines()[0]})") from None
         arr = sitk.GetArrayFromImage(img)
         shape, reader, sp = arr.shape, (lambda a, b: arr[a:b]), tuple(img.GetSpacing()[::-1])
+        if all(s == 1.0 for s in sp):       # the header's default: nothing said the voxel size
+            sp, source = ((spacing,) * 3, GIVEN) if spacing is not None else (sp, ASSUMED)
     aux = path.with_name(f"{name}.json")
     return VolumeSource(name, tuple(shape), tuple(float(s) for s in sp), numbered_slice_ids(name, shape[0]),
                         [(0, shape[0], reader)], _case_intensity(path.parent.parent / CASES_FILE, name),
-                        [path, aux] if aux.is_file() else [path])
+                        [path, aux] if aux.is_file() else [path], spacing_source=source)
 
 
 def _case_intensity(meta_file: Path, case: str) -> dict | None:
@@ -142,7 +170,8 @@ def chunked_kidneys(images_dir: Path) -> list[VolumeSource]:
             print(f"note: {kidney} has slices left out of its cases (e.g. kept by another volume); "
                   f"predicting its {z} converted slices as one volume")
         sp = float(k["spacing_um"])
-        out.append(VolumeSource(kidney, (z, *plane), (sp, sp, sp), ids, parts, k.get("intensity"), files))
+        out.append(VolumeSource(kidney, (z, *plane), (sp, sp, sp), ids, parts, k.get("intensity"), files,
+                                spacing_source=METADATA))
     if not out:
         raise UserError(f"{images_dir}: no images of the kidneys listed in {meta_file}")
     return out
@@ -152,4 +181,5 @@ def _has_gaps(cases: list[dict]) -> bool:
     return any(a["z1"] != b["z0"] for a, b in zip(cases, cases[1:]))
 
 
-__all__ = ["RAW_IMAGE_SUFFIXES", "kaggle_kidney", "raw_image", "chunked_kidneys"]
+__all__ = ["RAW_IMAGE_SUFFIXES", "kaggle_kidney_name", "raw_image_name", "kaggle_kidney", "raw_image",
+           "chunked_kidneys"]

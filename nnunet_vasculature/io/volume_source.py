@@ -16,7 +16,15 @@ What a VolumeSource provides:
 - for one level of a multiscale input (:mod:`nnunet_vasculature.io.pyramid`), what outputs need to overlay
   it: ``level`` (None for a single-resolution input), ``translation`` (µm, the centre of voxel 0),
   ``chunk_depth`` (planes per read of the store; 0 when not read by chunk rows), ``provenance`` (what the
-  data is) and ``choice`` (the line saying why this level was read).
+  data is) and ``choice`` (the line saying why this level was read);
+- ``spacing_source``: where the voxel size came from (:data:`SPACING_SOURCES`: a known Kaggle name,
+  ``--spacing``, the input's metadata, the folder's name, the HOA catalogue, or assumed), printed by
+  ``predict`` for every kidney;
+- ``chunk_count`` / ``absent_chunks``: for a chunked store (OME-Zarr, N5), the chunks of the level read and how
+  many of them are not stored (read as the fill value, zarr's rule); 0 / 0 when not counted.
+
+:meth:`VolumeSource.read` refuses planes that are not finite (NaN or infinity in a float input), naming the
+input and the plane, so that such an input is never reported as a fault of the prediction.
 """
 from __future__ import annotations
 
@@ -28,6 +36,14 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_vasculature.errors import UserError
+
+KNOWN_NAME = "known name"              # the competition's voxel size of a Kaggle kidney name (io.sennet)
+GIVEN = "--spacing"                    # given on the command line
+METADATA = "the input's metadata"      # the store's / image header's / conversion record's
+FOLDER_NAME = "the folder's name"      # a JPEG 2000 folder named ..._25.08um_...
+CATALOGUE = "the HOA catalogue"        # hoa-tools' voxel size of a remote dataset
+ASSUMED = "assumed"                    # nothing said it (e.g. an image header's default 1)
+SPACING_SOURCES = (KNOWN_NAME, GIVEN, METADATA, FOLDER_NAME, CATALOGUE, ASSUMED)
 
 
 @dataclass
@@ -45,6 +61,9 @@ class VolumeSource:
     chunk_depth: int = 0                          # planes per read of a chunked store (0: not chunked)
     provenance: dict = field(default_factory=dict)    # what the data is (recorded in outputs)
     choice: str = ""                              # why this level was read
+    spacing_source: str = ""                      # where ``spacing`` came from (SPACING_SOURCES; "": caller's)
+    chunk_count: int = 0                          # chunks of the level read (0: not a counted chunked store)
+    absent_chunks: int = 0                        # of them not stored: read as the fill value
 
     def read(self, z0: int, z1: int) -> np.ndarray:
         """Planes [z0, z1) as float32.
@@ -60,8 +79,28 @@ class VolumeSource:
         for a, b, reader in self.parts:
             lo, hi = max(a, z0), min(b, z1)
             if lo < hi:
-                out.append(np.asarray(reader(lo - a, hi - a), dtype=np.float32))
+                raw = np.asarray(reader(lo - a, hi - a))
+                block = np.asarray(raw, dtype=np.float32)
+                finite = np.isfinite(block.reshape(len(block), -1)).all(axis=1) if raw.dtype.kind in "fc" else None
+                if finite is not None and not finite.all():
+                    plane = lo + int(np.argmin(finite))
+                    raise UserError(f"{self.where()}: input plane {plane} of {self.name} holds NaN or infinity "
+                                    f"(the input, not the prediction, is not finite)")
+                out.append(block)
         return np.concatenate(out) if out else np.zeros((0, *self.shape[1:]), np.float32)
+
+    def where(self) -> str:
+        """The input's file (or folder) for messages: its one file, the folder of its files, or its name.
+
+        Returns:
+            a path or name.
+        """
+        if self.provenance.get("source"):
+            return str(self.provenance["source"])
+        if len(self.files) == 1:
+            return str(self.files[0])
+        parents = {str(Path(f).parent) for f in self.files}
+        return parents.pop() if len(parents) == 1 else self.name
 
 
 def fingerprint(src: VolumeSource) -> dict:
@@ -90,4 +129,5 @@ def fingerprint(src: VolumeSource) -> dict:
     return {"files": len(src.files), "bytes": total, "sha256": digest.hexdigest()}
 
 
-__all__ = ["VolumeSource", "fingerprint"]
+__all__ = ["KNOWN_NAME", "GIVEN", "METADATA", "FOLDER_NAME", "CATALOGUE", "ASSUMED", "SPACING_SOURCES",
+           "VolumeSource", "fingerprint"]
