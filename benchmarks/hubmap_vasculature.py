@@ -3,7 +3,7 @@
 Run under ``nice -n 10 .venv/bin/python -m benchmarks hubmap_vasculature [--tiles 2000]``. Prints both
 times, measured in the same run: ours from label images (bincount overlaps), COCOeval from RLEs (its
 evaluate + accumulate, with the RLE encoding timed separately), and both APs (they differ by design: all-point
-vs 101-point interpolation, see nnunet_vasculature/postprocess/average_precision.py).
+vs 101-point interpolation, see nnunet_vasculature/metrics/average_precision.py).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from benchmarks.common import record
-from nnunet_vasculature.postprocess.average_precision import average_precision
+from nnunet_vasculature.metrics.average_precision import average_precision
 
 
 def make_tiles(n: int, seed: int = 0, size: int = 512) -> list:

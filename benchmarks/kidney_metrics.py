@@ -31,7 +31,7 @@ from benchmarks.common import kaggle_rle, run_child, table
 OURS = """
 import sys, time
 import numpy as np
-from nnunet_vasculature.postprocess.kidney_metrics import kidney_scores
+from nnunet_vasculature.metrics.hosts import kidney_scores
 pred, gt = np.load(sys.argv[1], mmap_mode="r"), np.load(sys.argv[2], mmap_mode="r")
 workers = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 t, cpu = time.perf_counter(), time.process_time()

@@ -22,7 +22,7 @@ from scipy import ndimage as ndi
 
 from benchmarks.common import best_of, kaggle_rle, record, table_of
 from nnunet_vasculature.io.rle import rle_encode
-from nnunet_vasculature.postprocess.surface_dice import surface_dice, surface_dice_sweep
+from nnunet_vasculature.metrics.surface_dice import surface_dice, surface_dice_sweep
 
 
 def vessel_like(n: int, seed: int = 0):

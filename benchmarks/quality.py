@@ -163,8 +163,8 @@ def run_one(work: Path, lever: str, seed: int, train_seconds: dict) -> dict:
     from nnunet_vasculature.inference.options import PredictionOptions
     from nnunet_vasculature.inference.predict import predict
     from nnunet_vasculature.io.volumes import open_labels, open_probabilities
+    from nnunet_vasculature.metrics.surface_dice import SurfaceDiceAccumulator, surface_dice_sweep
     from nnunet_vasculature.postprocess.sennet import determine
-    from nnunet_vasculature.postprocess.surface_dice import SurfaceDiceAccumulator, surface_dice_sweep
     from nnunet_vasculature.postprocess.tune import LEVEL_HALF, masks
     trainer, popts, topts = LEVERS[lever]
     data, kidneys = data_folder(work, lever), data_folder(work, "baseline")

@@ -103,8 +103,8 @@ class Bench:
     def heldout(self, tta_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """Surface Dice at each level and the level histogram of the held-out kidney (cached in --work/heldout)."""
         from nnunet_vasculature.io.volumes import open_labels
+        from nnunet_vasculature.metrics.surface_dice import surface_dice_sweep
         from nnunet_vasculature.postprocess.morphology import level_histogram
-        from nnunet_vasculature.postprocess.surface_dice import surface_dice_sweep
         if tta_scale not in self._heldout:
             cache = self.a.work / "heldout" / f"{self.tag}_tta{tta_scale:g}.json"
             if not cache.is_file():
@@ -121,9 +121,9 @@ class Bench:
     def run(self, kidney: str, lever: str) -> dict:
         """Predict (unless by_fraction) and score one shifted kidney with one lever."""
         from nnunet_vasculature.io.volumes import open_labels
-        from nnunet_vasculature.postprocess.kidney_metrics import METRICS, kidney_scores
+        from nnunet_vasculature.metrics.hosts import METRICS, kidney_scores
+        from nnunet_vasculature.metrics.surface_dice import surface_dice_sweep
         from nnunet_vasculature.postprocess.morphology import level_for_fraction, level_histogram
-        from nnunet_vasculature.postprocess.surface_dice import surface_dice_sweep
         from nnunet_vasculature.postprocess.tune import LEVEL_HALF, best_fraction
         voxel, acquisition = KIDNEYS[kidney]
         tta = self.a.tta_scale if lever == "tta_scale" else 1.0

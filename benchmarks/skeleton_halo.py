@@ -18,7 +18,7 @@ from itertools import islice
 import numpy as np
 
 from benchmarks.common import table
-from nnunet_vasculature.postprocess.skeleton_slabs import skeleton_difference
+from nnunet_vasculature.metrics.skeleton import skeleton_difference
 
 
 def capsule(shape: tuple[int, int, int], a, b, radius: float) -> np.ndarray:

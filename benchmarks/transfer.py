@@ -199,7 +199,7 @@ def run_one(demo: Path, work: Path, variant: str, budget: str, seed: int, qualit
     from nnunet_vasculature.inference.options import PredictionOptions
     from nnunet_vasculature.inference.predict import predict
     from nnunet_vasculature.io.volumes import open_labels, open_probabilities
-    from nnunet_vasculature.postprocess.surface_dice import surface_dice_sweep
+    from nnunet_vasculature.metrics.surface_dice import surface_dice_sweep
     from nnunet_vasculature.postprocess.tune import LEVEL_HALF
     from nnunet_vasculature.trainers import ext_trainer_value
     from nnunet_vasculature.trainers.common import DEMO_ENV, VALIDATION_ENV
@@ -259,7 +259,7 @@ def demo_runs(demo: Path) -> list[dict]:
     """The fine-tuned and from-scratch models `make demo` itself trained (same trainers and schedule, not
     seeded): one more repetition of the demo budget, scored from the demo's held-out probabilities."""
     from nnunet_vasculature.io.volumes import open_labels, open_probabilities
-    from nnunet_vasculature.postprocess.surface_dice import surface_dice_sweep
+    from nnunet_vasculature.metrics.surface_dice import surface_dice_sweep
     from nnunet_vasculature.postprocess.tune import LEVEL_HALF
     summary = json.loads((demo / "summary.json").read_text())
     held = demo / "kaggle" / "train" / HELD_OUT

@@ -9,7 +9,7 @@ import pytest
 from reference.oid_challenge_evaluation import challenge_average_precision
 from scipy import ndimage
 
-from nnunet_vasculature.postprocess.average_precision import average_precision
+from nnunet_vasculature.metrics.average_precision import average_precision
 
 
 def blob(shape: tuple[int, int], center: tuple[int, int], radius: float) -> np.ndarray:

@@ -12,8 +12,8 @@ from nnunet_vasculature.demo.sennet import source_model
 from nnunet_vasculature.demo.standin import shipped_standin
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.io.volumes import open_labels, open_probabilities
+from nnunet_vasculature.metrics.surface_dice import surface_dice
 from nnunet_vasculature.postprocess.sennet import validate
-from nnunet_vasculature.postprocess.surface_dice import surface_dice
 
 
 @pytest.mark.slow

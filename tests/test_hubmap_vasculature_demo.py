@@ -14,7 +14,7 @@ import pytest
 from pycocotools import mask as coco_mask
 
 from nnunet_vasculature.io.polygons import read_polygons
-from nnunet_vasculature.postprocess.average_precision import average_precision
+from nnunet_vasculature.metrics.average_precision import average_precision
 from nnunet_vasculature.postprocess.hubmap_vasculature import polygon_masks, validate
 
 # pycocotools 2.x decode under numpy 2 warns once per mask; nothing of ours. Trains with nnU-Net: slow.

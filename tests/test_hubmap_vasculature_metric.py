@@ -8,7 +8,7 @@ from pycocotools import mask as coco_mask
 
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.io.coco_rle import decode_mask, encode_mask, encode_masks
-from nnunet_vasculature.postprocess.average_precision import (
+from nnunet_vasculature.metrics.average_precision import (
     APAccumulator,
     ap_from_matches,
     average_precision,

@@ -16,16 +16,16 @@ from skimage.draw import line_nd
 from skimage.morphology import skeletonize
 
 from nnunet_vasculature.errors import UserError
-from nnunet_vasculature.postprocess.kidney_metrics import (
+from nnunet_vasculature.metrics.hosts import (
     kidney_scores,
     mean_scores,
     objective_scores,
     scores_document,
     write_scores_json,
 )
-from nnunet_vasculature.postprocess.packed_volume import PackedVolume
-from nnunet_vasculature.postprocess.skeleton_slabs import disk_radius_bounds, skeleton_difference
-from nnunet_vasculature.postprocess.surface_distances import average_symmetric_surface_distance
+from nnunet_vasculature.metrics.packed_volume import PackedVolume
+from nnunet_vasculature.metrics.skeleton import disk_radius_bounds, skeleton_difference
+from nnunet_vasculature.metrics.surface_distances import average_symmetric_surface_distance
 
 if "Inf" not in np.__dict__:   # surface-distance 0.1 predates NumPy 2 (uses np.Inf for an empty surface)
     np.Inf = np.inf

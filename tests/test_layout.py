@@ -2,6 +2,8 @@
 only layers below it, no module imports itself back through others (no import circle), and no module of one
 competition imports a module of another (what the competitions share lives in neutral modules)."""
 import ast
+import importlib
+import inspect
 from pathlib import Path
 
 import nnunet_vasculature
@@ -11,6 +13,7 @@ PACKAGE = Path(nnunet_vasculature.__file__).parent
 # bottom to top; a module may import its own layer and the ones below
 LAYERS = [
     {"errors", "competitions", "io"},
+    {"metrics"},
     {"pretrained", "trainers", "dataset_conversion", "synthetic", "env"},
     {"inference"},
     {"postprocess"},
@@ -254,3 +257,32 @@ def test_the_checker_sees_imports_inside_functions():
     src = PACKAGE / "demo" / "hubmap_kidney.py"
     assert any(t.startswith("nnunet_vasculature.synthetic") for t in _imports("nnunet_vasculature.demo.hubmap_kidney",
                                                                                 src))
+
+
+def _metric_classes():
+    """Classes defined in metrics/ that look like accumulators: named ``*Accumulator`` or with ``add``/``score``."""
+    for name, path in _modules():
+        if name.startswith("nnunet_vasculature.metrics.") and name != "nnunet_vasculature.metrics.base":
+            module = importlib.import_module(name)
+            for cls in vars(module).values():
+                if inspect.isclass(cls) and cls.__module__ == name and (
+                        cls.__name__.endswith("Accumulator") or hasattr(cls, "add") or hasattr(cls, "score")):
+                    yield cls
+
+
+def test_every_accumulator_of_the_metrics_layer_follows_one_protocol():
+    """metrics/ (issue 32): each accumulator is fed with ``add(...)`` and answers ``score()`` with no argument;
+    a class with ``add`` that is no accumulator would read as one, so it must not use the name."""
+    from nnunet_vasculature.metrics.base import Accumulator
+    from nnunet_vasculature.postprocess.sennet_metrics import ObjectiveScorer  # the hosts' objectives, per kidney
+
+    classes = [*_metric_classes(), ObjectiveScorer]
+    assert {"SurfaceDiceAccumulator", "ToleranceOneAccumulator", "APAccumulator"} <= {c.__name__ for c in classes}
+    bad = []
+    for cls in classes:
+        if not issubclass(cls, Accumulator):
+            bad.append(f"{cls.__module__}.{cls.__name__}: no add/score")
+        elif any(p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                 for p in list(inspect.signature(cls.score).parameters.values())[1:]):
+            bad.append(f"{cls.__module__}.{cls.__name__}: score() needs an argument")
+    assert not bad, "not the Accumulator protocol:\n" + "\n".join(bad)

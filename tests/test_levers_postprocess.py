@@ -8,10 +8,10 @@ from postprocess_helpers import _write_kidney
 from scipy import ndimage as ndi
 
 from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.metrics.surface_dice import surface_dice
 from nnunet_vasculature.postprocess.__main__ import main as pp_main
 from nnunet_vasculature.postprocess.morphology import closed_reader, level_for_fraction, level_histogram
 from nnunet_vasculature.postprocess.sennet import load_postprocessing
-from nnunet_vasculature.postprocess.surface_dice import surface_dice
 from nnunet_vasculature.postprocess.tune import masks
 
 

@@ -7,8 +7,8 @@ import pytest
 
 from nnunet_vasculature.cli import main
 from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.metrics.surface_dice import surface_dice_sweep
 from nnunet_vasculature.postprocess import hubmap_kidney, sennet
-from nnunet_vasculature.postprocess.surface_dice import surface_dice_sweep
 
 # as tune wrote them (keys and values copied from files of earlier versions, not made by the code under test)
 SENNET_FILE = {"competition": "sennet", "nnunet_vasculature_version": "0.4.0", "threshold_mode": "probability",

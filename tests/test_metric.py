@@ -1,4 +1,6 @@
 """Surface Dice against PyPI surface-distance (DeepMind's code, wrapped by the official metric)."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import surface_distance as sd
@@ -6,8 +8,9 @@ from scipy import ndimage as ndi
 from surface_distance import lookup_tables
 
 from nnunet_vasculature.io.rle import rle_decode, rle_encode
-from nnunet_vasculature.postprocess._area_table import AREA
-from nnunet_vasculature.postprocess.surface_dice import surface_dice, surface_dice_sweep
+from nnunet_vasculature.metrics import area_table
+from nnunet_vasculature.metrics.area_table import AREA
+from nnunet_vasculature.metrics.surface_dice import surface_dice, surface_dice_sweep
 
 if "Inf" not in np.__dict__:   # surface-distance 0.1 predates NumPy 2 (uses np.Inf for an empty surface)
     np.Inf = np.inf
@@ -20,6 +23,18 @@ def reference(pred, gt):
 
 def test_area_table_is_deepminds():
     np.testing.assert_array_equal(AREA, lookup_tables.create_table_neighbour_code_to_surface_area((1, 1, 1)))
+
+
+def test_area_table_generator_rewrites_the_table_and_keeps_the_rest(tmp_path):
+    """`python -m nnunet_vasculature.metrics.area_table` writes the module it lives in: on a copy with a wrong
+    value, only the table changes, back to exactly the text in the package."""
+    source = Path(area_table.__file__).read_text()
+    broken = source.replace("    0.0, 0.21650635094610965,", "    9.0, 0.21650635094610965,", 1)
+    assert broken != source
+    copy = tmp_path / "area_table.py"
+    copy.write_text(broken)
+    assert area_table.write_table(copy) == copy
+    assert copy.read_text() == source
 
 
 def _volumes(rng):

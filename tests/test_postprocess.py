@@ -10,9 +10,9 @@ from postprocess_helpers import _kidney, _write_kidney
 from scipy import ndimage as ndi
 
 from nnunet_vasculature.io.rle import rle_decode, rle_encode
+from nnunet_vasculature.metrics.surface_dice import surface_dice
 from nnunet_vasculature.postprocess.__main__ import main as pp_main
 from nnunet_vasculature.postprocess.components import remove_small_components
-from nnunet_vasculature.postprocess.surface_dice import surface_dice
 
 
 def test_streaming_components_equal_cc3d():

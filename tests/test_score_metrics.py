@@ -10,7 +10,7 @@ from postprocess_helpers import _kidney, _write_kidney
 
 from nnunet_vasculature.cli import main
 from nnunet_vasculature.io.rle import rle_encode
-from nnunet_vasculature.postprocess.kidney_metrics import kidney_scores
+from nnunet_vasculature.metrics.hosts import kidney_scores
 
 
 def _dice(pred, gt):
@@ -77,6 +77,15 @@ def test_score_metrics_of_a_submission_against_a_solution(tmp_path, capsys):
     assert got["kidney_5"] == pytest.approx(dice["kidney_5"], abs=1e-6)
     assert got["kidney_6"] == pytest.approx(dice["kidney_6"], abs=1e-6)
     assert got["mean"] == pytest.approx((dice["kidney_5"] + dice["kidney_6"]) / 2, abs=1e-6)
+    # --workers 2: the slab tasks on two threads give the same lines; with --scheduler too, one line
+    args = ["score", "--solution", str(tmp_path / "solution.csv"), "--submission", str(tmp_path / "submission.csv"),
+            "--metrics", "dice", "nsd1", "cldice", "assd"]
+    assert main(args) == 0
+    one = capsys.readouterr().out
+    assert main([*args, "--workers", "2"]) == 0
+    assert capsys.readouterr().out == one
+    assert main([*args, "--workers", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --workers 0: need at least 1"
 
 
 def test_tune_by_dice_picks_the_best_dice_threshold(kidney, capsys):

@@ -1,11 +1,11 @@
 """The word-parallel surface Dice accumulator (issue 36.5) counts exactly the cube pairs of a plain per-cube count:
 on volumes of every width around the 8-voxel words, on block and chunk boundaries, on non-boolean inputs, on
-vessel trees, and when a run starts in the middle of a volume (as the slab workers of kidney_metrics do)."""
+vessel trees, and when a run starts in the middle of a volume (as the slab workers of metrics.hosts do)."""
 import numpy as np
 import pytest
 import surface_distance as sd
 
-from nnunet_vasculature.postprocess.surface_dice import (
+from nnunet_vasculature.metrics.surface_dice import (
     SurfaceDiceAccumulator,
     _plane_codes,
     surface_dice,
@@ -82,7 +82,7 @@ def test_vessel_trees_score_as_surface_distance(level):
 
 def test_a_run_started_in_the_middle_adds_up_to_the_whole():
     """As surface_distances.surface_counts: the previous plane's codes set from ``_plane_codes``, halves summed, the
-    sum set back as ``hist`` (kidney_metrics) gives the whole volume's counts and score."""
+    sum set back as ``hist`` (metrics.hosts) gives the whole volume's counts and score."""
     rng = np.random.default_rng(7)
     gt, pred = rng.random((20, 17, 23)) < 0.3, rng.random((20, 17, 23)) < 0.25
     first = SurfaceDiceAccumulator(gt.shape[1:])
@@ -101,7 +101,7 @@ def test_a_run_started_in_the_middle_adds_up_to_the_whole():
 def test_sweep_on_threads_with_the_level_counts_equals_the_plain_sweep():
     """Issue 36.1: the sweep's blocks as independent tasks (each reads the plane before it), summed in block order:
     the same values bit for bit on 1 or 2 threads, and the level counts of the same read equal a plain bincount."""
-    from nnunet_vasculature.postprocess.surface_dice import sweep_with_levels
+    from nnunet_vasculature.metrics.surface_dice import sweep_with_levels
     rng = np.random.default_rng(8)
     for trial in range(6):
         shape = (int(rng.integers(1, 40)), int(rng.integers(1, 20)), int(rng.integers(1, 20)))

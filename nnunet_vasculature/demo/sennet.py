@@ -26,6 +26,7 @@ def run_demo(out: Path, pretrained: Path | None = None, quick: bool = False, see
     from nnunet_vasculature.inference.options import PredictionOptions
     from nnunet_vasculature.inference.predict import predict
     from nnunet_vasculature.io.volumes import open_labels, open_probabilities
+    from nnunet_vasculature.metrics.surface_dice import surface_dice_sweep
     from nnunet_vasculature.postprocess.sennet import (
         COMPETITION,
         determine,
@@ -35,7 +36,6 @@ def run_demo(out: Path, pretrained: Path | None = None, quick: bool = False, see
         submit,
         validate,
     )
-    from nnunet_vasculature.postprocess.surface_dice import surface_dice_sweep
     from nnunet_vasculature.postprocess.tune import LEVEL_HALF, level_edge_warning, warn, write_postprocessing
     from nnunet_vasculature.pretrained.import_pretrained import import_pretrained
     from nnunet_vasculature.synthetic.sennet import synthesize

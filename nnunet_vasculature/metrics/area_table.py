@@ -1,12 +1,34 @@
 """Surface area (voxel units) of the marching-cubes surface in each 2x2x2 neighbourhood code.
 
-These are the values of DeepMind's ``create_table_neighbour_code_to_surface_area((1, 1, 1))``
-(``surface-distance``, Apache-2.0), the table the official Kaggle metric uses; the code of a cube is
-sum(kernel * corners) with kernel [[[128, 64], [32, 16]], [[8, 4], [2, 1]]] over (z, y, x).
-Generated once by ``benchmarks/make_area_table.py``; ``tests/test_metric.py`` checks it against the
-package.
+GENERATED: the ``AREA`` table below is written by ``python -m nnunet_vasculature.metrics.area_table`` (needs the
+test extra's ``surface-distance``); do not edit it by hand. It holds the values of DeepMind's
+``create_table_neighbour_code_to_surface_area((1, 1, 1))`` (``surface-distance``, Apache-2.0), the table the
+official Kaggle metric uses; the code of a cube is sum(kernel * corners) with kernel
+[[[128, 64], [32, 16]], [[8, 4], [2, 1]]] over (z, y, x). ``tests/test_metric.py`` checks it against the package.
 """
+from pathlib import Path
+
 import numpy as np
+
+
+def write_table(target: Path | str = Path(__file__)) -> Path:
+    """Rewrite the ``AREA`` table of ``target`` (this module) from DeepMind's ``surface-distance``.
+
+    Args:
+        target: the module to rewrite; its text outside the table stays as it is.
+
+    Returns:
+        ``target``.
+    """
+    from surface_distance import lookup_tables
+    table = lookup_tables.create_table_neighbour_code_to_surface_area((1, 1, 1))
+    target = Path(target)
+    head, _, rest = target.read_text().partition("\nAREA = np.array([")
+    _, _, tail = rest.partition("\n], dtype=np.float64)\n")
+    rows = ["    " + ", ".join(repr(float(x)) for x in table[i:i + 4]) + "," for i in range(0, 256, 4)]
+    target.write_text(head + "\nAREA = np.array([\n" + "\n".join(rows) + "\n], dtype=np.float64)\n" + tail)
+    return target
+
 
 AREA = np.array([
     0.0, 0.21650635094610965, 0.21650635094610965, 0.7071067811865476,
@@ -74,3 +96,7 @@ AREA = np.array([
     1.149519052838329, 0.4330127018922193, 0.7071067811865476, 0.21650635094610965,
     0.7071067811865476, 0.21650635094610965, 0.21650635094610965, 0.0,
 ], dtype=np.float64)
+
+
+if __name__ == "__main__":
+    print(f"wrote {write_table()}")

@@ -12,7 +12,7 @@ Names and definitions (spacing 1 voxel, volumes (slice, H, W)):
 
 Memory: one streaming read of both volumes (Dice, both surface Dice values); when clDice or ASSD is asked for, both
 masks are also kept bit-packed (1 bit per voxel, 0.34 GB each for a 2279 x 1303 x 912 kidney) and the skeleton
-(slabs with a halo, ``skeleton_slabs``) and the surface distances (k-d trees of a few slabs, ``surface_distances``)
+(slabs with a halo, ``metrics.skeleton``) and the surface distances (k-d trees of a few slabs, ``surface_distances``)
 work from there: each core of ``skeleton_core`` planes is one independent task (both skeletons, its ASSD target
 slabs, its cube layers of both surface Dice values), run in a loop, in threads or on a dask cluster, and the tasks'
 integer counts and distance sums are reduced in slab order (the values do not depend on where the tasks ran).
@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from nnunet_vasculature.errors import UserError, atomic_file
 from nnunet_vasculature.io.volumes import ZSliceable
-from nnunet_vasculature.postprocess.packed_volume import PackedVolume
-from nnunet_vasculature.postprocess.skeleton_slabs import (
+from nnunet_vasculature.metrics.packed_volume import PackedVolume
+from nnunet_vasculature.metrics.skeleton import (
     DEFAULT_CORE,
     DEFAULT_HALO,
     PlaneRadii,
@@ -41,8 +41,8 @@ from nnunet_vasculature.postprocess.skeleton_slabs import (
     packed_skeleton,
     skeleton_hits,
 )
-from nnunet_vasculature.postprocess.surface_dice import SurfaceDiceAccumulator, surface_dice_sweep
-from nnunet_vasculature.postprocess.surface_distances import (
+from nnunet_vasculature.metrics.surface_dice import SurfaceDiceAccumulator, surface_dice_sweep
+from nnunet_vasculature.metrics.surface_distances import (
     ToleranceOneAccumulator,
     areas,
     assd_from_slabs,
@@ -119,7 +119,7 @@ def kidney_scores(pred: ZSliceable, gt: ZSliceable, metrics: Sequence[str] = ("n
         metrics: names from :data:`METRICS` (``nsd0 nsd1 cldice assd dice``).
         where: the kidney's name for error messages.
         block: planes read at a time.
-        skeleton_core, skeleton_halo: slab geometry of the clDice skeleton (see ``skeleton_slabs``).
+        skeleton_core, skeleton_halo: slab geometry of the clDice skeleton (see ``metrics.skeleton``).
         progress: show tqdm bars.
         workers: slab tasks run at once in this process (dask's threaded scheduler; 1: a plain loop).
         scheduler: the address of a dask.distributed scheduler (``tcp://host:8786``) or a ``distributed.Client``
@@ -161,8 +161,8 @@ def kidney_scores(pred: ZSliceable, gt: ZSliceable, metrics: Sequence[str] = ("n
             packed_p.write(z0, p)
             packed_g.write(z0, g)
         if radii is not None:
-            radii[0].add(z0, p)
-            radii[1].add(z0, g)
+            radii[0].record(z0, p)
+            radii[1].record(z0, g)
         bar.update(len(g))
     bar.close()
     out: dict[str, float] = {"dice": dice_from_counts(inter, total_p, total_g)}
@@ -212,7 +212,7 @@ def slab_jobs(shape: tuple[int, int, int], names: Sequence[str], core: int = DEF
     Args:
         shape: the kidney's shape.
         names: the metrics asked for.
-        core, halo: the clDice slab geometry (``skeleton_slabs``).
+        core, halo: the clDice slab geometry (``metrics.skeleton``).
         radii: the prediction's and the labels' plane radius bounds (the halos follow the thickness); needed for
             clDice.
     Returns:

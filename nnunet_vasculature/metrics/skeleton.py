@@ -25,7 +25,7 @@ import numpy as np
 from scipy.ndimage import distance_transform_edt
 from skimage.morphology import skeletonize
 
-from nnunet_vasculature.postprocess.packed_volume import PackedVolume
+from nnunet_vasculature.metrics.packed_volume import PackedVolume
 
 DEFAULT_CORE = 96
 DEFAULT_HALO = 48
@@ -108,7 +108,7 @@ class PlaneRadii:
         self.mask, self.block = mask, block
         self.radius = np.full(mask.shape[0], np.nan)
 
-    def add(self, z0: int, planes: np.ndarray) -> None:
+    def record(self, z0: int, planes: np.ndarray) -> None:
         """Compute the bounds of planes ``z0 .. z0 + len(planes)`` from those planes (read anyway elsewhere).
 
         Args:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nnunet_vasculature.postprocess._area_table import AREA
+from nnunet_vasculature.metrics.area_table import AREA
 
 if TYPE_CHECKING:
     from nnunet_vasculature.io.volumes import ZSliceable

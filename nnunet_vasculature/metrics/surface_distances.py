@@ -19,10 +19,10 @@ from typing import Callable, NamedTuple
 import numpy as np
 from scipy.spatial import cKDTree
 
-from nnunet_vasculature.postprocess._area_table import AREA
-from nnunet_vasculature.postprocess.packed_volume import PackedVolume
-from nnunet_vasculature.postprocess.skeleton_slabs import foreground_box
-from nnunet_vasculature.postprocess.surface_dice import (
+from nnunet_vasculature.metrics.area_table import AREA
+from nnunet_vasculature.metrics.packed_volume import PackedVolume
+from nnunet_vasculature.metrics.skeleton import foreground_box
+from nnunet_vasculature.metrics.surface_dice import (
     DEFAULT_BLOCK,
     SurfaceDiceAccumulator,
     _cube_codes,

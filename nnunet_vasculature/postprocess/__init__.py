@@ -1,5 +1,4 @@
-"""Surface-Dice metric, threshold tuning, RLE and Kaggle submissions."""
+"""Threshold tuning, RLE and Kaggle submissions (the metrics they score with: :mod:`nnunet_vasculature.metrics`)."""
 from nnunet_vasculature.io.rle import rle_decode, rle_encode
-from nnunet_vasculature.postprocess.surface_dice import SurfaceDiceAccumulator, surface_dice, surface_dice_sweep
 
-__all__ = ["surface_dice", "surface_dice_sweep", "SurfaceDiceAccumulator", "rle_encode", "rle_decode"]
+__all__ = ["rle_encode", "rle_decode"]

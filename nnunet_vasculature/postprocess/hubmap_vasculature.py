@@ -97,7 +97,7 @@ def score_csv(solution: Path, submission: Path) -> float:
     Returns:
         The AP.
     """
-    from nnunet_vasculature.postprocess.average_precision import APAccumulator
+    from nnunet_vasculature.metrics.average_precision import APAccumulator
     sub = {r["id"]: r for r in read_table(submission, ["id", "prediction_string"], competition=COMPETITION)}
     acc = APAccumulator()
     for r in read_table(solution, ["id", "height", "width", "annotations"], competition=COMPETITION):
@@ -203,7 +203,7 @@ def determine(folders: list[Path], polygons: Path, grid: dict, try_split: bool =
     """
     from tqdm import tqdm
 
-    from nnunet_vasculature.postprocess.average_precision import APAccumulator
+    from nnunet_vasculature.metrics.average_precision import APAccumulator
     from nnunet_vasculature.postprocess.instances import instances_from_probabilities, read_probabilities
     truth = read_polygons(polygons)
     files = [f for f in probability_files(folders).values() if f.stem in truth]
@@ -276,7 +276,7 @@ def draw_overlay(image: np.ndarray, annotations: list[dict], lab: np.ndarray, sc
     """
     from skimage.segmentation import find_boundaries
 
-    from nnunet_vasculature.postprocess.average_precision import average_precision, mask_ious, match_tile
+    from nnunet_vasculature.metrics.average_precision import average_precision, mask_ious, match_tile
     from nnunet_vasculature.postprocess.overlay import as_rgb, save_panels
     rgb = as_rgb(image)
     truth = polygon_masks(annotations, rgb.shape[:2])

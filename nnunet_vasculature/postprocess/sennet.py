@@ -2,9 +2,10 @@
 
 Metric: Kaggle's surface Dice at tolerance 0 per kidney (slices stacked in slice order, spacing 1), averaged over
 kidneys; :func:`kidney_scorer` is the one place that accumulates it. ``tune`` picks the uint8 threshold level
-(all 256 at once, :func:`~.surface_dice.surface_dice_sweep`), then whether a 3D closing and small-component removal
-help (each kept only if it raises the mean), and writes postprocessing.json; ``apply``/``submit`` turn
-probabilities into masks with it. Submission CSV: ``id,rle`` (row-major RLE, ``kidney_5_0000`` ids).
+(all 256 at once, :func:`~nnunet_vasculature.metrics.surface_dice.surface_dice_sweep`), then whether a 3D
+closing and small-component removal help (each kept only if it raises the mean), and writes postprocessing.json;
+``apply``/``submit`` turn probabilities into masks with it. Submission CSV: ``id,rle`` (row-major RLE,
+``kidney_5_0000`` ids).
 """
 from __future__ import annotations
 
@@ -28,8 +29,7 @@ from nnunet_vasculature.io.volumes import (
     open_labels,
     open_probabilities,
 )
-from nnunet_vasculature.postprocess.files import check_outputs, check_sample_ids, refuse_other_competition, sample_order
-from nnunet_vasculature.postprocess.kidney_metrics import (
+from nnunet_vasculature.metrics.hosts import (
     METRICS,
     OBJECTIVES,
     check_metrics,
@@ -37,6 +37,8 @@ from nnunet_vasculature.postprocess.kidney_metrics import (
     mean_scores,
     write_scores_json,
 )
+from nnunet_vasculature.metrics.surface_dice import SurfaceDiceAccumulator
+from nnunet_vasculature.postprocess.files import check_outputs, check_sample_ids, refuse_other_competition, sample_order
 from nnunet_vasculature.postprocess.mask_rule import MaskRule
 from nnunet_vasculature.postprocess.sennet_metrics import BlockStream
 from nnunet_vasculature.postprocess.sennet_tune import (
@@ -48,7 +50,6 @@ from nnunet_vasculature.postprocess.sennet_tune import (
     load_postprocessing,
     plot_curve,
 )
-from nnunet_vasculature.postprocess.surface_dice import SurfaceDiceAccumulator
 from nnunet_vasculature.postprocess.tune import (
     BLOCK,
     grid_edge_warning,
@@ -152,13 +153,16 @@ def score_csv(solution: Path, submission: Path) -> dict[str, float]:
             for kidney, (rows, shape, sub) in _csv_kidneys(solution, submission).items()}
 
 
-def score_csv_metrics(solution: Path, submission: Path, metrics: Sequence[str]) -> dict[str, dict[str, float]]:
-    """The hosts' metrics (:mod:`.kidney_metrics`) per kidney of a submission against a solution.
+def score_csv_metrics(solution: Path, submission: Path, metrics: Sequence[str], workers: int = 1,
+                      scheduler: str | None = None) -> dict[str, dict[str, float]]:
+    """The hosts' metrics (:mod:`nnunet_vasculature.metrics.hosts`) per kidney of a submission against a solution.
 
     Args:
         solution: the solution CSV.
         submission: the submission CSV.
         metrics: names among ``nsd0 nsd1 cldice assd dice``.
+        workers, scheduler: as for :func:`nnunet_vasculature.metrics.hosts.kidney_scores` (slab tasks on N threads
+            or on the dask cluster at an address).
 
     Returns:
         ``{kidney: {metric: value}}``.
@@ -168,7 +172,7 @@ def score_csv_metrics(solution: Path, submission: Path, metrics: Sequence[str]) 
         volume = (len(rows), *shape)
         out[kidney] = kidney_scores(BlockStream(volume, _decoded(rows, shape, sub, submission)),
                                     BlockStream(volume, _decoded(rows, shape, None, solution)), metrics,
-                                    where=kidney, progress=True)
+                                    where=kidney, progress=True, workers=workers, scheduler=scheduler)
     return out
 
 
@@ -177,8 +181,8 @@ def kidney_name(labels: Path) -> str:
     return labels.parent.name if labels.name == "labels" else labels.name.split(".")[0]
 
 
-def score_volumes(labels: Path, pred: Path, pp_path: Path | None = None,
-                  metrics: Sequence[str] | None = None) -> dict:
+def score_volumes(labels: Path, pred: Path, pp_path: Path | None = None, metrics: Sequence[str] | None = None,
+                  workers: int = 1, scheduler: str | None = None) -> dict:
     """Score of a predicted mask (slice folder, 3D file) or of probabilities turned into a mask with ``pp_path``.
 
     Args:
@@ -186,6 +190,7 @@ def score_volumes(labels: Path, pred: Path, pp_path: Path | None = None,
         pred: the mask, or probabilities when ``pp_path`` is given.
         pp_path: postprocessing.json.
         metrics: the hosts' metrics to compute (None: the competition's surface Dice alone).
+        workers, scheduler: with ``metrics``, as for :func:`nnunet_vasculature.metrics.hosts.kidney_scores`.
 
     Returns:
         ``{kidney: score}``, or ``{kidney: {metric: value}}`` with ``metrics``.
@@ -206,7 +211,7 @@ def score_volumes(labels: Path, pred: Path, pp_path: Path | None = None,
     name = kidney_name(Path(labels))
     if metrics is not None:
         return {name: kidney_scores(BlockStream(shape, (m for _, m in blocks)), gt, metrics, where=name,
-                                    progress=True)}
+                                    progress=True, workers=workers, scheduler=scheduler)}
     return {name: score_blocks(((m, gt[z0:z0 + len(m)]) for z0, m in blocks), gt.shape[1:])}
 
 
@@ -335,6 +340,8 @@ def draw_overlay(labels: Path, pred: Path | str, png: Path, pp_path: Path | None
 def _run_score(a: argparse.Namespace) -> None:
     refuse_other_competition([a.solution, a.submission, a.labels, a.pred, a.pp], COMPETITION, "score")
     metrics = check_metrics(a.metrics or ["nsd0"])
+    if a.workers < 1:
+        raise UserError(f"--workers {a.workers}: need at least 1")
     if a.json:
         check_outputs([(f, p) for f, p in (("--solution", a.solution), ("--submission", a.submission),
                                            ("--labels", a.labels), ("--pred", a.pred), ("-pp", a.pp)) if p],
@@ -345,9 +352,9 @@ def _run_score(a: argparse.Namespace) -> None:
         scores = score_csv(a.solution, a.submission) if a.solution else score_volumes(a.labels, a.pred, a.pp)
         per_kidney = {k: {"nsd0": v} for k, v in scores.items()}
     elif a.solution:
-        per_kidney = score_csv_metrics(a.solution, a.submission, metrics)
+        per_kidney = score_csv_metrics(a.solution, a.submission, metrics, a.workers, a.scheduler)
     else:
-        per_kidney = score_volumes(a.labels, a.pred, a.pp, metrics)
+        per_kidney = score_volumes(a.labels, a.pred, a.pp, metrics, a.workers, a.scheduler)
     mean = mean_scores(per_kidney)
     if len(metrics) > 1:
         print(f"{'kidney':<20s} " + " ".join(f"{m:>10s}" for m in metrics))
@@ -459,6 +466,10 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
                        help=f"the hosts' metrics to report per kidney: {' '.join(METRICS)} (default nsd0, the "
                             "competition's surface Dice); see docs/metrics.md")
         s.add_argument("--json", type=Path, help="also write the scores as JSON ({kidney: {metric: value}, mean})")
+        where = s.add_argument_group("several cores or a dask cluster (--metrics beyond nsd0)")
+        where = where.add_mutually_exclusive_group()
+        where.add_argument("--workers", type=int, default=1, metavar="N", help="score N slabs at once (threads)")
+        where.add_argument("--scheduler", metavar="ADDRESS", help="score the slabs on the dask cluster at ADDRESS")
         s.set_defaults(func=_run_score)
     if "tune" in groups:
         t = groups["tune"].add_parser(COMPETITION, help="best threshold (and component removal) by mean surface Dice")

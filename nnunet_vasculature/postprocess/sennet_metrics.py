@@ -1,4 +1,4 @@
-"""The hosts' five metrics (:mod:`.kidney_metrics`) where SenNet's ``score`` and ``tune`` need them: a
+"""The hosts' five metrics (:mod:`nnunet_vasculature.metrics.hosts`) where SenNet's ``score`` and ``tune`` need them: a
 push-fed per-kidney scorer for any objective (tune's closing and component options feed blocks in slice
 order), a z-stream view of block generators (a post-processed mask, decoded RLE rows) that the streamed
 metrics read once, and the per-level curve of an objective for the threshold choice."""
@@ -9,11 +9,11 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from nnunet_vasculature.io.volumes import ZSliceable
-from nnunet_vasculature.postprocess.kidney_metrics import OBJECTIVES, check_metrics, dice_from_counts, objective_scores
-from nnunet_vasculature.postprocess.packed_volume import PackedVolume
-from nnunet_vasculature.postprocess.skeleton_slabs import cldice_counts, cldice_from_counts
-from nnunet_vasculature.postprocess.surface_dice import SurfaceDiceAccumulator
-from nnunet_vasculature.postprocess.surface_distances import ToleranceOneAccumulator
+from nnunet_vasculature.metrics.hosts import OBJECTIVES, check_metrics, dice_from_counts, objective_scores
+from nnunet_vasculature.metrics.packed_volume import PackedVolume
+from nnunet_vasculature.metrics.skeleton import cldice_counts, cldice_from_counts
+from nnunet_vasculature.metrics.surface_dice import SurfaceDiceAccumulator
+from nnunet_vasculature.metrics.surface_distances import ToleranceOneAccumulator
 
 # tune's candidate levels for the objectives scored level by level: every 16th level and 0.5 itself
 COARSE_LEVELS = sorted(set(range(8, 256, 16)) | {128})

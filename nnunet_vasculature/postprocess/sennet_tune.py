@@ -10,14 +10,14 @@ import numpy as np
 
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.io.volumes import ZSliceable, open_labels, open_probabilities
-from nnunet_vasculature.postprocess.kidney_metrics import (
+from nnunet_vasculature.metrics.hosts import (
     OBJECTIVES,
     check_metrics,
 )
+from nnunet_vasculature.metrics.surface_dice import sweep_with_levels
 from nnunet_vasculature.postprocess.mask_rule import MaskRule
 from nnunet_vasculature.postprocess.morphology import level_histogram
 from nnunet_vasculature.postprocess.sennet_metrics import ObjectiveScorer, objective_curve
-from nnunet_vasculature.postprocess.surface_dice import sweep_with_levels
 from nnunet_vasculature.postprocess.tune import (
     BLOCK,
     LEVEL_HALF,
