@@ -34,6 +34,7 @@ report(seconds=time.time() - t, mean=float(probs[1].mean()))
 
 OURS = SETUP + """
 from nnunet_vasculature.io.sources import VolumeSource
+from nnunet_vasculature.inference.options import PredictionOptions
 from nnunet_vasculature.inference.streaming import StreamingPredictor
 def read(a, b):   # slices produced on demand, like reading TIFF slices from disk
     return np.random.default_rng(a).random((b - a, plane, plane)).astype(np.float32) * 1000 + 1
@@ -41,7 +42,7 @@ src = VolumeSource("v", (depth, plane, plane), (50.0, 50.0, 50.0), [], [(0, dept
 total = [0.0]
 def sink(z, p):
     total[0] += float(p.sum())
-sp = StreamingPredictor(folder, [0], device=torch.device("cpu"), use_mirroring=False)
+sp = StreamingPredictor.from_options(PredictionOptions.of(folder, [0], tta=False), torch.device("cpu"))
 t = time.time()
 sp.predict(src, sink)
 report(seconds=time.time() - t, mean=total[0] / (depth * plane * plane))

@@ -17,6 +17,7 @@ from predict_helpers import _image, _kaggle_kidney, _ours
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.inference import nnunet_compat as compat
 from nnunet_vasculature.inference.geometry import StreamingGeometry
+from nnunet_vasculature.inference.options import PredictionOptions
 from nnunet_vasculature.inference.streaming import ModelInput, StreamingPredictor
 from nnunet_vasculature.io.sources import VolumeSource
 
@@ -44,8 +45,9 @@ def _folder(tmp_path, folds=(0,), transpose=None, **kw):
     return folder
 
 
-def _pred(folder, folds=(0,), tta=False, **kw):
-    return StreamingPredictor(folder, list(folds), device=torch.device("cpu"), use_mirroring=tta, **kw)
+def _pred(folder, folds=(0,), tta=False, overlap=True, queue_depth=1):
+    return StreamingPredictor.from_options(PredictionOptions.of(folder, folds, tta=tta), torch.device("cpu"),
+                                           overlap=overlap, queue_depth=queue_depth)
 
 
 def _src(img, spacing=SP, read=None):

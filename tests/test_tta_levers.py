@@ -26,8 +26,8 @@ def _logit_mean(probs):
     return 1 / (1 + np.exp(-np.mean(np.log(p) - np.log1p(-p), axis=0)))
 
 
-def _predictor(folder, tta, **kw):
-    return StreamingPredictor(folder, [0], device=torch.device("cpu"), use_mirroring=tta, **kw)
+def _predictor(folder, tta, **options):
+    return StreamingPredictor.from_options(PredictionOptions.of(folder, [0], tta=tta, **options), torch.device("cpu"))
 
 
 def test_rotation_steps_are_torch_rot90():

@@ -120,6 +120,10 @@ def estimate(src: VolumeSource, plans: ModelPlans, options: PredictionOptions, c
     tta = TileTTA(plans.patch, cm.spacing, mirror_axes, options.tta_rotations, options.tta_permutations,
                   str(options.model_folder))
     tiles = int(np.prod([len(s) for s in geometry.tile_starts]))
+    counts = None
+    if options.tissue_mask:          # a strided read of the input: the same mask and count as predict's
+        from nnunet_vasculature.inference.tissue import measure_tiles
+        counts = measure_tiles(src, geometry, spacing)
     passes = tta.passes * 2 ** len(mirror_axes or ()) * len(options.folds)
     cuda = device.startswith("cuda")
     params, activations = network_footprint(plans, classes, 2 if cuda else 4)
@@ -140,8 +144,9 @@ def estimate(src: VolumeSource, plans: ModelPlans, options: PredictionOptions, c
             "spacing_source": src.spacing_source, "chunk_count": src.chunk_count, "absent_chunks": src.absent_chunks,
             "model_spacing": spacing, **geometry.describe(), "patch": list(plans.patch),
             "tile_steps": [len(s) for s in geometry.tile_starts], "tiles": tiles, "passes_per_tile": passes,
-            "network_passes": tiles * passes, "parameters": params, "device_bytes": int(device_bytes),
-            "host_bytes": int(host)}
+            "network_passes": (tiles if counts is None else counts.run) * passes,
+            "tissue": None if counts is None else counts.describe(), "parameters": params,
+            "device_bytes": int(device_bytes), "host_bytes": int(host)}
 
 
 def dry_run(spec: InputSpec | str | Path, options: PredictionOptions, spacing: float | None = None,
@@ -179,7 +184,8 @@ def dry_run(spec: InputSpec | str | Path, options: PredictionOptions, spacing: f
     tta = ("mirroring" if options.tta else "no mirroring") + (", rotations" if options.tta_rotations else "") + \
         (", permutations" if options.tta_permutations else "")
     print(f"dry run: {options.model_folder} ({plans.configuration}), patch {list(plans.patch)}, step "
-          f"{options.step_size:g}, {len(options.folds)} fold(s), {tta}; no network runs, nothing is written")
+          f"{options.step_size:g}, {len(options.folds)} fold(s), {tta}; no network runs, nothing is written"
+          + ("; the tissue mask reads one plane in every quarter patch" if options.tissue_mask else ""))
     model_spacing = model_input_spacing(options)
     for src, r in zip(sources, results):
         print(spacing_line(src, model_spacing))
@@ -190,6 +196,8 @@ def dry_run(spec: InputSpec | str | Path, options: PredictionOptions, spacing: f
               f"volume, the non-zero crop is not computed)")
         print(f"  tiles {r['tiles']} ({' x '.join(map(str, r['tile_steps']))}), {r['passes_per_tile']} network "
               f"passes per tile -> {r['network_passes']} network passes")
+        if r["tissue"]:
+            print(f"  {r['tissue']}")
         print(f"  memory: {device} {_gib(r['device_bytes'])} (row buffers + {r['parameters']:,} "
               f"parameters x {len(options.folds)} fold(s) + one tile's activations); host {_gib(r['host_bytes'])} "
               f"beyond the interpreter, torch and nnU-Net")

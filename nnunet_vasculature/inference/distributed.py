@@ -25,6 +25,10 @@ so again no lock), the marks live in the image's ``_slabs`` group, the parameter
 fingerprint in its run record; once every slab is done the client builds the pyramid, marks the image
 complete and removes ``_slabs``.
 
+With the options' ``tissue_mask`` each worker measures the kidney's tissue mask itself, once per kidney
+(:meth:`StreamingPredictor.tissue_mask`: a strided read, deterministic, so every slab skips the tiles a
+single-process run skips).
+
 Each slab also predicts the tile rows overlapping its neighbours: about (patch depth - step) model
 planes more per slab, e.g. 1.25x the tiles of a single run for 256-plane slabs, a 128-plane patch and
 step 0.5 at the model's spacing.
@@ -424,6 +428,15 @@ def _predictor(setup: WorkerSetup) -> Any:
     return _cached("predictor", key, lambda: StreamingPredictor.from_options(setup.options, resolve_device(device)))
 
 
+def _tissue(setup: WorkerSetup, kidney: str, src: VolumeSource, predictor: Any) -> Any:
+    """The worker's tissue mask of ``kidney`` (measured once per worker process, kidney and parameters)."""
+    key = json.dumps([setup.inputs, setup.spacing, str(setup.level), setup.options.to_json()], sort_keys=True)
+    masks = _cached("tissue", key, dict)
+    if kidney not in masks:
+        masks[kidney] = predictor.tissue_mask(src)
+    return masks[kidney]
+
+
 def _slab_task(task: SlabTask) -> tuple[str, int, float]:
     """Predict planes [z0, z1) of one kidney into its array (whole chunks) and mark the slab done."""
     import zarr
@@ -435,7 +448,8 @@ def _slab_task(task: SlabTask) -> tuple[str, int, float]:
     group = zarr.open_group(task.out, mode="r+")
     sink = KidneyWriter.slab(group, task.array, task.z0, task.z1, flush_planes=task.flush)
     crop_box, stats = task.scan
-    predictor.predict(src, sink, task.z0, end=task.z1, scan=(crop_box, stats))
+    tissue = _tissue(task.setup, task.kidney, src, predictor) if task.setup.options.tissue_mask else None
+    predictor.predict(src, sink, task.z0, end=task.z1, scan=(crop_box, stats), tissue=tissue)
     sink.close()
     group[task.progress][task.slab] = 1
     return task.kidney, task.slab, time.time() - started

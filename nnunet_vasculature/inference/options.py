@@ -5,7 +5,9 @@ probability store (``source.model``) and hashed into the distributed run's param
 
 The JSON form is the store's record: ``folder`` (resolved), ``folds``, ``checkpoint``, ``tta`` (nnU-Net's
 mirroring), ``step_size``, and the extra test-time options only when they are on (``tta_rotations``,
-``tta_permutations``, ``tta_scale``), so that a run without them reads as one made before they existed.
+``tta_permutations``, ``tta_scale``, ``tissue_mask``), so that a run without them reads as one made before they
+existed. ``tissue_mask`` (:mod:`nnunet_vasculature.inference.tissue`) skips the tiles wholly outside the dilated
+tissue mask: their voxels become background, so it is part of the result (and of a resume check).
 Where the networks run (``-device``) is not an option of the result and is not part of it.
 """
 from __future__ import annotations
@@ -32,6 +34,7 @@ class PredictionOptions:
     tta_rotations: bool = False
     tta_permutations: bool = False
     tta_scale: float = 1.0
+    tissue_mask: bool = False        # skip the tiles of mounting medium (inference/tissue.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_folder", Path(self.model_folder).resolve())
@@ -66,6 +69,8 @@ class PredictionOptions:
             out["tta_permutations"] = True
         if self.tta_scale != 1.0:
             out["tta_scale"] = self.tta_scale
+        if self.tissue_mask:
+            out["tissue_mask"] = True
         return out
 
     @classmethod
@@ -81,7 +86,8 @@ class PredictionOptions:
         try:
             return cls(Path(record["folder"]), tuple(record["folds"]), record["checkpoint"], bool(record["tta"]),
                        float(record["step_size"]), bool(record.get("tta_rotations", False)),
-                       bool(record.get("tta_permutations", False)), float(record.get("tta_scale", 1.0)))
+                       bool(record.get("tta_permutations", False)), float(record.get("tta_scale", 1.0)),
+                       bool(record.get("tissue_mask", False)))
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"prediction options record {record!r}: missing or bad value ({e})") from None
 
@@ -92,7 +98,7 @@ class PredictionOptions:
         Args:
             model_folder: the model folder.
             folds: folds to average.
-            **options: any other field (``checkpoint``, ``tta``, ``step_size``, ``tta_*``).
+            **options: any other field (``checkpoint``, ``tta``, ``step_size``, ``tta_*``, ``tissue_mask``).
 
         Returns:
             The options.

@@ -94,6 +94,8 @@ def predict(inputs: Path | str, out: Path | None, options: PredictionOptions, de
                 bar.update(len(planes))
             predictor.predict(src, write, start=sink.start)
         sink.close()
+        if options.tissue_mask and predictor.tile_count is not None:
+            print(f"{src.name}: {predictor.tile_count.describe()}")
         seconds = max(time.time() - started, 1e-9)
         where = out if group is None else f"{out}/{src.name}"
         print(f"{src.name}: {tuple(src.shape)} in {seconds:.1f} s ({np.prod(src.shape) / seconds / 1e6:.2f} M voxels/s)"
@@ -179,6 +181,10 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
                    help="test-time up-scaling: predict at the model's spacing / F (e.g. 1.5 or 2; about F^3 the "
                         "time), probabilities resampled back to the input grid")
     p.add_argument("-step_size", type=float, default=0.5, help="sliding-window step (fraction of the patch)")
+    p.add_argument("--tissue_mask", action="store_true",
+                   help="skip the tiles wholly outside the sample (mounting medium, found by a strided read of the "
+                        "input, dilated by one patch): their voxels are background; inside the mask the "
+                        "probabilities equal a full run's")
     p.add_argument("--spacing", nargs="+", metavar="UM|KIDNEY=UM",
                    help="voxel size (µm, 0.1 to 10000) when the input does not say (a known Kaggle kidney's too), "
                         "and/or KIDNEY=UM for one kidney (e.g. kidney_5=50.28 kidney_6=63.08)")
@@ -204,7 +210,8 @@ def _run(a: argparse.Namespace) -> None:
     folder = a.model_folder or model_folder_from_args(a.dataset_id, a.configuration, a.trainer, a.plans)
     options = PredictionOptions.of(folder, a.folds, checkpoint=a.checkpoint, tta=not a.disable_tta,
                                    step_size=a.step_size, tta_rotations=a.tta_rotations,
-                                   tta_permutations=a.tta_permutations, tta_scale=a.tta_scale)
+                                   tta_permutations=a.tta_permutations, tta_scale=a.tta_scale,
+                                   tissue_mask=a.tissue_mask)
     level = a.level if str(a.level).strip().lower() == "auto" else _level_number(a.level)
     a.spacing = tuple(a.spacing) if a.spacing else None       # the flag's words, parsed with -i (parse_input)
     if a.dry_run:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
@@ -45,8 +45,9 @@ from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.inference import nnunet_compat as compat
 from nnunet_vasculature.inference.geometry import StreamingGeometry
 from nnunet_vasculature.inference.model import load_model, resolve_device
-from nnunet_vasculature.inference.options import DEFAULT_CHECKPOINT, PredictionOptions
+from nnunet_vasculature.inference.options import PredictionOptions
 from nnunet_vasculature.inference.pipeline import Prefetch, Writer
+from nnunet_vasculature.inference.tissue import TileCount, TissueMask, cell_stride, count_tiles, tiles_to_run
 from nnunet_vasculature.inference.tta import TileTTA, check_scale
 from nnunet_vasculature.io.sources import VolumeSource
 
@@ -55,45 +56,51 @@ Progress = Callable[[int], object]            # called with the number of tiles 
 PlaneReader = Callable[[int, int], np.ndarray]   # planes [a, b) -> (b - a, y, x)
 Normalizer = Callable[[np.ndarray], np.ndarray]
 Nonlinearity = Callable[[np.ndarray], np.ndarray]   # logits (C, y, x) -> foreground probability (y, x)
+BACKGROUND_LOGIT = 1e4     # exp(-2e4) is 0 in float32: a probability of exactly 0
 Scan = tuple  # (crop box [(z0, z1), (y0, y1), (x0, x1)] or None, intensity statistics dict or None)
 
 
 class StreamingPredictor:
-    def __init__(self, model_folder: Path, folds: Sequence[int | str], checkpoint_name: str = DEFAULT_CHECKPOINT,
-                 device: torch.device | str = torch.device("cpu"), use_mirroring: bool = True,
-                 tile_step_size: float = 0.5, overlap: bool = True, queue_depth: int = 1,
-                 tta_rotations: bool = False, tta_permutations: bool = False, tta_scale: float = 1.0):
-        """``overlap``: prepare input and write planes in background threads (False: everything in the
-        calling thread, in order; same planes). ``queue_depth``: rows of input prepared ahead, blocks of
-        finished planes waiting to be written. ``tta_rotations``, ``tta_permutations``: 90° in-plane
-        rotations / axis permutations of each tile on top of mirroring; ``tta_scale``: predict at the
-        configuration's spacing divided by this factor (:mod:`nnunet_vasculature.inference.tta`).
-        The model is loaded by :func:`~nnunet_vasculature.inference.model.load_model`."""
-        model_folder = Path(model_folder)
+    def __init__(self, options: PredictionOptions, device: torch.device | str = torch.device("cpu"),
+                 overlap: bool = True, queue_depth: int = 1):
+        """A predictor for ``options`` (the model, nnU-Net's mirroring, the step, the extra test-time options of
+        :mod:`nnunet_vasculature.inference.tta` and the tissue mask of :mod:`nnunet_vasculature.inference.tissue`).
+
+        Args:
+            options: the prediction options; the model is loaded by
+                :func:`~nnunet_vasculature.inference.model.load_model`.
+            device: where the networks run.
+            overlap: prepare input and write planes in background threads (False: everything in the calling
+                thread, in order; same planes).
+            queue_depth: rows of input prepared ahead, blocks of finished planes waiting to be written.
+        """
+        model_folder = Path(options.model_folder)
         device = resolve_device(device) if isinstance(device, str) else device
-        self.model = load_model(model_folder, [str(f) for f in folds], checkpoint_name, device, use_mirroring,
-                                tile_step_size)
-        self.device, self.step = device, tile_step_size
+        self.options = options
+        self.model = load_model(model_folder, list(options.folds), options.checkpoint, device, options.tta,
+                                options.step_size)
+        self.device, self.step = device, options.step_size
         self.overlap, self.queue_depth = overlap, max(1, int(queue_depth))
-        # seconds of the last predict(): wall (tile rows, after the scan), scan, prepare (input thread busy),
-        # network (forward passes incl. TTA; on CUDA without synchronising), main (calling thread busy),
-        # write (writer thread busy)
+        # seconds of the last predict(): wall (tile rows, after the scan), scan, tissue (the mask's strided read),
+        # prepare (input thread busy), network (forward passes incl. TTA; on CUDA without synchronising), main
+        # (calling thread busy), write (writer thread busy)
         self.timings: dict[str, float] = {}
+        self.tile_count: TileCount | None = None     # tiles of the last predict() and how many ran
         self.cm, self.pm, self.lm = self.model.configuration_manager, self.model.plans_manager, self.model.label_manager
         self.nets = self.model.networks
         self.patch = tuple(int(p) for p in self.cm.patch_size)
         self._check_supported(model_folder)
         # the model-space grid: the configuration's spacing, finer by tta_scale (tile grid, padding, halo
         # and both resamplings all derive from it)
-        self.spacing = [float(s) / check_scale(tta_scale) for s in self.cm.spacing]
-        self.tta = TileTTA(self.patch, self.cm.spacing, self.model.mirror_axes if use_mirroring else None,
-                           tta_rotations, tta_permutations, str(model_folder))
+        self.spacing = [float(s) / check_scale(options.tta_scale) for s in self.cm.spacing]
+        self.tta = TileTTA(self.patch, self.cm.spacing, self.model.mirror_axes if options.tta else None,
+                           options.tta_rotations, options.tta_permutations, str(model_folder))
         self.gaussian = self._gaussian()
 
     @classmethod
-    def from_options(cls, options: PredictionOptions, device: torch.device, overlap: bool = True,
-                     queue_depth: int = 1) -> StreamingPredictor:
-        """A predictor for ``options``.
+    def from_options(cls, options: PredictionOptions, device: torch.device | str = torch.device("cpu"),
+                     overlap: bool = True, queue_depth: int = 1) -> StreamingPredictor:
+        """A predictor for ``options`` (the constructor's arguments, by name).
 
         Args:
             options: the prediction options.
@@ -104,9 +111,7 @@ class StreamingPredictor:
         Returns:
             The predictor.
         """
-        return cls(options.model_folder, options.folds, options.checkpoint, device, options.tta, options.step_size,
-                   overlap=overlap, queue_depth=queue_depth, tta_rotations=options.tta_rotations,
-                   tta_permutations=options.tta_permutations, tta_scale=options.tta_scale)
+        return cls(options, device, overlap=overlap, queue_depth=queue_depth)
 
     def _check_supported(self, folder: Path) -> None:
         problems = []
@@ -150,6 +155,15 @@ class StreamingPredictor:
         """Foreground probability (y, x) of logits (C, y, x): the label manager's inference nonlinearity."""
         return self.lm.apply_inference_nonlin(torch.from_numpy(logits))[1].numpy()
 
+    def background_logits(self) -> torch.Tensor:
+        """Logits (C,) whose foreground probability is 0 under the label manager's nonlinearity (softmax or
+        sigmoid): the first channel ``+BACKGROUND_LOGIT``, the others ``-BACKGROUND_LOGIT``; given to the voxels
+        no tile covers when tiles are skipped (finite, so the probability resampling can interpolate them)."""
+        logits = torch.full((self.lm.num_segmentation_heads,), -BACKGROUND_LOGIT, dtype=torch.float32,
+                            device=self.device)
+        logits[0] = BACKGROUND_LOGIT
+        return logits
+
     # ---- the stream ------------------------------------------------------------------------
     @staticmethod
     def scan(src: VolumeSource) -> Scan:
@@ -165,14 +179,30 @@ class StreamingPredictor:
                                       self.cm.configuration["resampling_fn_data_kwargs"],
                                       self.cm.configuration["resampling_fn_probabilities_kwargs"], src.name)
 
+    def tissue_mask(self, src: VolumeSource) -> TissueMask:
+        """The tissue mask of ``src`` (:meth:`TissueMask.measure <nnunet_vasculature.inference.tissue.TissueMask.
+        measure>`, cells of a quarter patch): a strided read, deterministic, so every process that computes it
+        for the same input and model gets the same mask.
+
+        Args:
+            src: the input volume.
+
+        Returns:
+            The mask.
+        """
+        return TissueMask.measure(src, cell_stride(self.patch, self.spacing, src.spacing, self.pm.transpose_forward))
+
     def predict(self, src: VolumeSource, sink: Sink, start: int = 0, progress: Progress | None = None,
-                end: int | None = None, scan: Scan | None = None) -> None:
+                end: int | None = None, scan: Scan | None = None, tissue: TissueMask | None = None) -> None:
         """Stream foreground probabilities of ``src`` to ``sink`` for original planes [start, end)
         (``end`` None: to the last plane), in z order.
 
         The planes are bitwise those of a whole-volume run: the same tiles are accumulated in the same
         order; the tile rows before the first one touching ``start`` and after the last one that
-        plane ``end - 1`` needs are skipped. ``scan``: the result of :meth:`scan` (computed if None)."""
+        plane ``end - 1`` needs are skipped. ``scan``: the result of :meth:`scan` (computed if None).
+        With the options' ``tissue_mask``, the tiles wholly outside the dilated tissue mask (``tissue``, else
+        :meth:`tissue_mask`) are not run and the voxels no tile covers are background; :attr:`tile_count`
+        says how many tiles of the volume run."""
         depth, height, width = src.shape
         end = depth if end is None else max(start, min(int(end), depth))
         if start >= end:
@@ -180,15 +210,26 @@ class StreamingPredictor:
         started = time.perf_counter()
         crop_box, stats = self.scan(src) if scan is None else scan
         self.timings = {"scan": time.perf_counter() - started}
+        self.tile_count = None
 
         def background(first: int, stop: int) -> None:
             for z in range(first, stop):
                 sink(z, np.zeros((1, height, width), np.float32))
 
         if crop_box is None:                 # nothing but zeros: stock nnU-Net predicts background
+            self.tile_count = TileCount(0, 0)
             background(start, end)
             return
         geometry = self.geometry(src, crop_box)
+        run = None
+        if self.options.tissue_mask:
+            started = time.perf_counter()
+            tissue = self.tissue_mask(src) if tissue is None else tissue
+            run = tiles_to_run(geometry, tissue)
+            self.timings["tissue"] = time.perf_counter() - started
+            self.tile_count = TileCount(int(run.size), int(run.sum()), tissue.fraction)
+        else:
+            self.tile_count = count_tiles(geometry, None)
         (crop_z0, crop_z1), (crop_y0, crop_y1), (crop_x0, crop_x1) = geometry.crop_box
         intensity = self.pm.plans.get("foreground_intensity_properties_per_channel", {}).get("0")
         normalize = compat.make_normalizer(self.cm.normalization_schemes[0], intensity, stats)
@@ -203,15 +244,17 @@ class StreamingPredictor:
             inputs = ModelInput(geometry, read_crop, normalize, compat.normalized_range(normalize, stats),
                                 pin=self.device.type == "cuda")
             back = BackResampler(geometry, self.probabilities, sink, first_crop_plane, end_crop_plane)
-            self._run_rows(geometry, rows, last_padded_plane, inputs, back, progress)
+            self._run_rows(geometry, rows, last_padded_plane, inputs, back, progress, run)
         background(max(start, crop_z1), end)
 
     def _run_rows(self, geometry: StreamingGeometry, rows: list[int], last_padded_plane: int, inputs: ModelInput,
-                  back: BackResampler, progress: Progress | None) -> None:
+                  back: BackResampler, progress: Progress | None, run: np.ndarray | None = None) -> None:
         """Predict the tile rows ``rows`` and hand on the finished model planes up to ``last_padded_plane``.
 
         The network runs here; the rows' input windows come from a :class:`Prefetch` thread and the
-        finished planes go to a :class:`Writer` thread (both in this thread without ``overlap``)."""
+        finished planes go to a :class:`Writer` thread (both in this thread without ``overlap``). ``run``: which
+        tiles run (:func:`~nnunet_vasculature.inference.tissue.tiles_to_run`; None: all); a row none of whose
+        tiles runs has no input window prepared, and the voxels no tile covers get :meth:`background_logits`."""
         patch_depth, patch_height, patch_width = self.patch
         classes = self.lm.num_segmentation_heads
         padded = geometry.padded_shape
@@ -220,19 +263,26 @@ class StreamingPredictor:
         weight_sum = torch.zeros((patch_depth, padded[1], padded[2]), dtype=torch.float32, device=self.device)
         row_start = rows[0]
         started, network_seconds = time.perf_counter(), 0.0
+        row_index = {s: i for i, s in enumerate(geometry.tile_starts[0])}
+        row_runs = {s: run is None or bool(run[row_index[s]].any()) for s in rows}
+        background = None if run is None or run.all() else self.background_logits()
         windows = writer = None
         try:
             writer = Writer(back.write, self.queue_depth, self.overlap, "streaming-writer")
-            windows = Prefetch(lambda: (inputs.window(s) for s in rows), self.queue_depth, self.overlap,
-                               "streaming-input")
+            windows = Prefetch(lambda: (inputs.window(s) if row_runs[s] else None for s in rows), self.queue_depth,
+                               self.overlap, "streaming-input")
             for next_row, window in zip(rows, windows):
                 if next_row > row_start:
-                    writer.put(_finished_planes(accumulator, weight_sum, row_start, next_row, geometry))
+                    writer.put(_finished_planes(accumulator, weight_sum, row_start, next_row, geometry, background))
                     _shift_planes(accumulator, weight_sum, next_row - row_start)
                     row_start = next_row
+                if window is None:                              # no tile of this row runs
+                    continue
                 x = window.to(self.device, non_blocking=True)   # pinned on CUDA: the copy overlaps the host work
-                for tile_y in geometry.tile_starts[1]:
-                    for tile_x in geometry.tile_starts[2]:
+                for index_y, tile_y in enumerate(geometry.tile_starts[1]):
+                    for index_x, tile_x in enumerate(geometry.tile_starts[2]):
+                        if run is not None and not run[row_index[next_row], index_y, index_x]:
+                            continue
                         tile = x[None, None, :, tile_y:tile_y + patch_height, tile_x:tile_x + patch_width]
                         t = time.perf_counter()
                         logits = self.predict_tile(tile)
@@ -243,7 +293,7 @@ class StreamingPredictor:
                         if progress is not None:
                             progress(1)
             writer.put(_finished_planes(accumulator, weight_sum, row_start,
-                                        min(row_start + patch_depth, last_padded_plane + 1), geometry))
+                                        min(row_start + patch_depth, last_padded_plane + 1), geometry, background))
             writer.put(None)
             writer.finish()
         finally:
@@ -261,13 +311,21 @@ class StreamingPredictor:
 
 
 def _finished_planes(accumulator: torch.Tensor, weight_sum: torch.Tensor, first: int, stop: int,
-                     geometry: StreamingGeometry) -> list[tuple[int, np.ndarray]]:
+                     geometry: StreamingGeometry, background: torch.Tensor | None = None
+                     ) -> list[tuple[int, np.ndarray]]:
     """Padded planes [first, stop) are complete: (model plane, logits (C, y, x)) of each, divided one plane
     at a time (dividing the whole block at once would allocate a second accumulator-sized buffer on the
-    device). The accumulator's plane 0 is padded plane ``first``."""
+    device). The accumulator's plane 0 is padded plane ``first``. ``background`` (C,): the logits of the
+    voxels no tile covered (tiles skipped), None when every tile ran."""
     pad, model_shape = geometry.pad_before, geometry.model_shape
     ys, xs = slice(pad[1], pad[1] + model_shape[1]), slice(pad[2], pad[2] + model_shape[2])
-    return [(first + i - pad[0], (accumulator[:, i, ys, xs] / weight_sum[i, ys, xs]).cpu().numpy())
+
+    def divided(i: int) -> torch.Tensor:
+        logits = accumulator[:, i, ys, xs] / weight_sum[i, ys, xs]
+        if background is not None:
+            logits = torch.where(weight_sum[i, ys, xs] > 0, logits, background[:, None, None])
+        return logits
+    return [(first + i - pad[0], divided(i).cpu().numpy())
             for i in range(stop - first) if 0 <= first + i - pad[0] < model_shape[0]]
 
 
