@@ -93,6 +93,12 @@ def import_pretrained(source: Path, dataset_id: int, configuration: str = "3d_fu
     _dataset_name(dataset_id)
     model = load_source(files, configuration, str(fold), checkpoint, trainer, source_plans)
     channels, head_note = head_channels(model, vessel_channel)
+    # nnU-Net's own configuration names say their dimension: refused before any fingerprint or planning
+    named_dims = 2 if target_configuration == "2d" else 3 if target_configuration.startswith("3d_") else None
+    if named_dims is not None and model.dimension != named_dims:
+        raise UserError(f"{source}: a {model.dimension}D source ({configuration}) cannot start the {named_dims}D "
+                        f"'{target_configuration}' of {_dataset_name(dataset_id)}; pass -c/-tc with configurations "
+                        f"of one dimension")
     name, raw_dataset, pre, plans = _target_plans(dataset_id)
     if target_configuration not in plans["configurations"]:
         raise UserError(f"{pre / 'nnUNetPlans.json'}: no '{target_configuration}' configuration to adapt "
