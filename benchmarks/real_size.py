@@ -43,7 +43,7 @@ ZIP = REPORT + """
 import sys, json, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from v1_download import write_task008_zip
+from helpers.v1_download import write_task008_zip
 c, t = json.loads(sys.argv[3]), time.time()
 _, nets = write_task008_zip(Path(sys.argv[2]), base=c["base"], folds=(0,), pool=c["pool"], conv=c["conv"],
                             patch_fullres=c["patch"], patch_lowres=c["patch"], configurations=("3d_fullres",))

@@ -11,13 +11,11 @@
 or marked in its module.
 """
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture

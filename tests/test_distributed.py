@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from model_helpers import make_model_folder
-from predict_helpers import _image, _kaggle_kidney, _ours
+from helpers.model import make_model_folder
+from helpers.predict import _image, _kaggle_kidney, _ours
 
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.inference.options import PredictionOptions
@@ -179,7 +179,7 @@ def test_ngff_output_from_an_n5_store_resumes_by_chunk_aligned_slab(tmp_path, cl
     client builds the pyramid: level 0 and 1 equal single-process predict's, valid NGFF."""
     from functools import partial
 
-    from hoa_helpers import mean2, write_hoa_n5
+    from helpers.hoa import mean2, write_hoa_n5
     from ome_zarr_models.v04 import Image
 
     from nnunet_vasculature.inference import distributed

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from model_helpers import make_model_folder
+from helpers.model import make_model_folder
 
 from nnunet_vasculature.errors import UserError, run_cli
 from nnunet_vasculature.export import model_zip
@@ -202,7 +202,7 @@ def test_predict_refuses_a_model_installed_by_the_stock_command_from_a_newer_plu
     a record asking for a newer plugin is one line there, before the model or the input is touched."""
     import json
 
-    from model_helpers import make_model_folder
+    from helpers.model import make_model_folder
 
     from nnunet_vasculature import __version__
     from nnunet_vasculature.cli import main

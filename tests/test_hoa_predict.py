@@ -3,15 +3,15 @@ exactly the prediction of its TIFF slices; the OME-Zarr output overlays the sour
 (ome-zarr-models) and reads back through ome-zarr; apply writes labels/vessels, score reads the image;
 bad input is one line before the model is loaded; ``--dry_run`` counts tiles as nnU-Net does.
 
-Input stores are written by tensorstore / zarr (tests/hoa_helpers.py), never by this package."""
+Input stores are written by tensorstore / zarr (tests/helpers/hoa.py), never by this package."""
 import json
 
 import numpy as np
 import pytest
 import zarr
-from hoa_helpers import mean2, write_hoa_n5, write_hoa_omezarr04
-from model_helpers import make_model_folder
-from predict_helpers import _image, _kaggle_kidney
+from helpers.hoa import mean2, write_hoa_n5, write_hoa_omezarr04
+from helpers.model import make_model_folder
+from helpers.predict import _image, _kaggle_kidney
 
 from nnunet_vasculature.cli import main
 from nnunet_vasculature.io.sources import kaggle_kidney

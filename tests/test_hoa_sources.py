@@ -14,7 +14,7 @@ from importlib import resources
 import numpy as np
 import pytest
 import zarr
-from hoa_helpers import HOA_BUCKET_PATH, TEST_NAME, mean2, write_hoa_n5, write_hoa_omezarr04, write_omezarr05
+from helpers.hoa import HOA_BUCKET_PATH, TEST_NAME, mean2, write_hoa_n5, write_hoa_omezarr04, write_omezarr05
 
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.io.input_spec import open_volume
@@ -229,7 +229,7 @@ def test_hoa_dataset_through_hoa_tools(tmp_path, volume, fmt):
     """hoa:NAME read remotely through hoa-tools' own stores equals hoa-tools' own array, and equals the
     local mirror read by this package's N5 / OME-Zarr readers (x, y, z storage included)."""
     pytest.importorskip("hoa_tools")
-    from gcs_emulator import gcs_emulator
+    from helpers.gcs_emulator import gcs_emulator
     um = 25.0
     path = HOA_BUCKET_PATH.format(um=um) + (".ome.zarr" if fmt == "zarr" else "")
     store = tmp_path / "bucket" / "hoa-test" / path
@@ -269,7 +269,7 @@ def test_hoa_store_is_read_by_hoa_tools(tmp_path):
     """``hoa-store`` writes what hoa-tools' own classes read (its catalogue schema, its N5 and OME-Zarr stores
     served as the bucket by the emulator), the same voxels as ``hoa:NAME`` read from the mirror (issue 34.4)."""
     pytest.importorskip("hoa_tools")
-    from gcs_emulator import gcs_emulator
+    from helpers.gcs_emulator import gcs_emulator
 
     from nnunet_vasculature.synthetic.hoa_store import BUCKET, write_hoa_store
     mirror = tmp_path / "bucket" / BUCKET

@@ -1,7 +1,7 @@
 """Input faults of issue 35 (items 2, 3, 4, 7, 8, 17, 18) and 34.4: no silent wrong read, one line naming the
 file for every fault, found in the shared readers (pyramid / OME-Zarr / N5 / JPEG 2000 / VolumeSource).
 
-Stores are written by tensorstore and zarr (tests/hoa_helpers.py), slices by imagecodecs and tifffile; broken
+Stores are written by tensorstore and zarr (tests/helpers/hoa.py), slices by imagecodecs and tifffile; broken
 variants are made by editing their files, never by this package's code."""
 import json
 import os
@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 import tifffile
-from hoa_helpers import mean2, write_hoa_n5, write_hoa_omezarr04
+from helpers.hoa import mean2, write_hoa_n5, write_hoa_omezarr04
 
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.io.input_spec import open_volume, parse_input

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from hoa_helpers import mean2, write_hoa_n5, write_hoa_omezarr04
+from helpers.hoa import mean2, write_hoa_n5, write_hoa_omezarr04
 
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.inference.inputs import output_path

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from model_helpers import make_model_folder
+from helpers.model import make_model_folder
 from scipy import ndimage as ndi
 
 from nnunet_vasculature.cli import main

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import tifffile
-from model_helpers import make_model_folder
-from test_bundle import isolated_env, needs_wheelhouse, shared_bundle, torch_only_python
+from helpers.bundle import isolated_env, needs_wheelhouse, shared_bundle, torch_only_python
+from helpers.model import make_model_folder
 
 from nnunet_vasculature.cli import main
 from nnunet_vasculature.export import bundle, kaggle

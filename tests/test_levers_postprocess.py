@@ -4,7 +4,7 @@ import json
 import cc3d
 import numpy as np
 import pytest
-from postprocess_helpers import _write_kidney
+from helpers.postprocess import _write_kidney
 from scipy import ndimage as ndi
 
 from nnunet_vasculature.errors import UserError

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import zarr
-from model_helpers import make_model_folder
+from helpers.model import make_model_folder
 
 from nnunet_vasculature.cli import main
 

@@ -3,10 +3,10 @@ overlaying the source level, chunk-aligned resume, and the ``labels/`` image of 
 import numpy as np
 import pytest
 import zarr
+from helpers.hoa import mean2, write_hoa_omezarr04
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Label, Multiscales, Reader
 from skimage.measure import block_reduce
-from test_hoa_sources import mean2, write_hoa_omezarr04
 
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.io.ngff import ATTRS_KEY, NgffLabelsWriter, NgffWriter

@@ -7,8 +7,8 @@ import types
 import numpy as np
 import pytest
 import torch
-from model_helpers import make_model_folder, tiny_plans
-from predict_helpers import _compare, _image, _ours, _stock
+from helpers.model import make_model_folder, tiny_plans
+from helpers.predict import _compare, _image, _ours, _stock
 
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.inference import nnunet_compat as nc

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from model_helpers import make_model_folder
-from predict_helpers import _image, _kaggle_kidney, _ours
+from helpers.model import make_model_folder
+from helpers.predict import _image, _kaggle_kidney, _ours
 
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.inference import nnunet_compat as compat

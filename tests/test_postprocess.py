@@ -6,7 +6,7 @@ import cc3d
 import numpy as np
 import tifffile
 import zarr
-from postprocess_helpers import _kidney, _write_kidney
+from helpers.postprocess import _kidney, _write_kidney
 from scipy import ndimage as ndi
 
 from nnunet_vasculature.io.rle import rle_decode, rle_encode

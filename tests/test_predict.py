@@ -8,8 +8,8 @@ import pytest
 import tifffile
 import torch
 import zarr
-from model_helpers import make_model_folder
-from predict_helpers import _compare, _image, _kaggle_kidney, _ours, _stock, stock_format_checkpoint
+from helpers.model import make_model_folder
+from helpers.predict import _compare, _image, _kaggle_kidney, _ours, _stock, stock_format_checkpoint
 
 from nnunet_vasculature.cli import main
 from nnunet_vasculature.errors import UserError

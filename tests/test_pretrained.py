@@ -1,4 +1,4 @@
-"""v1 -> v2 weight import, on the 2020 download layout and serialisation (tests/v1_download.py), checked
+"""v1 -> v2 weight import, on the 2020 download layout and serialisation (tests/helpers/v1_download.py), checked
 against the real v1 Generic_UNet (nnunet==1.7.1)."""
 import io
 import pickle
@@ -7,7 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from v1_download import legacy_checkpoint_bytes, real_generic_unet, write_task008_zip
+from helpers.v1_download import legacy_checkpoint_bytes, real_generic_unet, write_task008_zip
 
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.pretrained import load_v1_as_v2

@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 import zarr
-from model_helpers import make_model_folder
-from predict_helpers import _image, _kaggle_kidney
+from helpers.model import make_model_folder
+from helpers.predict import _image, _kaggle_kidney
 
 from nnunet_vasculature.cli import main
 

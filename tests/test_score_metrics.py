@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import tifffile
-from postprocess_helpers import _kidney, _write_kidney
+from helpers.postprocess import _kidney, _write_kidney
 
 from nnunet_vasculature.cli import main
 from nnunet_vasculature.io.rle import rle_encode

@@ -3,11 +3,11 @@ size used, where it came from (known name, ``--spacing``, the input's metadata, 
 factor to the model; an assumed voxel size is a warning naming ``--spacing``; ``--spacing KIDNEY=UM`` pairs let
 one Kaggle test folder hold kidneys of different voxel sizes.
 
-Inputs are written by tifffile, SimpleITK and tensorstore (tests/hoa_helpers.py), never by this package."""
+Inputs are written by tifffile, SimpleITK and tensorstore (tests/helpers/hoa.py), never by this package."""
 import numpy as np
 import pytest
 import tifffile
-from hoa_helpers import mean2, write_hoa_n5
+from helpers.hoa import mean2, write_hoa_n5
 
 from nnunet_vasculature.cli import main
 from nnunet_vasculature.demo.tiny_model import make_model_folder

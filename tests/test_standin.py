@@ -1,5 +1,5 @@
 """The shipped stand-in source model (nnunet_vasculature/demo/data): a v1 download by the documented 2020
-layout facts (tests/v1_download.py), weights that the real v1 Generic_UNet loads, and a recorded
+layout facts (tests/helpers/v1_download.py), weights that the real v1 Generic_UNet loads, and a recorded
 source-task score that the shipped weights reproduce on a regenerated held-out case."""
 import io
 import json
@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from v1_download import PLANS_ID, TASK, TRAINER, real_generic_unet
+from helpers.v1_download import PLANS_ID, TASK, TRAINER, real_generic_unet
 
 from nnunet_vasculature.cli import main as cli_main
 from nnunet_vasculature.demo.source_task import SPACING_MM, source_case, vessel_distance

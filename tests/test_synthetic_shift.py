@@ -150,7 +150,7 @@ def test_cli_names_and_bad_values(tmp_path, capsys):
 def test_shifted_kidneys_convert_predict_submit_and_score(tmp_path, nnunet_dirs, capsys):
     """An unknown name needs its voxel size (convert and predict say so); with it every command runs, and a
     submission equal to the truth scores 1 against solution.csv, an empty one 0."""
-    from model_helpers import make_model_folder
+    from helpers.model import make_model_folder
 
     from nnunet_vasculature.postprocess.sennet import score_csv
     from nnunet_vasculature.postprocess.tune import write_postprocessing

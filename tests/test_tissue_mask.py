@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from model_helpers import make_model_folder
+from helpers.model import make_model_folder
 
 from nnunet_vasculature.inference.options import PredictionOptions
 from nnunet_vasculature.inference.streaming import StreamingPredictor
@@ -155,7 +155,7 @@ def test_cli_dry_run_and_predict_report_the_skipped_tiles(tmp_path, capsys):
     """`predict --tissue_mask`: --dry_run counts the tiles that would run with the same mask as the run itself, and
     the run's log line says how many it skipped; the output equals a run without the mask inside the tissue."""
     import zarr
-    from predict_helpers import _kaggle_kidney
+    from helpers.predict import _kaggle_kidney
 
     from nnunet_vasculature.cli import main
     folder = make_model_folder(tmp_path / "m", spacing=MODEL_SPACING)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from v1_download import write_task008_zip
+from helpers.v1_download import write_task008_zip
 
 from nnunet_vasculature.inference.model import read_checkpoint
 from nnunet_vasculature.trainers import ext_trainer_value

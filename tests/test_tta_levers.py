@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from model_helpers import make_model_folder
-from predict_helpers import _compare, _image, _kaggle_kidney, _ours, _stock
+from helpers.model import make_model_folder
+from helpers.predict import _compare, _image, _kaggle_kidney, _ours, _stock
 
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.inference.options import PredictionOptions
