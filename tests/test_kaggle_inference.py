@@ -87,3 +87,21 @@ def test_budget_weights_kidneys_by_their_voxels_in_the_model_grid(tmp_path, kagg
     total = kaggle.estimate_seconds([costs["kidney_5"], costs["kidney_6"]], 10, 20.0)
     per_voxel = 20.0 / (10 * costs["kidney_5"].weight)
     assert total == pytest.approx(per_voxel * sum(c.planes * c.weight for c in costs.values()))
+
+
+def test_budget_reads_the_spacing_pairs_the_script_passes_to_predict(tmp_path, kaggle_small):
+    """A test kidney whose name predict does not know: the script's --spacing KIDNEY=UM words reach the cost
+    estimate exactly as predict reads them; without them the estimate stops with predict's own one line."""
+    import shutil
+
+    from nnunet_vasculature.errors import UserError
+    folder = make_model_folder(tmp_path / MODEL, spacing=(40.0, 40.0, 40.0))
+    test = tmp_path / "test"
+    shutil.copytree(kaggle_small / "test" / "kidney_5", test / "kidney_7")
+    slices = sorted((test / "kidney_7" / "images").glob("*.tif"))
+    height, width = tifffile.imread(slices[0]).shape
+    costs = kaggle.kidney_costs(test, folder, "3d_fullres", ["kidney_7=80"])
+    assert [c.name for c in costs] == ["kidney_7"]
+    assert costs[0].weight == pytest.approx(height * width * (80 / 40.0) ** 3)
+    with pytest.raises(UserError, match="--spacing"):
+        kaggle.kidney_costs(test, folder, "3d_fullres")

@@ -85,23 +85,25 @@ class KidneyCost:
     weight: float             # voxels of one plane in the model's grid
 
 
-def kidney_costs(test_dir: Path, model_folder: Path, configuration: str) -> list[KidneyCost]:
+def kidney_costs(test_dir: Path, model_folder: Path, configuration: str,
+                 spacing: Sequence[str] | None = None) -> list[KidneyCost]:
     """Each kidney of ``test_dir`` with its planes and the model-grid voxels of one plane.
 
     Args:
         test_dir: Kaggle's ``test/`` folder.
         model_folder: the installed model.
         configuration: the model's configuration (for its spacing).
+        spacing: the ``--spacing`` words given to ``predict`` (``UM`` or ``KIDNEY=UM``), as predict reads them.
 
     Returns:
         One entry per kidney, in the order ``predict`` takes them.
     """
-    from nnunet_vasculature.io.sources import open_inputs
+    from nnunet_vasculature.io.input_spec import open_inputs
     plans = json.loads((Path(model_folder) / "plans.json").read_text())
     model_spacing = plans["configurations"][configuration]["spacing"]
     model_voxel = float(model_spacing[0]) * float(model_spacing[1]) * float(model_spacing[2])
     out = []
-    for src in open_inputs(test_dir):
+    for src in open_inputs(test_dir, tuple(spacing) if spacing else None, log=None):
         voxel = float(src.spacing[0]) * float(src.spacing[1]) * float(src.spacing[2])
         out.append(KidneyCost(src.name, int(src.shape[0]), src.shape[1] * src.shape[2] * voxel / model_voxel))
     return out

@@ -39,6 +39,8 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=Path("/kaggle/temp" if Path("/kaggle/temp").is_dir() else "/tmp")
                    / "nnunet_vasculature", help="scratch folder (installed model, probabilities)")
     p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation (8x faster)")
+    p.add_argument("--spacing", nargs="+", metavar="UM|KIDNEY=UM",
+                   help="voxel size of test kidneys whose name is not known (KIDNEY=UM pairs, as predict takes)")
     p.add_argument("--budget_hours", type=float, default=9.0)
     p.add_argument("--poll_seconds", type=float, default=20.0, help="how often the runtime estimate looks")
     return p.parse_args([] if "ipykernel" in sys.modules else argv)
@@ -97,14 +99,15 @@ print(f"{kaggle.clock(STARTED)} step 2/4 model: {RECORD['model']['dataset']} {RE
 # 3. predict every test kidney, with the runtime estimate
 STORE = ARGS.work / "probabilities.zarr"
 shutil.rmtree(STORE, ignore_errors=True)
-COSTS = kaggle.kidney_costs(ARGS.data / "test", MODEL, RECORD["model"]["configuration"])
+COSTS = kaggle.kidney_costs(ARGS.data / "test", MODEL, RECORD["model"]["configuration"], ARGS.spacing)
 print(f"{kaggle.clock(STARTED)} step 3/4 predict: " + ", ".join(f"{c.name} {c.planes} planes" for c in COSTS))
 MONITOR = kaggle.BudgetMonitor(STORE, COSTS, STARTED, ARGS.budget_hours, ARGS.poll_seconds)
 MONITOR.start_watching()
 try:
     kaggle.run_command("predict", ["predict", "-i", ARGS.data / "test", "-o", STORE, "-m", MODEL,
                                    "-f", *RECORD["model"]["folds"], "-chk", RECORD["model"]["checkpoint"],
-                                   "-device", ARGS.device, *(["--disable_tta"] if ARGS.disable_tta else [])],
+                                   "-device", ARGS.device, *(["--disable_tta"] if ARGS.disable_tta else []),
+                                   *(["--spacing", *ARGS.spacing] if ARGS.spacing else [])],
                        STARTED)
 except UserError as e:
     sys.exit(f"error: {e}")
