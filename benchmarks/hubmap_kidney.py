@@ -97,14 +97,17 @@ def bench_convert(work: Path, kaggle: dict[str, Path]) -> None:
 
 
 def bench_predict(work: Path, kaggle: dict[str, Path], model: Path) -> None:
-    r = _child(f"from nnunet_vasculature.inference.slide import SlidePredictor\n"
-               f"SlidePredictor({str(model)!r}, ['0'], device='cpu', use_mirroring=False)\nresult = {{}}")
+    options = f"PredictionOptions.of({str(model)!r}, ['0'], tta=False)"
+    r = _child(f"from nnunet_vasculature.inference.options import PredictionOptions\n"
+               f"from nnunet_vasculature.inference.slide import SlidePredictor\n"
+               f"SlidePredictor({options}, device='cpu')\nresult = {{}}")
     print(f"predict-slide model only (loaded, no slide): peak RSS {r['peak_rss_mb']:.0f} MB")
     for name, k in kaggle.items():
         slide = sorted((k / "train").glob("*.tiff"))[0]
-        r = _child(f"from nnunet_vasculature.inference.slide import predict_slides\n"
-                   f"predict_slides([{str(slide)!r}], {str(work / ('pred_' + name))!r}, {str(model)!r}, ['0'], "
-                   f"'checkpoint_final.pth', 'cpu', False, 0.5, overwrite=True)\n"
+        r = _child(f"from nnunet_vasculature.inference.options import PredictionOptions\n"
+                   f"from nnunet_vasculature.inference.slide import predict_slides\n"
+                   f"predict_slides([{str(slide)!r}], {str(work / ('pred_' + name))!r}, {options}, 'cpu', "
+                   f"overwrite=True)\n"
                    f"import zarr\na = zarr.open_array({str(work / ('pred_' + name) / (slide.stem + '.zarr'))!r})\n"
                    f"result = {{'shape': list(a.shape), "
                    f"**{{k: a.attrs[k] for k in ('tiles', 'skipped_without_tissue')}}}}")

@@ -47,18 +47,33 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_file(final: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``final``; renamed to ``final`` only on success."""
+    """Yield a temporary path next to ``final``; renamed to ``final`` only on success.
+
+    A ``final`` that is a folder is refused before anything is written; whatever fails (the caller's writing
+    or the rename) removes the temporary file, so nothing is left behind.
+
+    Args:
+        final: the file to write.
+
+    Returns:
+        A context manager yielding the temporary path to write.
+
+    Raises:
+        UserError: ``final`` is an existing folder (named, not the temporary file).
+    """
     final = Path(final)
+    if final.is_dir():
+        raise UserError(f"{final}: is a folder; give the output a file name")
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     try:
         yield tmp
+        os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    os.replace(tmp, final)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -14,7 +14,7 @@ from nnunet_vasculature.competitions import MODULES
 from nnunet_vasculature.errors import PIP_NAMES, describe_missing_dependency
 from nnunet_vasculature.postprocess.__main__ import main as pp_main
 
-HEAVY = ("torch", "scipy", "nnunetv2", "skimage")
+HEAVY = ("torch", "scipy", "nnunetv2", "skimage", "cc3d", "matplotlib", "zarr")
 
 
 def _python(code):
@@ -31,12 +31,12 @@ def _help(capsys, run, argv):
 
 
 def test_a_missing_package_is_one_line_and_the_other_commands_still_run():
-    """cc3d absent (score sennet imports it through tune.py): one line naming it and its pip name, exit 1, no
-    traceback; `env`, `predict hubmap-kidney` and `convert hubmap-kidney` still parse (the old CLI skipped the
-    module, so `score sennet` was "invalid choice")."""
+    """cc3d absent (tune sennet needs it, imported when the command starts): one line naming it and its pip
+    name, exit 1, no traceback; `env`, `predict hubmap-kidney` and `convert hubmap-kidney` still parse (the old
+    CLI skipped the module, so `tune sennet` was "invalid choice")."""
     code = ("import sys; sys.modules['cc3d'] = None\n"
             "from nnunet_vasculature.cli import main\n"
-            "print('rc', main(['score', 'sennet', '--labels', 'l', '--pred', 'p']), file=sys.stderr)\n"
+            "print('rc', main(['tune', 'sennet', '-i', 'p', '--labels', 'l', '-o', 'o.json']), file=sys.stderr)\n"
             "print('rc', main(['env']), file=sys.stderr)\n"
             "for argv in (['predict', 'hubmap-kidney', '--help'], ['convert', 'hubmap-kidney', '--help']):\n"
             "    try:\n"
@@ -55,7 +55,7 @@ def test_a_missing_module_of_this_package_is_a_bug_with_its_traceback():
     """Our own module missing is not the user's fault: re-raised (the old CLI turned it into "invalid choice")."""
     code = ("import sys; sys.modules['nnunet_vasculature.postprocess.components'] = None\n"
             "from nnunet_vasculature.cli import main\n"
-            "main(['score', 'sennet', '--labels', 'l', '--pred', 'p'])\n")
+            "main(['tune', 'sennet', '-i', 'p', '--labels', 'l', '-o', 'o.json'])\n")
     rc, _, err = _python(code)
     assert rc == 1 and err[0].startswith("Traceback") and "ModuleNotFoundError" in err[-1], err
     assert "nnunet_vasculature.postprocess.components" in err[-1]
@@ -85,9 +85,11 @@ def test_pip_names_are_the_declared_distributions():
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["env"], ["predict", "--help"], ["stitch", "--help"],
-                                  ["splits", "--help"]])
+                                  ["splits", "--help"], ["tune", "--help"], ["score", "--help"], ["submit", "--help"],
+                                  ["tune", "hubmap-kidney", "--help"], ["score", "hubmap-vasculature", "--help"]])
 def test_help_and_env_import_no_heavy_module(argv):
-    """The old CLI built every parser, importing scipy and scikit-image through the post-processing modules."""
+    """The old CLI built every parser, importing scipy and scikit-image through the post-processing modules; the
+    post-processing modules imported scipy, scikit-image and cc3d at module level (so `tune --help` did)."""
     code = ("import sys\nfrom nnunet_vasculature.cli import main\n"
             f"try:\n    main({argv!r})\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")

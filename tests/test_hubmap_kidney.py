@@ -329,6 +329,18 @@ def _run(capsys, args):
     return rc, out, err.strip().splitlines()
 
 
+@pytest.mark.parametrize("step", ["0", "1.5", "nan"])
+def test_predict_refuses_a_step_size_outside_0_1_before_any_work(tmp_path, capsys, step):
+    """``predict hubmap-kidney -step_size`` is checked as ``predict``'s is, first, in one line (before: no check;
+    the model folder was loaded, here: an error about the missing model instead)."""
+    slide = tmp_path / "s.tiff"
+    tifffile.imwrite(slide, np.zeros((64, 64, 3), np.uint8))
+    rc, _, err = _run(capsys, ["predict", "hubmap-kidney", "-i", str(slide), "-o", str(tmp_path / "o"), "-m",
+                               str(tmp_path / "no_model"), "-device", "cpu", "-step_size", step])
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: -step_size {float(step):g}: give a fraction"), err
+    assert not (tmp_path / "o").exists()
+
+
 def test_submit_removes_components_smaller_than_the_tuned_size(tmp_path, capsys):
     """min_component_pixels drops 8-connected components below the size (checked with scikit-image's labelling of
     the whole slide), across the strips the slide is read in; the submission decodes with the kernels' decoder."""

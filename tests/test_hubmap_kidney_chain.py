@@ -82,6 +82,26 @@ def test_quick_demo_runs_the_whole_chain(demo):
     assert pp["competition"] == "hubmap-kidney" and 0 <= pp["threshold_u8"] <= 255
 
 
+def test_slide_predictions_record_the_prediction_options(demo):
+    """Every ``<id>.zarr`` and ``predict_slide.json`` carry one record, ``source``, whose ``model`` reads back as
+    the options of the run (the quick demo: fold 0, no flip TTA) (before: loose ``model``/``folds``/``tta`` keys,
+    a different set in each file)."""
+    import zarr
+
+    from nnunet_vasculature.inference.options import PredictionOptions
+    out, _ = demo
+    model = next((out / "nnUNet_results").glob("Dataset*/nnUNetTrainer_demo__nnUNetPlans_cpu__2d"))
+    for pred in (out / "pred_val", out / "pred_test"):
+        source = json.loads((pred / "predict_slide.json").read_text())["source"]
+        assert source["tool"] == "predict hubmap-kidney"
+        assert PredictionOptions.from_json(source["model"]) == PredictionOptions.of(model, ["0"], tta=False)
+        stores = sorted(pred.glob("*.zarr"))
+        assert stores
+        for store in stores:
+            attrs = dict(zarr.open_array(str(store), mode="r").attrs)
+            assert attrs["source"] == source and not {"model", "folds", "tta"} & set(attrs), attrs
+
+
 def _block_mean(a, ds, pad):
     h, w = a.shape[:2]
     H, W = -(-h // ds) * ds, -(-w // ds) * ds
@@ -99,12 +119,13 @@ def test_predict_slide_matches_stock_nnunet_predictor(demo):
     from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+    from nnunet_vasculature.inference.options import PredictionOptions
     from nnunet_vasculature.inference.slide import SlidePredictor
     from nnunet_vasculature.io.slide import Slide
     out, _ = demo
     model = next((out / "nnUNet_results").glob("Dataset*/nnUNetTrainer_demo__nnUNetPlans_cpu__2d"))
     slide_path = sorted((out / "kaggle" / "test").glob("*.tiff"))[0]
-    sp = SlidePredictor(model, ["0"], device="cpu", use_mirroring=True)
+    sp = SlidePredictor(PredictionOptions.of(model, ["0"], tta=True), device="cpu")
     strips = []
     with Slide(slide_path) as s:
         sp.predict(s, lambda x0, strip: strips.append((x0, strip.copy())), skip_empty=False, progress=False)

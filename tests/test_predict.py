@@ -120,7 +120,7 @@ def test_resume_refuses_another_input(tmp_path, capsys):
     _kaggle_kidney(tmp_path / "a", _image((12, 36, 32), seed=2))               # other slices, same name and shape
     rc, err, _ = _main(capsys, args)
     assert rc == 2 and err == [f"error: {out}: 'kidney_5' holds an interrupted run of another input (its files, "
-                               f"sizes or modification times differ; pass --overwrite to start again)"]
+                               f"sizes or content differ; pass --overwrite to start again)"]
     assert not zarr.open_group(str(out), mode="r")["kidney_5"].attrs["complete"]
 
 
@@ -200,7 +200,7 @@ def test_cuda_on_a_cpu_machine_is_one_line(tmp_path, capsys):
     assert rc == 2 and err == ["error: -device cuda: CUDA is not available here; pass -device cpu"]
     from nnunet_vasculature.inference.slide import SlidePredictor
     with pytest.raises(UserError, match="CUDA is not available"):
-        SlidePredictor(folder, ["0"], device="cuda")
+        SlidePredictor(PredictionOptions.of(folder, ["0"]), device="cuda")
 
 
 def test_slide_info_file_is_used_or_refused(tmp_path, capsys):

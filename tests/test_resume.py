@@ -5,6 +5,7 @@ loading it would end in another error)."""
 import os
 
 import numpy as np
+import tifffile
 import zarr
 from helpers.model import make_model_folder
 from helpers.predict import _image, _kaggle_kidney
@@ -37,7 +38,7 @@ def _test_folder(root):
 
 def test_interrupted_test_folder_keeps_finished_kidneys_and_resumes(tmp_path, capsys):
     """Interrupted in the 2nd kidney (its array part-written, or not yet created): the same command keeps the
-    1st (same files, same modification times) and completes the 2nd, equal to an uninterrupted run
+    1st (same files, same content) and completes the 2nd, equal to an uninterrupted run
     (before: refused, "'kidney_5' is already written")."""
     folder = make_model_folder(tmp_path / "model")
     test = _test_folder(tmp_path / "kaggle")
@@ -82,9 +83,12 @@ def test_a_kidney_made_otherwise_is_refused_before_the_model_loads(tmp_path, cap
                                f"(step_size differ; pass --overwrite to replace it)"], err
     slice_file = test / "kidney_6" / "images" / "0003.tif"
     os.utime(slice_file, ns=(slice_file.stat().st_atime_ns, slice_file.stat().st_mtime_ns + 10 ** 9))
+    rc, err, stdout = _main(capsys, command)          # only the clock changed: the same input (issue 35 item 18)
+    assert rc == 0 and stdout.count("already complete") == 2, (err, stdout)
+    tifffile.imwrite(slice_file, tifffile.imread(slice_file) ^ 1)      # other bytes, same size
     rc, err, _ = _main(capsys, command)
     assert rc == 2 and err == [f"error: {out}: 'kidney_6' holds a complete prediction of another input (its files, "
-                               f"sizes or modification times differ; pass --overwrite to start again)"], err
+                               f"sizes or content differ; pass --overwrite to start again)"], err
     g = zarr.open_group(str(out), mode="a")                   # kidney_6 interrupted: refused alike
     g["kidney_6"].attrs.update({"complete": False, "planes_done": 8})
     before = _files(out)

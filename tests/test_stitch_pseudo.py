@@ -10,7 +10,7 @@ from nnunet_vasculature.cli import main
 from nnunet_vasculature.trainers import EXT_TRAINER_DIR, ext_trainer_value
 
 
-def test_stitch_chunks_into_one_kidney(tmp_path, kaggle_small, nnunet_dirs):
+def test_stitch_chunks_into_one_kidney(tmp_path, kaggle_small, nnunet_dirs, capsys):
     assert main(["convert", "sennet", str(kaggle_small), "-d", "510", "--kidneys", "kidney_5", "--chunk_slices",
                  "15"]) == 0
     ds = nnunet_dirs["raw"] / "Dataset510_SenNet"
@@ -29,7 +29,20 @@ def test_stitch_chunks_into_one_kidney(tmp_path, kaggle_small, nnunet_dirs):
     arr = zarr.open_group(str(out), mode="r")["kidney_5"]
     np.testing.assert_array_equal(arr[:], np.rint(np.concatenate(full) * 255).astype(np.uint8))
     assert arr.attrs["slice_ids"][:2] == ["kidney_5_0000", "kidney_5_0001"] and arr.attrs["complete"]
-    (preds / f"{meta['cases'][1]['case']}.npz").unlink()
+    # a chunk with NaN at its plane 3, then a truncated chunk: one line naming the file (and the plane)
+    bad = preds / f"{meta['cases'][1]['case']}.npz"
+    p1 = full[1].copy()
+    p1[3, 5, 5] = np.nan
+    np.savez(bad, probabilities=np.stack([1 - p1, p1]))
+    capsys.readouterr()
+    assert main(["stitch", "-i", str(preds), "-d", "510", "-o", str(tmp_path / "nan.zarr")]) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error")]     # tqdm's lines aside
+    assert len(err) == 1 and str(bad) in err[0] and "plane 3" in err[0], err
+    bad.write_bytes(bad.read_bytes()[:200])
+    assert main(["stitch", "-i", str(preds), "-d", "510", "-o", str(tmp_path / "cut.zarr")]) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error")]
+    assert len(err) == 1 and err[0].startswith(f"error: {bad}: not a readable .npz"), err
+    bad.unlink()
     assert main(["stitch", "-i", str(preds), "-d", "510", "-o", str(tmp_path / "x.zarr")]) == 2
 
 

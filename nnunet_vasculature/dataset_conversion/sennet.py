@@ -9,11 +9,13 @@ stitched back per kidney. Images are written as uncompressed 3D TIFF read by nnU
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import tifffile
@@ -125,7 +127,8 @@ def load_sources(kaggle_dir: Path, kidneys: list[str] | None, spacing: dict[str,
                 raise UserError(f"{lab_dir}: training kidney without labels folder")
             labels = list_slices(lab_dir)
             if len(labels) != len(images):
-                raise UserError(f"{folder}: {len(images)} images but {len(labels)} labels")
+                raise UserError(f"{lab_dir}: {len(images)} images but {len(labels)} labels (the images: "
+                                f"{folder / 'images'})")
             for a, b in zip(images, labels):
                 if a.name != b.name:
                     raise UserError(f"{b}: label has no image of the same name ({a.name} expected)")
@@ -240,13 +243,24 @@ def convert_sennet(kaggle_dir: Path, dataset_id: int, name: str = "SenNet", raw_
     return final
 
 
+def _write_file(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(path)``, a failure a one-line UserError naming ``path``: a full disk says so (numpy's and
+    tifffile's short writes say only "N requested and M written")."""
+    try:
+        write(path)
+    except OSError as e:
+        full = e.errno == errno.ENOSPC or "requested and" in str(e)
+        raise UserError(f"{path}: cannot write: " + ("no space left on the device" if full else
+                                                     f"{e.strerror or e}")) from None
+
+
 def _write_case(img_dir: Path, lab_dir: Path, case: str, img: np.ndarray, lab: np.ndarray | None,
                 spacing: list[float]) -> None:
-    tifffile.imwrite(img_dir / f"{case}_0000.tif", img)
-    (img_dir / f"{case}.json").write_text(json.dumps({"spacing": spacing}))
-    if lab is not None:
-        tifffile.imwrite(lab_dir / f"{case}.tif", lab)
-        (lab_dir / f"{case}.json").write_text(json.dumps({"spacing": spacing}))
+    sidecar = json.dumps({"spacing": spacing})
+    for folder, name, volume in ((img_dir, f"{case}_0000", img), (lab_dir, case, lab)):
+        if volume is not None:
+            _write_file(folder / f"{name}.tif", lambda path, v=volume: tifffile.imwrite(path, v))
+            _write_file(folder / f"{case}.json", lambda path: path.write_text(sidecar))
 
 
 def make_splits(meta: dict) -> list[dict]:

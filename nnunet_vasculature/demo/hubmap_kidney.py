@@ -30,6 +30,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     from nnunet_vasculature.dataset_conversion.hubmap_kidney import CASES_FILE, convert_hubmap_kidney
     from nnunet_vasculature.demo.cpu_plans import write_small_plans
     from nnunet_vasculature.demo.steps import Steps, bin_path, demo_workspace
+    from nnunet_vasculature.inference.options import PredictionOptions
     from nnunet_vasculature.inference.slide import SlidePredictor, predict_slides
     from nnunet_vasculature.postprocess import hubmap_kidney as pp
     from nnunet_vasculature.postprocess.tune import write_postprocessing
@@ -72,11 +73,12 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     held = sorted(s for s, k in meta["kidneys"].items() if any(c["case"] in val_cases for c in k["cases"]))
     val_dir, test_dir = out / "pred_val", out / "pred_test"
     tta = not quick          # the quick run skips flip TTA (the tests compare TTA with nnU-Net's predictor)
-    sp = SlidePredictor(model, ["0"], "checkpoint_final.pth", "cpu", tta, 0.5)        # loaded once for both
+    options = PredictionOptions.of(model, ["0"], tta=tta)
+    sp = SlidePredictor(options, "cpu")        # loaded once for both
     steps.run("predict hubmap-kidney: held-out slides", predict_slides, [kaggle / "train" / f"{s}.tiff" for s in held],
-              val_dir, model, ["0"], "checkpoint_final.pth", "cpu", tta, 0.5, overwrite=True, predictor=sp)
-    steps.run("predict hubmap-kidney: test slides", predict_slides, [kaggle / "test"], test_dir, model, ["0"],
-              "checkpoint_final.pth", "cpu", tta, 0.5, overwrite=True, predictor=sp)
+              val_dir, options, "cpu", overwrite=True, predictor=sp)
+    steps.run("predict hubmap-kidney: test slides", predict_slides, [kaggle / "test"], test_dir, options, "cpu",
+              overwrite=True, predictor=sp)
     res = steps.run("tune threshold on held-out slides", pp.determine, pp.stores([val_dir]), kaggle / "train.csv",
                     [] if quick else pp.CC_PIXELS)
     write_postprocessing(res, out / "postprocessing.json", pp.COMPETITION)

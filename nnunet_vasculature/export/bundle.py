@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Sequence
 
 from nnunet_vasculature.errors import UserError, atomic_dir
+from nnunet_vasculature.postprocess.files import check_outputs
 
 # Kaggle/docker-python Dockerfile.tmpl at 78aaa43 (2026-08-12): Python 3.12 since "Upgrade to Python 3.12"
 # (#1516, 2025-12-12); x86_64 Linux on Colab's runtime image (glibc 2.35 or newer assumed: manylinux_2_35).
@@ -318,6 +319,7 @@ def build_bundle(out: Path, python_version: str = KAGGLE_PYTHON, platforms: Sequ
     for folder in find_links:
         if not Path(folder).is_dir():
             raise UserError(f"--find-links {folder}: not a folder")
+    check_outputs([*(("--find-links", f) for f in find_links), *(("-c", c) for c in constraints)], [("-o", out)])
     stubs = {}
     if not include_torch:
         for name, given in (("torch", torch_version), ("torchvision", torchvision_version)):

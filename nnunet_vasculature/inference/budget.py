@@ -23,6 +23,7 @@ plans and the input's metadata only (no checkpoint is read, no network runs, not
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,79 @@ def estimate(src: VolumeSource, plans: ModelPlans, options: PredictionOptions, c
             "device_bytes": int(device_bytes), "host_bytes": int(host)}
 
 
+def _model_figures(options: PredictionOptions) -> tuple[ModelPlans, int]:
+    """(plans, output channels) of the model folder, from its plans and dataset.json only."""
+    import json
+    plans = read_model_plans(options.model_folder)
+    try:
+        dataset = json.loads((Path(options.model_folder) / "dataset.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{options.model_folder}: dataset.json is not readable JSON ({e})") from None
+    return plans, plans.plans_manager.get_label_manager(dataset).num_segmentation_heads
+
+
+def available_memory(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """The memory this machine can give a new allocation without swapping (Linux's ``MemAvailable``).
+
+    Args:
+        meminfo: the kernel's memory report.
+
+    Returns:
+        Bytes, or None where unknown (not Linux, an older kernel, an unreadable file).
+    """
+    try:
+        for line in meminfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key == "MemAvailable" and value.split()[1:] == ["kB"]:
+                return int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _device_memory(device: str) -> int | None:
+    """Free bytes of the CUDA device (None on other devices or where torch cannot say)."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+    try:
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    except (RuntimeError, AssertionError, ValueError):
+        return None
+
+
+def check_memory(sources: list[VolumeSource], options: PredictionOptions, device: str, ngff: bool) -> None:
+    """Refuse a prediction whose memory (:func:`estimate`) exceeds what this machine has, before any work.
+
+    Host bytes are compared with ``MemAvailable`` (skipped where unknown), device bytes on CUDA with the
+    device's free memory. The tissue mask is not measured here (it reads the input; memory does not depend on it).
+
+    Args:
+        sources: the input volumes (metadata only is used).
+        options: the prediction options.
+        device: ``cuda``/``cpu``/``mps``.
+        ngff: whether the output is an NGFF image.
+
+    Raises:
+        UserError: naming the input, the figure and the machine's.
+    """
+    host_free, device_free = available_memory(), _device_memory(device)
+    if host_free is None and device_free is None:
+        return
+    plans, classes = _model_figures(options)
+    plain = replace(options, tissue_mask=False)
+    for src in sources:
+        figures = estimate(src, plans, plain, classes, device, ngff)
+        if host_free is not None and figures["host_bytes"] > host_free:
+            raise UserError(f"{src.name}: predicting {tuple(src.shape)} needs about {_gib(figures['host_bytes'])} "
+                            f"of memory, this machine has {_gib(host_free)} available (see --dry_run; choose a "
+                            f"coarser --level or a smaller input)")
+        if device_free is not None and figures["device_bytes"] > device_free:
+            raise UserError(f"{src.name}: predicting {tuple(src.shape)} needs about "
+                            f"{_gib(figures['device_bytes'])} on {device}, it has {_gib(device_free)} free "
+                            f"(see --dry_run; choose a coarser --level or a smaller input)")
+
+
 def dry_run(spec: InputSpec | str | Path, options: PredictionOptions, spacing: float | None = None,
             level: int | str = "auto", remote: bool = False, device: str = "cuda",
             out: Path | None = None) -> list[dict]:
@@ -167,17 +241,10 @@ def dry_run(spec: InputSpec | str | Path, options: PredictionOptions, spacing: f
     Returns:
         One dict per volume (:func:`estimate`).
     """
-    import json
-
     from nnunet_vasculature.inference.model import check_model_folder
     spec = parse_input(spec, level, remote, spacing)
     check_model_folder(options.model_folder, options.folds, options.checkpoint)
-    plans = read_model_plans(options.model_folder)
-    try:
-        dataset = json.loads((Path(options.model_folder) / "dataset.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{options.model_folder}: dataset.json is not readable JSON ({e})") from None
-    classes = plans.plans_manager.get_label_manager(dataset).num_segmentation_heads
+    plans, classes = _model_figures(options)
     sources = open_input(spec, plans.spacing if spec.multiscale else None)
     ngff = is_ngff_output(out) if out is not None else spec.multiscale
     results = [estimate(src, plans, options, classes, device, ngff) for src in sources]
@@ -216,4 +283,4 @@ def _fmt(spacing: list[float]) -> str:
     return (values[0] if len(set(values)) == 1 else " x ".join(values)) + " µm"
 
 
-__all__ = ["network_footprint", "estimate", "dry_run"]
+__all__ = ["network_footprint", "estimate", "available_memory", "check_memory", "dry_run"]

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.inference.budget import check_memory
 from nnunet_vasculature.inference.inputs import (
     NGFF_CHUNK_DEPTH,
     is_ngff_output,
@@ -72,6 +73,7 @@ def predict(inputs: Path | str, out: Path | None, options: PredictionOptions, de
     todo = plan_outputs(out, sources, options, overwrite)
     if not todo:
         return out
+    check_memory([src for src, _ in todo], options, str(dev), is_ngff_output(out))
     predictor = StreamingPredictor.from_options(options, dev, overlap=overlap)
     group = None if is_ngff_output(out) else zarr.open_group(str(out), mode="a")
     for src, run in todo:

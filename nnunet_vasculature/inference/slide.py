@@ -25,12 +25,11 @@ import argparse
 import csv
 import json
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from nnunet_vasculature.errors import UserError, atomic_dir
-from nnunet_vasculature.inference.options import DEFAULT_CHECKPOINT
+from nnunet_vasculature.inference.options import DEFAULT_CHECKPOINT, PredictionOptions
 
 LEVEL_HALF = 128        # uint8 >= 128 <=> foreground probability >= 0.5 (argmax of two classes)
 THUMB = 8               # tissue thumbnail: one pixel per THUMB downscaled pixels
@@ -86,18 +85,31 @@ class _Upsampler:
 
 
 class SlidePredictor:
-    def __init__(self, model_folder: Path, folds: Sequence[int | str], checkpoint: str = DEFAULT_CHECKPOINT,
-                 device: str = "cpu", use_mirroring: bool = True, step_size: float = 0.5, batch_size: int = 8):
+    def __init__(self, options: PredictionOptions, device: str = "cpu", batch_size: int = 8):
         """A 2D RGB model loaded by :func:`~nnunet_vasculature.inference.model.load_model` (folder check,
-        device check, weights-only checkpoints, ``nnUNet_compile``)."""
+        device check, weights-only checkpoints, ``nnUNet_compile``).
+
+        Args:
+            options: the model (folder, folds, checkpoint) and how it is applied (``tta``: flip TTA,
+                ``step_size``); the other test-time options are not supported here.
+            device: where the networks run (``cuda``, ``cpu``, ``mps`` or a ``torch.device``).
+            batch_size: tiles per forward pass.
+        """
         import torch
         from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 
         from nnunet_vasculature.inference.model import load_model, resolve_device
-        model_folder = Path(model_folder)
+        unsupported = [name for name, on in (("tta_rotations", options.tta_rotations),
+                                             ("tta_permutations", options.tta_permutations),
+                                             ("tta_scale", options.tta_scale != 1.0),
+                                             ("tissue_mask", options.tissue_mask)) if on]
+        if unsupported:
+            raise UserError(f"{options.model_folder}: predict hubmap-kidney does not take {', '.join(unsupported)}")
+        model_folder = options.model_folder
         dev = resolve_device(device) if isinstance(device, str) else device
-        self.model = load_model(model_folder, [str(f) for f in folds], checkpoint, dev, use_mirroring, step_size)
-        self.device, self.step, self.batch_size = dev, step_size, batch_size
+        self.model = load_model(model_folder, options.folds, options.checkpoint, dev, options.tta,
+                                options.step_size)
+        self.options, self.device, self.step, self.batch_size = options, dev, options.step_size, batch_size
         self.cm = self.model.configuration_manager
         if len(self.cm.patch_size) != 2:
             raise UserError(f"{model_folder}: a {len(self.cm.patch_size)}D model; predict hubmap-kidney needs a "
@@ -200,14 +212,41 @@ class StripSink:
         self.next = x0 + strip.shape[1]
 
 
-def predict_slides(inputs: list[Path], out: Path, model_folder: Path, folds: Sequence[str], checkpoint: str,
-                   device: str, tta: bool, step_size: float, skip_empty: bool = True, overwrite: bool = False,
-                   info_csv: Path | None = None, predictor: SlidePredictor | None = None) -> Path:
+def slide_record(options: PredictionOptions) -> dict:
+    """The run record of ``predict hubmap-kidney``, the same in every ``<id>.zarr`` and in ``predict_slide.json``
+    (the ``source`` of ``predict``'s probability store, :mod:`nnunet_vasculature.io.store`).
+
+    Args:
+        options: the prediction options.
+
+    Returns:
+        ``{"tool": "predict hubmap-kidney", "model": options.to_json()}``.
+    """
+    return {"tool": "predict hubmap-kidney", "model": options.to_json()}
+
+
+def predict_slides(inputs: list[Path], out: Path, options: PredictionOptions, device: str = "cuda",
+                   skip_empty: bool = True, overwrite: bool = False, info_csv: Path | None = None,
+                   predictor: SlidePredictor | None = None) -> Path:
     """Predict each slide into ``out/<id>.zarr`` and ``out/predictions.csv`` (``id,predicted`` at 0.5).
 
-    ``predictor``: an already loaded ``SlidePredictor`` of the same model (the other model arguments are then
-    only recorded), to load a model once for several calls."""
+    Args:
+        inputs: slide TIFFs or folders of them.
+        out: the output folder (written whole or not at all).
+        options: the model and how it is applied (recorded as ``source``, :func:`slide_record`).
+        device: where the networks run (when ``predictor`` is None).
+        skip_empty: skip the tiles without tissue on the slide's thumbnail (probability 0 there).
+        overwrite: replace an existing ``out``.
+        info_csv: the dataset information CSV (:func:`slide_sizes`).
+        predictor: an already loaded :class:`SlidePredictor` made with ``options``, to load a model once for
+            several calls.
+
+    Returns:
+        ``out``.
+    """
     from nnunet_vasculature.io.slide import Slide
+    if predictor is not None and predictor.options != options:
+        raise ValueError("predictor was made with other options than the ones given")
     paths = []
     for p in inputs:
         p = Path(p)
@@ -216,7 +255,8 @@ def predict_slides(inputs: list[Path], out: Path, model_folder: Path, folds: Seq
         raise UserError(f"{inputs[0]}: no .tiff slides")
     sizes = slide_sizes(Path(info_csv) if info_csv else None, paths[0].parent.parent)
     if predictor is None:
-        predictor = SlidePredictor(model_folder, folds, checkpoint, device, tta, step_size)
+        predictor = SlidePredictor(options, device)
+    source = slide_record(options)
     rows = []
     with atomic_dir(Path(out), overwrite) as tmp:
         for p in paths:
@@ -225,15 +265,14 @@ def predict_slides(inputs: list[Path], out: Path, model_folder: Path, folds: Seq
                 sink = StripSink(tmp / f"{p.stem}.zarr", slide.height, slide.width)
                 stats = predictor.predict(slide, sink, skip_empty)
                 sink.arr.attrs.update({"slide": p.stem, "encoding": "uint8 = round(255 * P(glomerulus))",
-                                       "downscale": predictor.downscale, "model": str(Path(model_folder).resolve()),
-                                       "folds": list(folds), "tta": tta, **stats})
+                                       "downscale": predictor.downscale, "source": source, **stats})
                 rows.append((p.stem, sink.enc.finish()))
         with open(tmp / "predictions.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(("id", "predicted"))
             w.writerows(rows)
         (tmp / "predict_slide.json").write_text(json.dumps({"slides": [r[0] for r in rows], "threshold": 0.5,
-                                                            "model": str(model_folder), "folds": list(folds)}))
+                                                            "source": source}))
     print(f"wrote {out}: {len(rows)} probability stores and predictions.csv (threshold 0.5)")
     return Path(out)
 
@@ -292,8 +331,9 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
         from nnunet_vasculature.inference.model import model_folder_from_args, resolve_device
         if a.model_folder is None and a.dataset_id is None:
             raise UserError("give -m MODEL_FOLDER or -d DATASET (with -c/-tr/-p)")
-        resolve_device(a.device)          # before any work
         folder = a.model_folder or model_folder_from_args(a.dataset_id, a.configuration, a.trainer, a.plans)
-        predict_slides(a.input, a.output, folder, a.folds, a.checkpoint, a.device, not a.disable_tta,
-                       a.step_size, not a.all_tiles, a.overwrite, a.info)
+        options = PredictionOptions.of(folder, a.folds, checkpoint=a.checkpoint, tta=not a.disable_tta,
+                                       step_size=a.step_size)          # -step_size checked here, as predict does
+        resolve_device(a.device)          # before any work
+        predict_slides(a.input, a.output, options, a.device, not a.all_tiles, a.overwrite, a.info)
     p.set_defaults(func=run)

@@ -11,13 +11,13 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.io.paths import CASES_FILE, find_raw_dataset
 from nnunet_vasculature.io.sennet import slice_id
-from nnunet_vasculature.io.store import KidneyWriter
+from nnunet_vasculature.io.store import KidneyWriter, quantize
+from nnunet_vasculature.io.volumes import read_npz_probabilities
 
 
 def stitch(pred_dir: Path, raw_dataset: Path, out: Path, overwrite: bool = False) -> Path:
@@ -43,11 +43,9 @@ def stitch(pred_dir: Path, raw_dataset: Path, out: Path, overwrite: bool = False
         writer = None
         z = 0
         for c, f in tqdm(list(zip(k["cases"], files)), desc=f"stitch {kidney}", unit="chunk"):
-            with np.load(f) as npz:
-                if "probabilities" not in npz:
-                    raise UserError(f"{f}: no 'probabilities' (run nnUNetv2_predict with --save_probabilities)")
-                p = npz["probabilities"]
-            if p.ndim != 4 or p.shape[1] != c["z1"] - c["z0"]:
+            p = read_npz_probabilities(f)
+            quantize(p[1], str(f), first_plane=0)         # NaN or out-of-range values: named with the file and plane
+            if p.shape[1] != c["z1"] - c["z0"]:
                 raise UserError(f"{f}: probabilities of shape {p.shape}, expected (C, {c['z1'] - c['z0']}, y, x)")
             if writer is None:
                 writer = KidneyWriter(group, kidney, (depth, *p.shape[2:]), [k["spacing_um"]] * 3, ids,

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.io.run_record import COMPLETE, NEW, ExistingRun, RunRecord, check_resumable
-from nnunet_vasculature.io.store import ENCODING, EVERY_CHUNK, check_chunks, quantize, store_path
+from nnunet_vasculature.io.store import ENCODING, EVERY_CHUNK, check_chunks, quantize, store_path, unreadable_store
 
 ATTRS_KEY = "nnunet_vasculature"
 VERSIONS = ("0.4", "0.5")
@@ -387,13 +387,19 @@ def image_attributes(path: Path | str) -> dict | None:
 
     Returns:
         The group's attributes when they hold NGFF ``multiscales`` (0.4, or 0.5 under ``ome``); None otherwise.
+        A metadata file there that is not JSON (truncated) is a one-line UserError naming it.
     """
     path = Path(path)
     for name in (".zattrs", "zarr.json"):
         try:
-            attrs = json.loads((path / name).read_text())
-        except (OSError, ValueError):
+            text = (path / name).read_bytes()
+        except OSError:
             continue
+        try:
+            attrs = json.loads(text)
+        except ValueError:       # a damaged image is named, not taken for a folder of another kind
+            raise UserError(f"{path / name}: truncated or not JSON (the store's metadata is damaged: restore it, "
+                            f"or predict again)") from None
         attrs = attrs.get("attributes", {}) if name == "zarr.json" and isinstance(attrs, dict) else attrs
         if isinstance(attrs, dict) and ("multiscales" in attrs or isinstance(attrs.get("ome"), dict)):
             return attrs
@@ -470,7 +476,7 @@ def open_image(path: Path | str) -> tuple[Any, dict]:
         meta = dict(group.attrs)[ATTRS_KEY]
         arr = group["0"]
     except Exception as e:  # noqa: BLE001 - zarr raises many types for a bad store
-        raise UserError(f"{path}: not a readable probability image ({type(e).__name__}: {e})") from None
+        raise unreadable_store(path, e, "a readable probability image") from None
     if not meta.get("complete"):
         raise UserError(f"{path}: prediction is incomplete ({arr.attrs.get('planes_done', 0)} of "
                         f"{arr.shape[0]} planes); run predict again to resume it")

@@ -146,8 +146,10 @@ def check_resumable(existing: ExistingRun | None, wanted: RunRecord, where: str,
         raise UserError(f"{where}: '{name}' holds {what} made with other settings ({', '.join(changed)} differ; "
                         f"pass --overwrite to replace it)")
     if wanted.input is not None and existing.record.input != wanted.input:
-        raise UserError(f"{where}: '{name}' holds {what} of another input (its files, sizes or modification "
-                        f"times differ; pass --overwrite to start again)")
+        old = isinstance(existing.record.input, dict) and "method" not in existing.record.input
+        raise UserError(f"{where}: '{name}' holds {what} of another input (its files, sizes or content differ"
+                        + ("; it was recorded by an earlier version, which compared modification times" if old else "")
+                        + "; pass --overwrite to start again)")
     if existing.complete:
         return COMPLETE
     if wanted.slab_planes is not None and existing.record.slab_planes is None:

@@ -14,7 +14,7 @@ of one plane, values from :func:`quantize`. Attributes:
   equal to the fill value unless told otherwise), so a complete array with a chunk file missing is damaged
   and :func:`check_chunks` refuses it (zarr itself would read the missing chunk as zeros);
 - ``input``: the fingerprint of the input volume (:func:`nnunet_vasculature.io.sources.fingerprint`: file
-  count, bytes and a hash of names, sizes and modification times), ``shape`` and, from a distributed run,
+  count, bytes and a hash of names, sizes and content, whole or sampled), ``shape`` and, from a distributed run,
   ``slab_planes``/``params_hash``: with ``source`` and ``spacing`` the run record of
   :mod:`nnunet_vasculature.io.run_record`: a run is resumed, or a finished kidney kept, only by the same
   settings on the same input (:func:`~nnunet_vasculature.io.run_record.check_resumable`).
@@ -25,6 +25,7 @@ A slide store (``predict hubmap-kidney``: one (H, W) uint8 array per slide) is w
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -40,18 +41,31 @@ ENCODING = "uint8 = round(255 * foreground probability)"
 TOLERANCE = 1e-3      # float probabilities may overshoot [0, 1] by rounding this much, no more
 
 
-def quantize(prob: np.ndarray, where: str) -> np.ndarray:
+def quantize(prob: np.ndarray, where: str, first_plane: int | None = None) -> np.ndarray:
     """Foreground probabilities -> uint8 levels, the one rule of this package.
 
     uint8 input is returned as is. Float input must be finite and within [0, 1] up to ``TOLERANCE``
     (float rounding of a softmax or of interpolation); it is clipped to [0, 1] and stored as
     ``round(255 * p)``. NaN, infinities and values further outside are a UserError naming ``where``.
+
+    Args:
+        prob: probabilities (float) or levels (uint8).
+        where: what messages name (a file, a kidney).
+        first_plane: for a (z, y, x) block, the plane number of its first plane: a non-finite value is reported
+            at its own plane (None: not named).
+
+    Returns:
+        uint8 levels.
     """
     prob = np.asarray(prob)
     if prob.dtype == np.uint8:
         return prob
-    if not np.isfinite(prob).all():
-        raise UserError(f"{where}: probabilities are not finite (NaN or infinity)")
+    finite = np.isfinite(prob)
+    if not finite.all():
+        plane = ""
+        if first_plane is not None and prob.ndim == 3:
+            plane = f" at plane {first_plane + int(np.argmin(finite.reshape(len(prob), -1).all(axis=1)))}"
+        raise UserError(f"{where}: probabilities are not finite (NaN or infinity){plane}")
     lo, hi = float(prob.min(initial=0)), float(prob.max(initial=0))
     if lo < -TOLERANCE or hi > 1 + TOLERANCE:
         raise UserError(f"{where}: probabilities outside [0, 1] (min {lo:.3g}, max {hi:.3g})")
@@ -137,6 +151,59 @@ def check_chunks(arr: zarr.Array, where: str) -> None:
                         f"would read as zeros): predict it again")
 
 
+METADATA_FILES = ("zarr.json", ".zgroup", ".zarray", ".zattrs")      # zarr format 3, format 2
+
+
+def damaged_metadata(path: Path, depth: int = 4) -> Path | None:
+    """The first metadata file of the local zarr store at ``path`` that is not JSON (truncated, overwritten), in
+    the node itself and the groups under it (``depth`` levels; chunk folders are not walked).
+
+    Args:
+        path: a store, group or array folder.
+        depth: how many levels of groups to look into.
+
+    Returns:
+        The file, or None when every metadata file reads as JSON (or ``path`` is no folder).
+    """
+    path = Path(path)
+    group = False
+    for name in METADATA_FILES:
+        try:
+            text = (path / name).read_bytes()
+        except OSError:
+            continue
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            return path / name
+        group = group or name == ".zgroup" or (name == "zarr.json" and isinstance(doc, dict)
+                                               and doc.get("node_type") == "group")
+    if group and depth > 0:
+        for child in sorted(path.iterdir()):
+            found = damaged_metadata(child, depth - 1) if child.is_dir() else None
+            if found is not None:
+                return found
+    return None
+
+
+def unreadable_store(path: Path | str, error: Exception, what: str = "a readable zarr store") -> UserError:
+    """The one-line error for a zarr store that zarr could not open: the damaged metadata file when there is one.
+
+    Args:
+        path: the store (group or array) given.
+        error: zarr's exception.
+        what: what ``path`` should have been, for the message.
+
+    Returns:
+        The UserError to raise.
+    """
+    damaged = damaged_metadata(Path(path))
+    if damaged is not None:
+        return UserError(f"{damaged}: truncated or not JSON (the store's metadata is damaged: restore it, or "
+                         f"predict again)")
+    return UserError(f"{path}: not {what} ({type(error).__name__}: {error})")
+
+
 def store_path(group: zarr.Group) -> str:
     """The store's path for messages (a local store's folder; the store's own text otherwise)."""
     return str(getattr(group.store, "root", group.store))
@@ -155,10 +222,13 @@ def open_output(out: Path) -> zarr.Group | None:
     import zarr
     if not Path(out).is_dir() or not any(Path(out).iterdir()):
         return None
+    damaged = damaged_metadata(Path(out))       # also a member's: its run record is read before any work
+    if damaged is not None:
+        raise unreadable_store(out, ValueError())
     try:
         return zarr.open_group(str(out), mode="r")
     except Exception as e:  # noqa: BLE001 - zarr raises many types for a bad store
-        raise UserError(f"{out}: not a readable zarr store ({type(e).__name__}: {e})") from None
+        raise unreadable_store(out, e) from None
 
 
 def _open_existing(group: zarr.Group, kidney: str) -> zarr.Array:
@@ -267,19 +337,22 @@ def open_slide_probabilities(path: Path) -> Any:
         path: the ``<id>.zarr`` path.
 
     Returns:
-        The zarr array; a one-line UserError for anything else.
+        The zarr array, its reads of a chunk that cannot be decoded a one-line UserError naming the store
+        (:class:`~nnunet_vasculature.io.decoded.DecodedArray`); a one-line UserError for anything else.
     """
     import zarr
     try:
         arr = zarr.open_array(str(path), mode="r")
     except Exception as e:  # noqa: BLE001 - zarr raises many types for a bad store
-        raise UserError(f"{path}: not a slide probability store ({type(e).__name__})") from None
+        raise unreadable_store(path, e, "a slide probability store") from None
     if arr.ndim != 2 or arr.dtype != np.uint8:
         raise UserError(f"{path}: expected a (H, W) uint8 array, got {arr.shape} {arr.dtype}")
     check_chunks(arr, str(path))
-    return arr
+    from nnunet_vasculature.io.decoded import DecodedArray
+    return DecodedArray(arr, Path(path))
 
 
-__all__ = ["ENCODING", "EVERY_CHUNK", "quantize", "store_path", "create_kidney_array", "existing_run", "open_output",
+__all__ = ["ENCODING", "EVERY_CHUNK", "METADATA_FILES", "quantize", "damaged_metadata", "unreadable_store",
+           "store_path", "create_kidney_array", "existing_run", "open_output",
            "missing_chunk", "check_chunks", "KidneyWriter",
            "create_slide_array", "open_slide_probabilities"]

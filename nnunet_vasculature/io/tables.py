@@ -34,7 +34,8 @@ def table_competition(columns: Sequence[str]) -> str | None:
 
 def read_table(path: Path | str, required: Sequence[str], unique: str | None = "id",
                competition: str | None = None) -> list[dict[str, str]]:
-    """Rows of a Kaggle CSV table, refusing missing columns and (when ``unique``) a second row for an id.
+    """Rows of a Kaggle CSV table, refusing missing columns and (when ``unique``) a second row for an id or an
+    id with whitespace around it (it would match no slide or kidney).
 
     Args:
         path: the CSV file (fields of any length: whole-slide RLEs run to megabytes).
@@ -47,7 +48,8 @@ def read_table(path: Path | str, required: Sequence[str], unique: str | None = "
         The rows as dicts, in file order.
 
     Raises:
-        UserError: the file cannot be read, lacks a column, or repeats an id (naming the file and lines).
+        UserError: the file cannot be read, lacks a column, repeats an id or has one with whitespace around it
+            (naming the file and lines).
     """
     path = Path(path)
     allow_long_csv_fields()
@@ -73,6 +75,9 @@ def read_table(path: Path | str, required: Sequence[str], unique: str | None = "
         first_line: dict[str, int] = {}
         for line, row in enumerate(rows, start=2):
             key = row[unique]
+            if key is not None and key != key.strip():
+                raise UserError(f"{path}:{line}: {unique} {key!r} has whitespace around it (ids match exactly: "
+                                f"remove the spaces)")
             if key in first_line:
                 raise UserError(f"{path}:{line}: a second row for {unique} {key} (first on line {first_line[key]})")
             first_line[key] = line

@@ -32,6 +32,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -103,31 +104,58 @@ class VolumeSource:
         return parents.pop() if len(parents) == 1 else self.name
 
 
+FINGERPRINT_BUDGET = 64 * 2 ** 20     # bytes read from an input's files in all to fingerprint them
+FINGERPRINT_BLOCK = (4096, 2 ** 20)   # bytes read per sample of one file: at least, at most
+FINGERPRINT_METHOD = "content-v1"     # recorded: fingerprints of earlier versions (by modification time) differ
+
+
+def _file_digest(path: Path, size: int, block: int, digest: Any) -> None:
+    """Add ``path``'s content to ``digest``: all of it when at most 4 blocks, else 4 blocks (start, a third,
+    two thirds, end)."""
+    try:
+        with open(path, "rb") as f:
+            if size <= 4 * block:
+                digest.update(f.read())
+                return
+            for offset in (0, size // 3, 2 * size // 3, size - block):
+                f.seek(offset)
+                digest.update(f.read(block))
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+
+
 def fingerprint(src: VolumeSource) -> dict:
     """What identifies the input of a prediction, recorded in the probability store.
+
+    It follows the content, not the clock: a file copied, restored or repaired to the same bytes keeps its
+    fingerprint (a new modification time does not make it "another input"). To stay cheap for inputs of many
+    GB, a file is hashed whole only when small; a larger one by four samples (start, a third, two thirds,
+    end) whose size shares :data:`FINGERPRINT_BUDGET` among the files, with its exact size.
 
     Args:
         src: the input volume.
 
     Returns:
-        ``{"files": count, "bytes": total size, "sha256": hash}``: the hash covers the shape and every file's
-        name, size and modification time (ns), or, for a source without files, the content of its first,
-        middle and last planes.
+        ``{"files": count, "bytes": total size, "sha256": hash, "method": FINGERPRINT_METHOD}``: the hash
+        covers the shape and every file's name, size and content (whole or sampled), or, for a source without
+        files, the content of its first, middle and last planes.
     """
     digest = hashlib.sha256(json.dumps([list(src.shape), list(src.slice_ids[:1])]).encode())
     total = 0
+    block = max(FINGERPRINT_BLOCK[0], min(FINGERPRINT_BLOCK[1], FINGERPRINT_BUDGET // (4 * max(len(src.files), 1))))
     for f in src.files:
         try:
-            st = Path(f).stat()
+            size = Path(f).stat().st_size
         except OSError as e:
             raise UserError(f"{f}: cannot read ({e.strerror})") from None
-        total += st.st_size
-        digest.update(f"{Path(f).name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        total += size
+        digest.update(f"{Path(f).name}\0{size}\n".encode())
+        _file_digest(Path(f), size, block, digest)
     if not src.files and src.shape[0]:
         for z in sorted({0, src.shape[0] // 2, src.shape[0] - 1}):
             digest.update(np.ascontiguousarray(src.read(z, z + 1)).tobytes())
-    return {"files": len(src.files), "bytes": total, "sha256": digest.hexdigest()}
+    return {"files": len(src.files), "bytes": total, "sha256": digest.hexdigest(), "method": FINGERPRINT_METHOD}
 
 
 __all__ = ["KNOWN_NAME", "GIVEN", "METADATA", "FOLDER_NAME", "CATALOGUE", "ASSUMED", "SPACING_SOURCES",
-           "VolumeSource", "fingerprint"]
+           "FINGERPRINT_BUDGET", "FINGERPRINT_METHOD", "VolumeSource", "fingerprint"]

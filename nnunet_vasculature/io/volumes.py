@@ -12,9 +12,10 @@ import numpy as np
 import tifffile
 
 from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.io.decoded import DecodedArray, settle_zarr_reads  # noqa: F401
 from nnunet_vasculature.io.ngff import is_probability_image, open_image, refuse_foreign_image
 from nnunet_vasculature.io.slices import list_slices, read_label_slice, read_slice, slice_shape
-from nnunet_vasculature.io.store import check_chunks, quantize
+from nnunet_vasculature.io.store import check_chunks, quantize, unreadable_store
 
 if TYPE_CHECKING:      # zarr is imported by the functions that open stores
     import zarr
@@ -53,35 +54,13 @@ class SliceStack:
         return [f.stem for f in self.files]
 
 
+def _is_zarr_node(path: Path) -> bool:
+    """Whether ``path`` is a zarr store, group or array by its name or its metadata (a store need not end .zarr)."""
+    return path.suffix == ".zarr" or any((path / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray"))
+
+
 def _is_zarr(path: Path) -> bool:
-    return path.suffix == ".zarr" or (path / "zarr.json").exists() or \
-        any(p.suffix == ".zarr" for p in path.parents)
-
-
-class DecodedArray:
-    """A zarr array whose reads turn a chunk that cannot be decoded (a corrupt or truncated file) into a
-    one-line UserError naming the store and the planes; everything else is the array's."""
-
-    def __init__(self, array: object, path: Path):
-        self._array, self._path = array, path
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._array, name)
-
-    def __getitem__(self, key: object) -> np.ndarray:
-        try:
-            return self._array[key]
-        except (RuntimeError, ValueError, OSError) as e:
-            where = f"planes {key.start or 0}..{(key.stop or self._array.shape[0]) - 1}" if isinstance(key, slice) \
-                else "a chunk"
-            raise UserError(f"{self._path}: {where} cannot be read ({type(e).__name__}: {e})") from None
-
-    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
-        out = self[...]
-        return out if dtype is None else out.astype(dtype)
-
-    def __len__(self) -> int:
-        return len(self._array)
+    return _is_zarr_node(path) or any(p.suffix == ".zarr" for p in path.parents)
 
 
 def open_zarr_array(path: Path) -> zarr.Array:
@@ -90,10 +69,10 @@ def open_zarr_array(path: Path) -> zarr.Array:
     import zarr
     try:
         node = zarr.open(str(path), mode="r")
-    except Exception as e:
-        raise UserError(f"{path}: not a readable zarr store ({type(e).__name__}: {e})") from None
+        arrays = list(node.array_keys()) if isinstance(node, zarr.Group) else []
+    except Exception as e:  # noqa: BLE001 - zarr raises many types for a bad store
+        raise unreadable_store(path, e) from None
     if isinstance(node, zarr.Group):
-        arrays = list(node.array_keys())
         if len(arrays) != 1:
             raise UserError(f"{path}: zarr group holds {len(arrays)} arrays ({', '.join(arrays)}); "
                             f"name one, e.g. {path}/{arrays[0] if arrays else 'kidney_5'}")
@@ -106,11 +85,9 @@ def zarr_kidneys(path: Path) -> list[str]:
     import zarr
     try:
         node = zarr.open(str(path), mode="r")
-    except Exception as e:
-        raise UserError(f"{path}: not a readable zarr store ({type(e).__name__}: {e})") from None
-    if isinstance(node, zarr.Group):
-        return [f"{path}/{k}" for k in sorted(node.array_keys())]
-    return [str(path)]
+        return [f"{path}/{k}" for k in sorted(node.array_keys())] if isinstance(node, zarr.Group) else [str(path)]
+    except Exception as e:  # noqa: BLE001 - zarr raises many types for a bad store
+        raise unreadable_store(path, e) from None
 
 
 def expand_probabilities(paths: list) -> list[str]:
@@ -122,7 +99,7 @@ def expand_probabilities(paths: list) -> list[str]:
         if is_probability_image(p):
             out.append(str(p))
         else:
-            out.extend(zarr_kidneys(Path(p)) if Path(p).suffix == ".zarr" else [str(p)])
+            out.extend(zarr_kidneys(Path(p)) if _is_zarr_node(Path(p)) else [str(p)])
     return out
 
 
@@ -151,6 +128,28 @@ class CheckedU8:
         return quantize(np.asarray(self.vol[sl]), self.where)
 
 
+def read_npz_probabilities(path: Path) -> np.ndarray:
+    """The ``probabilities`` of an nnU-Net ``--save_probabilities`` .npz; a missing, truncated or malformed file is a
+    one-line UserError naming it.
+
+    Args:
+        path: the .npz file.
+
+    Returns:
+        float array (classes, z, y, x) with at least 2 classes.
+    """
+    try:
+        with np.load(path) as f:
+            if "probabilities" not in f:
+                raise UserError(f"{path}: no 'probabilities' array (run nnUNetv2_predict with --save_probabilities)")
+            p = f["probabilities"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise UserError(f"{path}: not a readable .npz ({type(e).__name__}: {e})") from None
+    if p.ndim != 4 or p.shape[0] < 2:
+        raise UserError(f"{path}: expected probabilities (classes, z, y, x), got {p.shape}")
+    return p
+
+
 def open_probabilities(path: Path | str) -> tuple[ZSliceable, dict]:
     """Foreground probabilities as a uint8 volume plus metadata (slice ids, kidney name).
 
@@ -166,16 +165,8 @@ def open_probabilities(path: Path | str) -> tuple[ZSliceable, dict]:
     if not path.exists():
         raise UserError(f"{path}: not found")
     if path.suffix == ".npz":
-        try:
-            with np.load(path) as f:
-                if "probabilities" not in f:
-                    raise UserError(f"{path}: no 'probabilities' array (nnU-Net --save_probabilities output?)")
-                p = f["probabilities"]
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-            raise UserError(f"{path}: not a readable .npz ({type(e).__name__}: {e})") from None
-        if p.ndim != 4 or p.shape[0] < 2:
-            raise UserError(f"{path}: expected probabilities (classes, z, y, x), got {p.shape}")
-        return quantize(p[1], str(path)), {"kidney": path.stem}
+        p = read_npz_probabilities(path)
+        return quantize(p[1], str(path), first_plane=0), {"kidney": path.stem}
     refuse_foreign_image(path)
     if is_probability_image(path):
         return open_probability_image(path)

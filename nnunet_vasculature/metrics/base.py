@@ -22,4 +22,10 @@ class Accumulator(Protocol):
         """The metric of everything added so far."""
 
 
-__all__ = ["Accumulator"]
+__all__ = ["Accumulator", "METRICS", "OBJECTIVES"]
+
+
+# the SenNet hosts' metric names (metrics/hosts.py computes them): here, in a module without numpy or scipy, so that
+# a command's parser can offer them without importing the metrics themselves
+METRICS = ("nsd0", "nsd1", "cldice", "assd", "dice")
+OBJECTIVES = ("nsd0", "nsd1", "cldice", "dice")     # what `tune --objective` can maximise

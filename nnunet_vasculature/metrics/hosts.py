@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from nnunet_vasculature.errors import UserError, atomic_file
 from nnunet_vasculature.io.volumes import ZSliceable
+from nnunet_vasculature.metrics.base import METRICS, OBJECTIVES  # noqa: F401 (re-exported)
 from nnunet_vasculature.metrics.packed_volume import PackedVolume
 from nnunet_vasculature.metrics.skeleton import (
     DEFAULT_CORE,
@@ -51,8 +52,6 @@ from nnunet_vasculature.metrics.surface_distances import (
     tolerance_one_score,
 )
 
-METRICS = ("nsd0", "nsd1", "cldice", "assd", "dice")
-OBJECTIVES = ("nsd0", "nsd1", "cldice", "dice")
 BLOCK = 16
 ASSD_SLAB = 32
 

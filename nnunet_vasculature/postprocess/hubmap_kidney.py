@@ -19,13 +19,13 @@ from tqdm import tqdm
 from nnunet_vasculature.errors import UserError, atomic_file
 from nnunet_vasculature.io.rle import ColumnStripEncoder, column_major_regions, rle_runs
 from nnunet_vasculature.io.tables import read_table
-from nnunet_vasculature.postprocess.components import StreamingComponents
 from nnunet_vasculature.postprocess.files import check_outputs, check_sample_ids, refuse_other_competition, sample_order
 from nnunet_vasculature.postprocess.mask_rule import MaskRule
 from nnunet_vasculature.postprocess.tune import (
     LEVEL_HALF,
     best_option,
     grid_edge_warning,
+    import_mask_packages,
     level_edge_warning,
     masks,
     non_negative_int,
@@ -214,6 +214,7 @@ def determine(slide_stores: list[Path], labels_csv: Path, cc_sizes: list[int]) -
 
 def _dice_without_small(arr: object, gt: object, level: int, size: int) -> float:
     """Dice of a slide thresholded at ``level`` without its 8-connected components smaller than ``size``."""
+    from nnunet_vasculature.postprocess.components import StreamingComponents
     view = ColumnView(arr)
     comps = StreamingComponents(lambda a, b: view[a:b] >= level, view.shape[0], STRIP)
     inter = npred = ngt = 0
@@ -334,6 +335,7 @@ def _run_score(a: argparse.Namespace) -> None:
 
 
 def _run_tune(a: argparse.Namespace) -> None:
+    import_mask_packages()
     refuse_other_competition([*a.input, a.labels], COMPETITION, "tune")
     check_outputs([("-i", p) for p in a.input] + [("--labels", a.labels)], [("-o", a.output), ("--plot", a.plot)])
     sizes = [] if a.no_cc else a.cc_sizes
@@ -355,6 +357,7 @@ def _run_tune(a: argparse.Namespace) -> None:
 
 
 def _run_submit(a: argparse.Namespace) -> None:
+    import_mask_packages()
     refuse_other_competition([*a.input, a.sample], COMPETITION, "submit")
     check_outputs([("-i", p) for p in a.input] + [("-pp", a.pp), ("--sample", a.sample)], [("-o", a.output)])
     submit(stores(a.input), a.pp, a.output, a.sample)

@@ -59,12 +59,48 @@ def polygon_masks(anns: list[dict], shape: tuple[int, int]) -> np.ndarray:
     return np.stack(out) if out else np.zeros((0, *shape), bool)
 
 
-def parse_prediction(text: str, h: int, w: int, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """``0 <score> <mask> …`` -> (N, H, W) bool masks and N scores; UserError naming ``where``."""
+MASK_STACK_BYTES = 256 * 2 ** 20      # the most one tile's decoded masks (N x H x W bool) may take when scored
+
+
+def check_instance_count(n: int, h: int, w: int, where: str) -> None:
+    """Refuse more instances in one tile than :data:`MASK_STACK_BYTES` of full-tile masks, before decoding.
+
+    Args:
+        n: instances in the tile.
+        h: tile height.
+        w: tile width.
+        where: the file and tile id, for the message.
+
+    Raises:
+        UserError: one line naming ``where``, the count and the cap.
+    """
+    cap = max(1, MASK_STACK_BYTES // max(1, h * w))
+    if n > cap:
+        raise UserError(f"{where}: {n} instances in one {h}x{w} tile; at most {cap} are scored (each is decoded "
+                        f"to a full-tile mask)")
+
+
+def parse_prediction(text: str, h: int, w: int, where: str, keep_masks: bool = True
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """``0 <score> <mask> …`` -> (N, H, W) bool masks and N scores; UserError naming ``where``.
+
+    Args:
+        text: the row's ``prediction_string``.
+        h: tile height.
+        w: tile width.
+        where: the file and tile id, for messages.
+        keep_masks: False: decode and check each mask one at a time and keep none (bounded memory; the masks
+            returned are ``(0, H, W)``); True: more instances than :func:`check_instance_count` allows are refused.
+
+    Returns:
+        (masks, scores).
+    """
     from nnunet_vasculature.io.coco_rle import decode_mask
     tok = text.split()
     if len(tok) % 3:
         raise UserError(f"{where}: prediction_string must be triples '0 <score> <mask>', got {len(tok)} tokens")
+    if keep_masks:
+        check_instance_count(len(tok) // 3, h, w, where)
     masks, scores = [], []
     for k in range(0, len(tok), 3):
         if tok[k] != "0":
@@ -75,7 +111,9 @@ def parse_prediction(text: str, h: int, w: int, where: str) -> tuple[np.ndarray,
             raise UserError(f"{where}: score {tok[k + 1]!r} is not a number") from None
         if not math.isfinite(s):
             raise UserError(f"{where}: score {tok[k + 1]!r} is not finite")
-        masks.append(decode_mask(tok[k + 2], h, w, f"{where} instance {k // 3}"))
+        mask = decode_mask(tok[k + 2], h, w, f"{where} instance {k // 3}")
+        if keep_masks:
+            masks.append(mask)
         scores.append(s)
     return (np.stack(masks) if masks else np.zeros((0, h, w), bool)), np.asarray(scores)
 
@@ -86,7 +124,9 @@ def _tile_truth(r: dict, solution: Path) -> tuple[int, int, np.ndarray]:
         h, w = int(r["height"]), int(r["width"])
     except ValueError:
         raise UserError(f"{solution} {r['id']}: height/width are not integers") from None
-    gt = [decode_mask(t, h, w, f"{solution} {r['id']}") for t in r["annotations"].split()]
+    annotations = r["annotations"].split()
+    check_instance_count(len(annotations), h, w, f"{solution} {r['id']}")
+    gt = [decode_mask(t, h, w, f"{solution} {r['id']}") for t in annotations]
     return h, w, (np.stack(gt) if gt else np.zeros((0, h, w), bool))
 
 
@@ -126,7 +166,7 @@ def validate(submission: Path, sample: Path) -> int:
             raise UserError(f"{submission} {r['id']}: size {r['height']}x{r['width']}, sample says "
                             f"{ref[r['id']]['height']}x{ref[r['id']]['width']}")
         n += len(parse_prediction(r["prediction_string"], int(r["height"]), int(r["width"]),
-                                  f"{submission} {r['id']}")[1])
+                                  f"{submission} {r['id']}", keep_masks=False)[1])
     return n
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
 import tifffile
@@ -29,18 +29,8 @@ from nnunet_vasculature.io.volumes import (
     open_labels,
     open_probabilities,
 )
-from nnunet_vasculature.metrics.hosts import (
-    METRICS,
-    OBJECTIVES,
-    check_metrics,
-    kidney_scores,
-    mean_scores,
-    write_scores_json,
-)
-from nnunet_vasculature.metrics.surface_dice import SurfaceDiceAccumulator
 from nnunet_vasculature.postprocess.files import check_outputs, check_sample_ids, refuse_other_competition, sample_order
 from nnunet_vasculature.postprocess.mask_rule import MaskRule
-from nnunet_vasculature.postprocess.sennet_metrics import BlockStream
 from nnunet_vasculature.postprocess.sennet_tune import (
     CC_CANDIDATES,
     COMPETITION,
@@ -53,12 +43,16 @@ from nnunet_vasculature.postprocess.sennet_tune import (
 from nnunet_vasculature.postprocess.tune import (
     BLOCK,
     grid_edge_warning,
+    import_mask_packages,
     level_edge_warning,
     masks,
     non_negative_int,
     warn,
     write_postprocessing,
 )
+
+if TYPE_CHECKING:      # the metrics (scipy, scikit-image) are imported by the functions that compute them
+    from nnunet_vasculature.metrics.surface_dice import SurfaceDiceAccumulator
 
 
 # ---------------------------------------------------------------------------------------------- the metric
@@ -73,6 +67,7 @@ def kidney_scorer(plane_shape: tuple[int, int]) -> SurfaceDiceAccumulator:
     Returns:
         A fresh accumulator.
     """
+    from nnunet_vasculature.metrics.surface_dice import SurfaceDiceAccumulator
     return SurfaceDiceAccumulator(plane_shape)
 
 
@@ -167,6 +162,8 @@ def score_csv_metrics(solution: Path, submission: Path, metrics: Sequence[str], 
     Returns:
         ``{kidney: {metric: value}}``.
     """
+    from nnunet_vasculature.metrics.hosts import kidney_scores
+    from nnunet_vasculature.postprocess.sennet_metrics import BlockStream
     out = {}
     for kidney, (rows, shape, sub) in _csv_kidneys(solution, submission).items():
         volume = (len(rows), *shape)
@@ -195,6 +192,8 @@ def score_volumes(labels: Path, pred: Path, pp_path: Path | None = None, metrics
     Returns:
         ``{kidney: score}``, or ``{kidney: {metric: value}}`` with ``metrics``.
     """
+    from nnunet_vasculature.metrics.hosts import kidney_scores
+    from nnunet_vasculature.postprocess.sennet_metrics import BlockStream
     gt = open_labels(labels)
     if pp_path:
         prob, _ = open_probabilities(pred)
@@ -338,6 +337,7 @@ def draw_overlay(labels: Path, pred: Path | str, png: Path, pp_path: Path | None
 
 # ---------------------------------------------------------------------------------------------- command line
 def _run_score(a: argparse.Namespace) -> None:
+    from nnunet_vasculature.metrics.hosts import check_metrics, mean_scores, write_scores_json
     refuse_other_competition([a.solution, a.submission, a.labels, a.pred, a.pp], COMPETITION, "score")
     metrics = check_metrics(a.metrics or ["nsd0"])
     if a.workers < 1:
@@ -365,6 +365,7 @@ def _run_score(a: argparse.Namespace) -> None:
 
 
 def _run_tune(a: argparse.Namespace) -> None:
+    import_mask_packages()
     refuse_other_competition([*a.input, *a.labels], COMPETITION, "tune")
     check_outputs([("-i", p) for p in a.input] + [("--labels", p) for p in a.labels],
                   [("-o", a.output), ("--plot", a.plot)])
@@ -416,6 +417,7 @@ def apply_to_image(image: Path | str, pp_path: Path | str, overwrite: bool = Fal
 
 
 def _run_apply(a: argparse.Namespace) -> None:
+    import_mask_packages()
     check_outputs([("-i", a.input), ("-pp", a.pp)], [("-o", a.output)])
     load_mask_rule(a.pp)                                       # before any work
     if is_probability_image(a.input):                          # predict's .ome.zarr: labels/vessels inside it
@@ -431,6 +433,7 @@ def _run_apply(a: argparse.Namespace) -> None:
 
 
 def _run_submit(a: argparse.Namespace) -> None:
+    import_mask_packages()
     refuse_other_competition([*a.input, a.sample], COMPETITION, "submit")
     check_outputs([("-i", p) for p in a.input] + [("-pp", a.pp), ("--sample", a.sample)], [("-o", a.output)])
     submit(a.input, a.pp, a.output, a.sample)
@@ -455,6 +458,7 @@ def _run_overlay(a: argparse.Namespace) -> None:
 
 def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
     """Register ``sennet`` under score, tune, apply, submit, validate and overlay (those of ``groups``)."""
+    from nnunet_vasculature.metrics.base import METRICS, OBJECTIVES
     if "score" in groups:
         s = groups["score"].add_parser(COMPETITION, help="surface Dice per kidney and mean")
         s.add_argument("--solution", type=Path, help="solution CSV (id,rle,width,height)")

@@ -9,15 +9,8 @@ from typing import Sequence
 import numpy as np
 
 from nnunet_vasculature.errors import UserError
-from nnunet_vasculature.io.volumes import ZSliceable, open_labels, open_probabilities
-from nnunet_vasculature.metrics.hosts import (
-    OBJECTIVES,
-    check_metrics,
-)
-from nnunet_vasculature.metrics.surface_dice import sweep_with_levels
+from nnunet_vasculature.io.volumes import ZSliceable
 from nnunet_vasculature.postprocess.mask_rule import MaskRule
-from nnunet_vasculature.postprocess.morphology import level_histogram
-from nnunet_vasculature.postprocess.sennet_metrics import ObjectiveScorer, objective_curve
 from nnunet_vasculature.postprocess.tune import (
     BLOCK,
     LEVEL_HALF,
@@ -61,6 +54,11 @@ def determine(prob_paths: list, label_paths: list, cc_candidates: Sequence[int] 
         The decision and its evidence (postprocessing.json without its competition record); the ``mean_score*``
         and curve entries are of the objective (``mean_surface_dice*`` repeat them when it is ``nsd0``).
     """
+    from nnunet_vasculature.io.volumes import open_labels, open_probabilities
+    from nnunet_vasculature.metrics.hosts import OBJECTIVES, check_metrics
+    from nnunet_vasculature.metrics.surface_dice import sweep_with_levels
+    from nnunet_vasculature.postprocess.morphology import level_histogram
+    from nnunet_vasculature.postprocess.sennet_metrics import ObjectiveScorer, objective_curve
     check_metrics([objective], OBJECTIVES)
     if by_fraction and objective not in ("nsd0", "dice"):
         raise UserError(f"--by_fraction needs a score at every level: tune it with --objective nsd0 or dice, "

@@ -19,19 +19,20 @@ import numpy as np
 
 from nnunet_vasculature.errors import UserError, atomic_file
 from nnunet_vasculature.io.volumes import ZSliceable
-from nnunet_vasculature.postprocess.components import StreamingComponents, remove_small_components
 from nnunet_vasculature.postprocess.mask_rule import MaskRule
-from nnunet_vasculature.postprocess.morphology import (
-    closed_reader,
-    fraction_at_levels,
-    level_for_fraction,
-    level_histogram,
-)
 
 LEVEL_HALF = 128          # uint8 level equivalent to probability 0.5 (argmax of two classes)
 BLOCK = 32                # planes (or columns) read at a time
 WORKERS = 2               # threads of tune's passes: both cores of a laptop, ~2 blocks in memory at once
 EDGE_LEVELS = 6           # a tuned uint8 level within this many levels of 0 or 255 is "at the edge" (~2 %)
+
+
+def import_mask_packages() -> None:
+    """Import what turning probabilities into masks needs (cc3d, scipy): the commands that do it call this
+    first, so that a missing package is one line before any work (building the parsers imports none of them)."""
+    import importlib
+    for module in ("nnunet_vasculature.postprocess.components", "nnunet_vasculature.postprocess.morphology"):
+        importlib.import_module(module)
 
 
 def tool_version() -> str:
@@ -136,6 +137,8 @@ def masks(prob: ZSliceable, rule: MaskRule | Mapping) -> Iterator[tuple[int, np.
     Returns:
         An iterator of (first plane, mask block) pairs covering the volume in order.
     """
+    from nnunet_vasculature.postprocess.components import remove_small_components
+    from nnunet_vasculature.postprocess.morphology import closed_reader, level_for_fraction, level_histogram
     if not isinstance(rule, MaskRule):
         rule = MaskRule.from_json(rule)
     level = rule.level
@@ -169,6 +172,7 @@ def best_fraction(curves: Sequence[np.ndarray], hists: Sequence[np.ndarray]) -> 
     Returns:
         (fraction, its mean score, the level of each volume for it).
     """
+    from nnunet_vasculature.postprocess.morphology import fraction_at_levels, level_for_fraction
     fracs = [fraction_at_levels(h) for h in hists]
     candidates = np.unique(np.concatenate([f[1:] for f in fracs]))
     candidates = candidates[candidates > 0]
@@ -201,6 +205,8 @@ def option_scores(prob: ZSliceable, labels: ZSliceable, level: int, sizes: Seque
     Returns:
         One score per size (0.0 when both masks are empty).
     """
+    from nnunet_vasculature.postprocess.components import StreamingComponents
+    from nnunet_vasculature.postprocess.morphology import closed_reader
     read = closed_reader(lambda a, b: np.asarray(prob[a:b]) >= level, prob.shape[0], closing)
     comps = StreamingComponents(read, prob.shape[0], BLOCK, workers)
     scorers = [scorer(tuple(prob.shape[1:])) for _ in sizes]

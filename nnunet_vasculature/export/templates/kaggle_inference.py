@@ -46,7 +46,20 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
     return p.parse_args([] if "ipykernel" in sys.modules else argv)
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """Refuse, in one line before anything is installed, a --data without test/ or a --model that is no file."""
+    if not (args.data / "test").is_dir():
+        what = "not found" if not args.data.exists() else "holds no test/ folder"
+        sys.exit(f"error: {args.data}: {what} (--data: the competition data, with test/ and sample_submission.csv)")
+    if args.model is not None and not args.model.is_file():
+        what = "is a folder" if args.model.is_dir() else "not found"
+        sys.exit(f"error: {args.model}: {what} (--model: the MODEL.zip that nnunet-vasculature export-model writes)")
+    if args.wheels is not None and not args.wheels.is_dir():
+        sys.exit(f"error: {args.wheels}: not a folder (--wheels: the bundle folder holding the wheels)")
+
+
 ARGS = parse_args()
+check_paths(ARGS)
 print(f"[0:00:00] settings: data {ARGS.data}, device {ARGS.device}, work {ARGS.work}, out {ARGS.out}")
 
 # %%

@@ -1,0 +1,185 @@
+"""Issue 35, items 10 and 14-16: a prediction that needs more memory than the machine has is refused before any
+work; an instance table with very many instances per tile is scored in bounded memory; `bundle` never writes
+over its own inputs; an output that is an existing folder is named in one line and nothing is left behind.
+
+Input stores are written by zarr directly, never by this package's writers."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import zarr
+from helpers.bundle import bundle_cli
+from helpers.model import make_model_folder
+from helpers.postprocess import _kidney, _write_kidney
+
+from nnunet_vasculature.cli import main
+
+
+def _one_line(capsys, code):
+    """The error line (progress bars of the work done before it may precede it), and no traceback."""
+    err = capsys.readouterr().err.strip()
+    lines = err.splitlines()
+    assert code == 2 and lines[-1].startswith("error: ") and "Traceback" not in err, err
+    assert not [line for line in lines[:-1] if "error" in line], err
+    return lines[-1]
+
+
+def _mem_available():
+    """MemAvailable of /proc/meminfo in bytes (None where unreadable), read here independently of the package."""
+    try:
+        line = next(x for x in open("/proc/meminfo").read().splitlines() if x.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return None
+    return int(line.split()[1]) * 1024
+
+
+def _left_behind(folder):
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name)
+
+
+# --------------------------------------------------------------------------------------------- item 10
+def test_declared_huge_omezarr_is_refused_before_the_model_loads(tmp_path, capsys):
+    """An OME-Zarr declaring 20000^3 voxels (no chunk written: zarr arrays are lazy) is refused in one line naming
+    the input, the memory it needs and the machine's, before the model loads (before: prediction started and
+    died with a MemoryError; the checkpoint here is unreadable, so a run that loaded it fails otherwise)."""
+    free = _mem_available()
+    if free is None or free > 2 ** 40:
+        pytest.skip("MemAvailable unknown or above 1 TiB here")
+    folder = make_model_folder(tmp_path / "model")
+    (folder / "fold_0" / "checkpoint_final.pth").write_bytes(b"not a checkpoint")
+    image = tmp_path / "huge.ome.zarr"
+    group = zarr.open_group(str(image), mode="w", zarr_format=3)
+    group.create_array("0", shape=(20000, 20000, 20000), chunks=(1000, 1000, 1000), dtype="uint16",
+                       dimension_names=["z", "y", "x"])
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{"name": "huge", "datasets": [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [50.0, 50.0, 50.0]}]}],
+        "axes": [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]}]}
+    out = tmp_path / "out.ome.zarr"
+    err = _one_line(capsys, main(["predict", "-i", str(image), "-o", str(out), "-m", str(folder), "-device", "cpu",
+                                  "--disable_tta"]))
+    assert err.startswith("error: huge: predicting (20000, 20000, 20000) needs about ") and \
+        "this machine has" in err and "available" in err, err
+    needed = float(err.split("needs about ")[1].split(" GiB")[0])
+    assert needed > free / 2 ** 30, err
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------- item 15
+@pytest.mark.parametrize("where", ["same", "inside", "containing"])
+def test_bundle_refuses_an_output_that_is_an_input(tmp_path, capsys, where):
+    """`bundle -o X --find-links X --overwrite` (or X inside / around the wheel folder) is refused in one line and
+    the wheel folder is untouched (before: atomic_dir replaced it)."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "some-1.0-py3-none-any.whl").write_bytes(b"a wheel")
+    out = {"same": wheels, "inside": wheels / "bundle", "containing": tmp_path}[where]
+    err = _one_line(capsys, bundle_cli(["-o", str(out), "--find-links", str(wheels), "--overwrite",
+                                        "--torch-version", "2.5.0", "--torchvision-version", "0.20.0"]))
+    assert f"{out.resolve()}: the output -o would replace the input --find-links" in err, err
+    assert sorted(p.name for p in wheels.iterdir()) == ["some-1.0-py3-none-any.whl"]
+
+
+# --------------------------------------------------------------------------------------------- item 16
+def _sennet_store(tmp_path):
+    """A complete probability store of one kidney and its postprocessing.json, written by zarr directly."""
+    store = tmp_path / "p.zarr"
+    a = zarr.open_group(str(store), mode="w").create_array("kidney_5", shape=(4, 6, 7), chunks=(1, 6, 7),
+                                                           dtype="uint8")
+    a[:] = 200
+    a.attrs.update({"kidney": "kidney_5", "slice_ids": [f"kidney_5_{z:04d}" for z in range(4)], "complete": True})
+    pp = tmp_path / "pp.json"
+    pp.write_text('{"competition": "sennet", "threshold_u8": 128, "min_component_voxels": 0}')
+    return store, pp
+
+
+def test_submit_into_an_existing_folder_names_it_and_leaves_nothing(tmp_path, capsys):
+    store, pp = _sennet_store(tmp_path)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    err = _one_line(capsys, main(["submit", "-i", str(store), "-pp", str(pp), "-o", str(folder)]))
+    assert err == f"error: {folder}: is a folder; give the output a file name", err
+    assert _left_behind(tmp_path) == [] and list(folder.iterdir()) == []
+
+
+def test_score_json_into_an_existing_folder_names_it_and_leaves_nothing(tmp_path, capsys):
+    gt, prob = _kidney(np.random.default_rng(4))
+    labels = _write_kidney(tmp_path, "kidney_2", gt, prob)
+    pp = tmp_path / "pp.json"
+    pp.write_text(json.dumps({"competition": "sennet", "threshold_u8": 140, "min_component_voxels": 0}))
+    folder = tmp_path / "scores"
+    folder.mkdir()
+    err = _one_line(capsys, main(["score", "--labels", str(labels), "--pred", str(tmp_path / "probs.zarr" / "kidney_2"),
+                                  "-pp", str(pp), "--json", str(folder)]))
+    assert err == f"error: {folder}: is a folder; give the output a file name", err
+    assert _left_behind(tmp_path) == [] and list(folder.iterdir()) == []
+
+
+def test_export_model_into_an_existing_folder_names_it_and_leaves_nothing(tmp_path, capsys):
+    folder = make_model_folder(tmp_path / "results" / "Dataset999_Tiny" / "nnUNetTrainer__nnUNetPlans__3d_fullres")
+    out = tmp_path / "m.zip"
+    out.mkdir()
+    err = _one_line(capsys, main(["export-model", "-m", str(folder), "-f", "0", "-o", str(out)]))
+    assert err == f"error: {out}: is a folder; give the output a file name", err
+    assert _left_behind(tmp_path) == [] and list(out.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------- item 14
+def _many_instances_csvs(tmp_path, n=4000, size=512):
+    """A submission, sample and solution of one 512^2 tile whose prediction has ``n`` one-pixel instances, encoded
+    with pycocotools, zlib and base64 directly (the competition's format)."""
+    import base64
+    import csv
+    import zlib
+
+    from pycocotools import mask as coco_mask
+
+    def encode(mask):
+        counts = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"]
+        return base64.b64encode(zlib.compress(counts)).decode("ascii")
+
+    tokens = []
+    for k in range(n):
+        mask = np.zeros((size, size), bool)
+        mask[k // size, k % size] = True
+        tokens += ["0", "0.5", encode(mask)]
+    truth = np.zeros((size, size), bool)
+    truth[:4, :4] = True
+    files = {"submission.csv": ("id,height,width,prediction_string", f"t1,{size},{size},{' '.join(tokens)}"),
+             "sample.csv": ("id,height,width,prediction_string", f"t1,{size},{size},"),
+             "solution.csv": ("id,height,width,annotations", f"t1,{size},{size},{encode(truth)}")}
+    for name, (header, row) in files.items():
+        with open(tmp_path / name, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header.split(","))
+            writer.writerow(row.split(",", 3))
+    return tmp_path / "submission.csv", tmp_path / "sample.csv", tmp_path / "solution.csv"
+
+
+def test_validate_streams_a_row_of_many_instances(tmp_path):
+    """validate decodes a 4000-instance row of a 512^2 tile one mask at a time: its peak allocation (tracemalloc,
+    in a fresh interpreter) stays under 64 MiB (before: every mask was stacked, 4000 x 512^2 bytes = 1 GiB)."""
+    sub, sample, _ = _many_instances_csvs(tmp_path)
+    code = textwrap.dedent(f"""
+        import tracemalloc
+        from nnunet_vasculature.postprocess.hubmap_vasculature import validate
+        tracemalloc.start()
+        n = validate({str(sub)!r}, {str(sample)!r})
+        print(n, tracemalloc.get_traced_memory()[1])
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    n, peak = map(int, r.stdout.split())
+    assert n == 4000 and peak < 64 * 2 ** 20, peak
+
+
+def test_score_refuses_more_instances_per_tile_than_the_cap_in_one_line(tmp_path, capsys):
+    """score hubmap-vasculature refuses a tile of 4000 instances in one line naming the file, the tile and the cap,
+    before decoding them (before: all were expanded to full-tile masks)."""
+    sub, _, solution = _many_instances_csvs(tmp_path)
+    err = _one_line(capsys, main(["score", "hubmap-vasculature", "--solution", str(solution), "--submission",
+                                  str(sub)]))
+    assert err == f"error: {sub} t1: 4000 instances in one 512x512 tile; at most 1024 are scored (each is decoded " \
+                  f"to a full-tile mask)", err
