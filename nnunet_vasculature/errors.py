@@ -152,7 +152,7 @@ PIP_NAMES = {"torch": "torch", "nnunetv2": "nnunetv2", "batchgeneratorsv2": "bat
              "matplotlib": "matplotlib", "dask": "dask[distributed]", "distributed": "dask[distributed]",
              "pycocotools": "pycocotools", "PIL": "pillow", "tensorstore": "tensorstore",
              "imagecodecs": "imagecodecs", "packaging": "packaging",
-             "hoa_tools": "nnunet-vasculature[hoa]"}
+             "hoa_tools": "nnunet-vasculature[hoa]", "neuroglancer": "nnunet-vasculature[view]"}
 
 
 def describe_missing_dependency(e: ModuleNotFoundError) -> str | None:

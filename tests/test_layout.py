@@ -17,7 +17,7 @@ LAYERS = [
     {"pretrained", "trainers", "dataset_conversion", "synthetic", "env"},
     {"inference"},
     {"postprocess"},
-    {"demo", "export"},
+    {"demo", "export", "view"},
     {"cli"},
 ]
 
