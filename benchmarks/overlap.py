@@ -45,7 +45,7 @@ def run_ours(folder: Path, kidney: Path, out: Path, overlap: bool, step: float) 
 
     from nnunet_vasculature.inference.options import PredictionOptions
     from nnunet_vasculature.inference.streaming import StreamingPredictor
-    from nnunet_vasculature.io.sources import kaggle_kidney
+    from nnunet_vasculature.io.sennet_inputs import kaggle_kidney
     from nnunet_vasculature.io.store import KidneyWriter
     src = kaggle_kidney(kidney, 63.08)
     pred = StreamingPredictor.from_options(PredictionOptions.of(folder, [0], tta=False, step_size=step),

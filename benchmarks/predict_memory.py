@@ -33,7 +33,7 @@ report(seconds=time.time() - t, mean=float(probs[1].mean()))
 """
 
 OURS = SETUP + """
-from nnunet_vasculature.io.sources import VolumeSource
+from nnunet_vasculature.io.volume_source import VolumeSource
 from nnunet_vasculature.inference.options import PredictionOptions
 from nnunet_vasculature.inference.streaming import StreamingPredictor
 def read(a, b):   # slices produced on demand, like reading TIFF slices from disk

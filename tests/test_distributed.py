@@ -13,7 +13,7 @@ from helpers.predict import _image, _kaggle_kidney, _ours
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.inference.options import PredictionOptions
 from nnunet_vasculature.inference.streaming import StreamingPredictor
-from nnunet_vasculature.io.sources import VolumeSource
+from nnunet_vasculature.io.volume_source import VolumeSource
 
 
 def _options(folder, **kw):

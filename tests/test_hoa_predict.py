@@ -14,7 +14,7 @@ from helpers.model import make_model_folder
 from helpers.predict import _image, _kaggle_kidney
 
 from nnunet_vasculature.cli import main
-from nnunet_vasculature.io.sources import kaggle_kidney
+from nnunet_vasculature.io.sennet_inputs import kaggle_kidney
 
 
 def _main(capsys, argv):

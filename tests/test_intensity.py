@@ -13,8 +13,8 @@ from helpers.model import make_model_folder
 from scipy import ndimage as ndi
 
 from nnunet_vasculature.cli import main
+from nnunet_vasculature.io.input_spec import open_inputs
 from nnunet_vasculature.io.intensity import PercentileMapping, map_sources, volume_percentiles
-from nnunet_vasculature.io.sources import open_inputs
 
 PCT = (10.0, 99.8)
 

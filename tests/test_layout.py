@@ -163,7 +163,7 @@ def _reach(graph: dict[str, set[str]], start: str) -> set[str]:
 def test_input_stack_layers():
     """The input wing of io/ (issue 32), bottom to top: the contract imports no reader; the multiscale
     readers import neither the SenNet side (Kaggle slice ids, voxel sizes) nor the opener; the SenNet readers
-    not the opener; nothing in io/ imports the names kept for old callers (io.sources, io.volume_open)."""
+    not the opener; the retired modules of the circle (io.sources, io.volume_open) are imported by nothing."""
     graph = _graph()
     io = "nnunet_vasculature.io."
     top, sennet = {io + "input_spec"}, {io + "sennet", io + "sennet_inputs"}

@@ -9,8 +9,8 @@ from ome_zarr.reader import Label, Multiscales, Reader
 from skimage.measure import block_reduce
 
 from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.io.input_spec import open_volume
 from nnunet_vasculature.io.ngff import ATTRS_KEY, NgffLabelsWriter, NgffWriter
-from nnunet_vasculature.io.volume_open import open_volume
 
 SOURCE = {"tool": "predict", "model": {"folder": "/models/m", "folds": ["0"]}}
 

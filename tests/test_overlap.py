@@ -19,7 +19,7 @@ from nnunet_vasculature.inference import nnunet_compat as compat
 from nnunet_vasculature.inference.geometry import StreamingGeometry
 from nnunet_vasculature.inference.options import PredictionOptions
 from nnunet_vasculature.inference.streaming import ModelInput, StreamingPredictor
-from nnunet_vasculature.io.sources import VolumeSource
+from nnunet_vasculature.io.volume_source import VolumeSource
 
 SP = (50.0, 50.0, 50.0)
 

@@ -55,11 +55,12 @@ from nnunet_vasculature.inference.inputs import (
 )
 from nnunet_vasculature.inference.options import PredictionOptions
 from nnunet_vasculature.io import ngff, store
+from nnunet_vasculature.io.input_spec import open_inputs
 from nnunet_vasculature.io.intensity import map_sources, model_mapping
 from nnunet_vasculature.io.ngff import NgffWriter
 from nnunet_vasculature.io.run_record import COMPLETE, NEW, RunRecord, check_resumable
-from nnunet_vasculature.io.sources import VolumeSource, fingerprint, open_inputs
 from nnunet_vasculature.io.store import KidneyWriter, create_kidney_array
+from nnunet_vasculature.io.volume_source import VolumeSource, fingerprint
 
 SLAB_PLANES = 256           # default slab depth (original planes); a multiple of the store's 1-plane chunks
 PROGRESS_GROUP = "_slabs"   # <store>/_slabs/<kidney>: one uint8 per slab, 1 = done

@@ -35,8 +35,8 @@ from nnunet_vasculature.inference.options import DEFAULT_CHECKPOINT, PredictionO
 from nnunet_vasculature.io import ngff, store
 from nnunet_vasculature.io.ngff import NgffWriter
 from nnunet_vasculature.io.run_record import COMPLETE, RunRecord, check_resumable
-from nnunet_vasculature.io.sources import VolumeSource, fingerprint
 from nnunet_vasculature.io.store import KidneyWriter
+from nnunet_vasculature.io.volume_source import VolumeSource, fingerprint
 
 
 def predict(inputs: Path | str, out: Path | None, options: PredictionOptions, device: str = "cuda",

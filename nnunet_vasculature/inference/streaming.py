@@ -49,7 +49,7 @@ from nnunet_vasculature.inference.options import PredictionOptions
 from nnunet_vasculature.inference.pipeline import Prefetch, Writer
 from nnunet_vasculature.inference.tissue import TileCount, TissueMask, cell_stride, count_tiles, tiles_to_run
 from nnunet_vasculature.inference.tta import TileTTA, check_scale
-from nnunet_vasculature.io.sources import VolumeSource
+from nnunet_vasculature.io.volume_source import VolumeSource
 
 Sink = Callable[[int, np.ndarray], None]      # (first original z, probabilities (n, y, x) float32)
 Progress = Callable[[int], object]            # called with the number of tiles just predicted

@@ -99,7 +99,7 @@ def model_mapping(model_folder: Path) -> PercentileMapping | None:
 
 
 def map_sources(sources: list, mapping: PercentileMapping | None, log: Callable[[str], None] = print) -> list:
-    """Input volumes (``io.sources.VolumeSource``) as the model saw its training images: each mapped with
+    """Input volumes (``io.volume_source.VolumeSource``) as the model saw its training images: each mapped with
     its own percentiles when the model's images were mapped. A volume of a converted dataset that was
     mapped alike is passed through; one mapped differently, or mapped for a model that was not, is an
     error."""

@@ -9,7 +9,7 @@ for both outputs. ``predict`` checks every kidney with it before the model is lo
 
 JSON form (the attributes): ``source`` (``{"tool": "predict", "model": PredictionOptions.to_json()}``, or
 another tool's record), ``shape`` (z, y, x), ``spacing`` (z, y, x), ``input`` (the input's fingerprint,
-:func:`nnunet_vasculature.io.sources.fingerprint`; absent when not known), and for a distributed run
+:func:`nnunet_vasculature.io.volume_source.fingerprint`; absent when not known), and for a distributed run
 ``slab_planes`` (planes per task) with ``params_hash`` (a short hash of the model options, spacing, shape and
 slab size, for a reader's eye; the comparison uses the fields).
 """

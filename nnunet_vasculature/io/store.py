@@ -13,7 +13,7 @@ of one plane, values from :func:`quantize`. Attributes:
 - ``every_chunk_stored``: true: every chunk is written, all-zero planes included (zarr leaves out chunks
   equal to the fill value unless told otherwise), so a complete array with a chunk file missing is damaged
   and :func:`check_chunks` refuses it (zarr itself would read the missing chunk as zeros);
-- ``input``: the fingerprint of the input volume (:func:`nnunet_vasculature.io.sources.fingerprint`: file
+- ``input``: the fingerprint of the input volume (:func:`nnunet_vasculature.io.volume_source.fingerprint`: file
   count, bytes and a hash of names, sizes and content, whole or sampled), ``shape`` and, from a distributed run,
   ``slab_planes``/``params_hash``: with ``source`` and ``spacing`` the run record of
   :mod:`nnunet_vasculature.io.run_record`: a run is resumed, or a finished kidney kept, only by the same

@@ -11,7 +11,7 @@ from scipy import ndimage as ndi
 
 from nnunet_vasculature.inference.options import PredictionOptions
 from nnunet_vasculature.inference.streaming import StreamingPredictor
-from nnunet_vasculature.io.sources import VolumeSource
+from nnunet_vasculature.io.volume_source import VolumeSource
 
 MARGIN = 4      # stock aggregates tiles in float16: its volume border is the least exact part
 
