@@ -183,3 +183,28 @@ def test_score_refuses_more_instances_per_tile_than_the_cap_in_one_line(tmp_path
                                   str(sub)]))
     assert err == f"error: {sub} t1: 4000 instances in one 512x512 tile; at most 1024 are scored (each is decoded " \
                   f"to a full-tile mask)", err
+
+
+def test_bundle_on_a_full_disk_says_so(monkeypatch, tmp_path):
+    """pip's own words on a full disk are "ERROR: Exception:" and a traceback ending in ENOSPC: the line says
+    what happened (issue 35 item 18)."""
+    from nnunet_vasculature.export import bundle
+    full = subprocess.CompletedProcess([], 2, stdout="", stderr="ERROR: Exception:\nTraceback (most recent call "
+                                       "last):\n  File \"pip/_internal/...\"\nOSError: [Errno 28] No space left on "
+                                       "device: '/out/x.whl'\n")
+    assert bundle._last_error(full) == "no space left on the device"
+    other = subprocess.CompletedProcess([], 1, stdout="", stderr="ERROR: No matching distribution found for x\n")
+    assert bundle._last_error(other) == "No matching distribution found for x"
+
+
+def test_a_truncated_npz_of_apply_hubmap_vasculature_is_named(tmp_path, capsys):
+    """apply hubmap-vasculature on a folder holding a truncated probabilities .npz: one line naming the file."""
+    probs = tmp_path / "probs"
+    probs.mkdir()
+    p = np.random.default_rng(0).random((1, 1, 32, 32)).astype(np.float32)
+    np.savez_compressed(probs / "tile0.npz", probabilities=np.concatenate([1 - p, p]))
+    (probs / "tile0.npz").write_bytes((probs / "tile0.npz").read_bytes()[:150])
+    assert main(["apply", "hubmap-vasculature", "-i", str(probs), "-o", str(tmp_path / "inst")]) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error")]
+    assert len(err) == 1 and str(probs / "tile0.npz") in err[0], err
+    assert not (tmp_path / "inst").exists()

@@ -175,6 +175,8 @@ def _own_wheel(folder: Path, sources: list[str]) -> Path:
 
 
 def _last_error(r: subprocess.CompletedProcess) -> str:
+    if "No space left on device" in r.stderr + r.stdout:        # pip says "ERROR: Exception:" then a traceback
+        return "no space left on the device"
     lines = [ln.strip() for ln in (r.stderr + r.stdout).splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("ERROR:")]
     return (errors or lines or ["pip failed"])[-1].removeprefix("ERROR: ")

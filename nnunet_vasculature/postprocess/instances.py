@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -81,8 +83,8 @@ def read_probabilities(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         with np.load(path) as z:
             prob = z["probabilities"]
-    except (OSError, KeyError, ValueError) as e:
-        raise UserError(f"{path}: not an nnU-Net probabilities .npz ({e})") from None
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise UserError(f"{path}: not an nnU-Net probabilities .npz ({type(e).__name__}: {e})") from None
     if prob.ndim == 4:
         prob = prob[:, 0]
     if prob.ndim != 3 or prob.shape[0] < 2:
