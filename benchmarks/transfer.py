@@ -47,7 +47,10 @@ from nnunet_vasculature.demo.sennet import DATASET_ID, HELD_OUT, SCHEDULE
 
 VARIANTS = {"transfer": "VesselTransferTrainer_demo", "scratch": "VesselScratchTrainer_demo",
             "frozenEncoder": "VesselTransferTrainer_frozenEncoder_demo",
-            "sourceHead": "VesselTransferTrainer_sourceHead_demo"}
+            "sourceHead": "VesselTransferTrainer_sourceHead_demo",
+            # fine-tuned with scale augmentation down to 0.55 (3rd place's 63 µm emulation): the shift benchmark's
+            # model-side lever (benchmarks/shift.py --lever_models scaleAug ...)
+            "scaleAug": "VesselTransferTrainer_scaleAug055_demo"}
 _epochs, _iters = (int(v) for v in SCHEDULE.split("x"))
 # the learning curve: the demo's epochs, a quarter / half / twice its iterations per epoch (nnU-Net's poly
 # learning rate then has the same shape over every budget); "long" (3x the epochs) is kept for earlier records
