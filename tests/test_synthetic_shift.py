@@ -152,7 +152,7 @@ def test_shifted_kidneys_convert_predict_submit_and_score(tmp_path, nnunet_dirs,
     submission equal to the truth scores 1 against solution.csv, an empty one 0."""
     from helpers.model import make_model_folder
 
-    from nnunet_vasculature.postprocess.sennet import score_csv
+    from nnunet_vasculature.postprocess.sennet_score import score_csv
     from nnunet_vasculature.postprocess.tune import write_postprocessing
     kaggle = synthesize(tmp_path / "kaggle", seed=1, tests=[(80.0, "same"), (63.08, "contrast")])
     names = read_test_kidneys(kaggle)

@@ -32,10 +32,10 @@ def run_demo(out: Path, pretrained: Path | None = None, quick: bool = False, see
         determine,
         draw_overlay,
         plot_curve,
-        score_csv,
         submit,
         validate,
     )
+    from nnunet_vasculature.postprocess.sennet_score import score_csv
     from nnunet_vasculature.postprocess.tune import LEVEL_HALF, level_edge_warning, warn, write_postprocessing
     from nnunet_vasculature.pretrained.import_pretrained import import_pretrained
     from nnunet_vasculature.synthetic.sennet import synthesize
