@@ -16,6 +16,8 @@ sampled every 0.25 s (the two largest besides the client are the dask workers).
 Resume: on the smaller input, one worker process is killed (SIGKILL) once a slab is marked done, then the
 whole run (client and cluster) is killed; the same command is run again and must finish only the missing slabs;
 the image (every pyramid level) must equal an uninterrupted run's, byte for byte.
+
+Both tables are appended to the run records (`python -m benchmarks --table hoa_dask`).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from benchmarks.common import peak_rss_kib, process_tree, table
+from benchmarks.common import peak_rss_kib, process_tree, record, table
 from nnunet_vasculature.demo.tiny_model import make_model_folder
 
 CLI = str(Path(sys.executable).parent / "nnunet-vasculature")
@@ -92,6 +94,44 @@ def run_predict(args: list[str], kill_after_slabs: int | None = None, progress: 
             "killed": killed, "returncode": p.returncode}
 
 
+DEPTH_HEADER = ["input (z, y, x) uint16", "GiB", "write s", "predict s (2 workers)", "peak RSS per worker MiB",
+                "client MiB", "output levels"]
+RESUME_HEADER = ["resume input", "uninterrupted s", "interrupted run", "rerun s", "equal to uninterrupted", "complete"]
+
+
+def depth_table(rows: list[dict]) -> str:
+    """The first printed table (a row per input depth) from the recorded rows.
+
+    Args:
+        rows: the ``rows`` figure: dicts of ``input (z, y, x) uint16``, ``GiB``, ``write (s)``, ``predict (s)``,
+            ``peak RSS per worker (MiB)`` (a list), ``client (MiB)`` and ``output levels``.
+
+    Returns:
+        The markdown table.
+    """
+    return table([[r["input (z, y, x) uint16"], f"{r['GiB']:.2f}", f"{r['write (s)']:.0f}", f"{r['predict (s)']:.0f}",
+                   " / ".join(f"{m:.0f}" for m in r["peak RSS per worker (MiB)"]), f"{r['client (MiB)']:.0f}",
+                   str(r["output levels"])] for r in rows], DEPTH_HEADER)
+
+
+def resume_table(rows: list[dict]) -> str:
+    """The second printed table (the resume check) from the recorded rows.
+
+    Args:
+        rows: the ``resume`` figure: dicts of ``resume input``, ``uninterrupted (s)``, ``killed worker`` (its pid),
+            ``interrupted rc``, ``slabs marked done``, ``slabs``, ``rerun (s)``, ``resume line``, ``equal to
+            uninterrupted``, ``levels`` and ``complete``.
+
+    Returns:
+        The markdown table.
+    """
+    return table([[r["resume input"], f"{r['uninterrupted (s)']:.0f}",
+                   f"worker {r['killed worker']} SIGKILLed, then the run (rc {r['interrupted rc']}); "
+                   f"{r['slabs marked done']} of {r['slabs']} slabs marked done",
+                   f"{r['rerun (s)']:.0f}; {r['resume line']}", f"{r['equal to uninterrupted']} ({r['levels']} levels)",
+                   str(r["complete"])] for r in rows], RESUME_HEADER)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--plane", type=int, default=768)
@@ -116,11 +156,11 @@ def main() -> None:
         r = run_predict(["-i", str(source), "-o", str(root / f"out_{depth}.ome.zarr"), *common])
         image = zarr.open_group(str(root / f"out_{depth}.ome.zarr"), mode="r")
         assert image.attrs["nnunet_vasculature"]["complete"]
-        rows.append([f"{depth}x{a.plane}x{a.plane}", f"{gib:.2f}", f"{written:.0f}", f"{r['seconds']:.0f}",
-                     " / ".join(f"{m:.0f}" for m in r["workers_mib"]), f"{r['client_mib']:.0f}",
-                     f"{len([k for k in image.array_keys() if k.isdigit()])}"])
-    print(table(rows, ["input (z, y, x) uint16", "GiB", "write s", "predict s (2 workers)",
-                       "peak RSS per worker MiB", "client MiB", "output levels"]))
+        rows.append({"input (z, y, x) uint16": f"{depth}x{a.plane}x{a.plane}", "GiB": gib, "write (s)": written,
+                     "predict (s)": r["seconds"], "peak RSS per worker (MiB)": [round(m) for m in r["workers_mib"]],
+                     "client (MiB)": r["client_mib"],
+                     "output levels": len([k for k in image.array_keys() if k.isdigit()])})
+    print(depth_table(rows))
 
     source = root / "small.ome.zarr"
     write_input(source, a.resume_depth, a.resume_plane)
@@ -135,15 +175,14 @@ def main() -> None:
     levels = sorted(k for k in ref.array_keys() if k.isdigit())
     equal = all(np.array_equal(ref[k][:], got[k][:]) for k in levels)
     resumed = next((line for line in second["output"].splitlines() if "resuming" in line), "no resume line")
-    print(table([[f"{a.resume_depth}x{a.resume_plane}x{a.resume_plane}", f"{reference['seconds']:.0f}",
-                  f"worker {first['killed']} SIGKILLed, then the run (rc {first['returncode']}); "
-                  f"{int(marks.sum())} of {marks.size} slabs marked done",
-                  f"{second['seconds']:.0f}; {resumed.strip()}",
-                  f"{equal} ({len(levels)} levels)",
-                  str(got.attrs['nnunet_vasculature']['complete'])]],
-                ["resume input", "uninterrupted s", "interrupted run", "rerun s", "equal to uninterrupted",
-                 "complete"]))
+    resume = [{"resume input": f"{a.resume_depth}x{a.resume_plane}x{a.resume_plane}",
+               "uninterrupted (s)": reference["seconds"], "killed worker": first["killed"],
+               "interrupted rc": first["returncode"], "slabs marked done": int(marks.sum()), "slabs": int(marks.size),
+               "rerun (s)": second["seconds"], "resume line": resumed.strip(), "equal to uninterrupted": bool(equal),
+               "levels": len(levels), "complete": got.attrs["nnunet_vasculature"]["complete"]}]
+    print(resume_table(resume))
     print(json.dumps({"root": str(root)}))
+    record("hoa_dask", {"rows": rows, "resume": resume}, a)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ Each measurement prints its reference measured in the same run:
            time, megapixels/s and peak RSS of the converting process;
   predict  ``predict-slide`` (no TTA) of the big slide vs the small one with the 2D model of --model (e.g. the
            demo's), peak RSS of each process, and of a process that only loads the model.
-Peak RSS is ``ru_maxrss`` of a fresh child process per measurement.
+Peak RSS is ``ru_maxrss`` of a fresh child process per measurement. The figures of the parts run are appended to
+the run records (`python -m benchmarks --table hubmap_kidney`).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import kaggle_rle
+from benchmarks.common import kaggle_rle, record
 
 HERE = Path(__file__).resolve().parent
 
@@ -42,7 +43,17 @@ def _child(code: str) -> dict:
 
 
 
-def bench_rle(shape: tuple[int, int]) -> None:
+def rle_line(r: dict) -> str:
+    """The printed line of :func:`bench_rle`'s figures."""
+    return (f"rle  {r['width']} x {r['height']} mask ({r['foreground (%)']:.1f}% foreground, {r['runs']} runs): "
+            f"Kaggle snippet {r['Kaggle snippet (s)']:.2f} s | rle_encode(order='F') {r['rle_encode (s)']:.2f} s "
+            f"({r['Kaggle snippet (s)'] / r['rle_encode (s)']:.1f}x) | strip encoder {r['strip encoder (s)']:.2f} s "
+            f"({r['Kaggle snippet (s)'] / r['strip encoder (s)']:.1f}x); identical strings")
+
+
+def bench_rle(shape: tuple[int, int]) -> dict:
+    """Column-major RLE of a glomerulus-like mask of ``shape``: the Kaggle snippet, ``rle_encode`` and the strip
+    encoder (same string asserted); prints and returns the figures."""
     from nnunet_vasculature.io.rle import ColumnStripEncoder, rle_encode
     h, w = shape
     rng = np.random.default_rng(0)
@@ -65,14 +76,17 @@ def bench_rle(shape: tuple[int, int]) -> None:
     strips = enc.finish()
     t_strip = time.perf_counter() - t
     assert ours == ref == strips
-    print(f"rle  {w} x {h} mask ({mask.mean():.1%} foreground, {len(ref.split()) // 2} runs): Kaggle snippet "
-          f"{t_ref:.2f} s | rle_encode(order='F') {t_ours:.2f} s ({t_ref / t_ours:.1f}x) | strip encoder "
-          f"{t_strip:.2f} s ({t_ref / t_strip:.1f}x); identical strings")
+    r = {"width": w, "height": h, "foreground (%)": float(mask.mean() * 100), "runs": len(ref.split()) // 2,
+         "Kaggle snippet (s)": t_ref, "rle_encode (s)": t_ours, "strip encoder (s)": t_strip,
+         "snippet / rle_encode": t_ref / t_ours, "snippet / strip encoder": t_ref / t_strip}
+    print(rle_line(r))
+    return r
 
 
-def _slides(work: Path, shape: tuple[int, int]) -> dict[str, Path]:
+def _slides(work: Path, shape: tuple[int, int], synthesized: list[dict]) -> dict[str, Path]:
     """A Kaggle-layout folder with one small (~1.6k px) training slide and one of ``shape`` (written tile by
-    tile); kept between runs (the big one under a name with its shape)."""
+    tile); kept between runs (the big one under a name with its shape). The time and peak RSS of each slide
+    synthesized now are appended to ``synthesized``."""
     kaggle = {}
     for name, full in (("small", False), ("big", True)):
         k = work / (f"kaggle_big_{shape[0]}x{shape[1]}" if full else "kaggle_small")
@@ -80,28 +94,50 @@ def _slides(work: Path, shape: tuple[int, int]) -> dict[str, Path]:
             r = _child(f"from nnunet_vasculature.synthetic.hubmap_kidney import synthesize\n"
                        f"synthesize({str(k)!r}, 0, {'full' if full else 'small'!r}, True, n_train=1, n_test=0, "
                        f"full_shape={tuple(shape)!r})\nresult = {{}}")
+            synthesized.append({"synthesized slide": name, "seconds": r["seconds"], "peak RSS (MB)": r["peak_rss_mb"]})
             print(f"synthesize {name}: {r['seconds']:.0f} s, peak RSS {r['peak_rss_mb']:.0f} MB")
         kaggle[name] = k
     return kaggle
 
 
-def bench_convert(work: Path, kaggle: dict[str, Path]) -> None:
+def convert_line(r: dict) -> str:
+    """The printed line of one of :func:`bench_convert`'s rows."""
+    return (f"convert {r['converted slide']:5s}: {r['Mpx']:8.1f} Mpx in {r['seconds']:6.1f} s = "
+            f"{r['Mpx/s']:6.1f} Mpx/s, peak RSS {r['peak RSS (MB)']:6.0f} MB")
+
+
+def bench_convert(work: Path, kaggle: dict[str, Path]) -> list[dict]:
+    """``convert hubmap-kidney`` of each slide in a fresh process; prints and returns a row per slide."""
+    rows = []
     for name, k in kaggle.items():
         r = _child(f"from nnunet_vasculature.dataset_conversion.hubmap_kidney import convert_hubmap_kidney\n"
                    f"from nnunet_vasculature.io.slide import read_info\n"
                    f"convert_hubmap_kidney({str(k)!r}, 650, raw_root={str(work / ('raw_' + name))!r}, downscale=4, "
                    f"overwrite=True)\ni = list(read_info({str(k)!r}).values())[0]\n"
                    f"result = {{'mpx': i['width'] * i['height'] / 1e6}}")
-        print(f"convert {name:5s}: {r['mpx']:8.1f} Mpx in {r['seconds']:6.1f} s = "
-              f"{r['mpx'] / r['seconds']:6.1f} Mpx/s, peak RSS {r['peak_rss_mb']:6.0f} MB")
+        rows.append({"converted slide": name, "Mpx": r["mpx"], "seconds": r["seconds"],
+                     "Mpx/s": r["mpx"] / r["seconds"], "peak RSS (MB)": r["peak_rss_mb"]})
+        print(convert_line(rows[-1]))
+    return rows
 
 
-def bench_predict(work: Path, kaggle: dict[str, Path], model: Path) -> None:
+def predict_line(r: dict) -> str:
+    """The printed line of one of :func:`bench_predict`'s rows."""
+    if r["predicted slide"] == "model only":
+        return f"predict-slide model only (loaded, no slide): peak RSS {r['peak RSS (MB)']:.0f} MB"
+    return (f"predict-slide {r['predicted slide']:5s}: {r['width']} x {r['height']} px, {r['tiles']} tiles "
+            f"({r['skipped (no tissue)']} skipped, no tissue), {r['seconds']:.0f} s, "
+            f"peak RSS {r['peak RSS (MB)']:.0f} MB")
+
+
+def bench_predict(work: Path, kaggle: dict[str, Path], model: Path) -> list[dict]:
+    """``predict-slide`` of each slide, and a process that only loads the model; prints and returns the rows."""
     options = f"PredictionOptions.of({str(model)!r}, ['0'], tta=False)"
     r = _child(f"from nnunet_vasculature.inference.options import PredictionOptions\n"
                f"from nnunet_vasculature.inference.slide import SlidePredictor\n"
                f"SlidePredictor({options}, device='cpu')\nresult = {{}}")
-    print(f"predict-slide model only (loaded, no slide): peak RSS {r['peak_rss_mb']:.0f} MB")
+    rows = [{"predicted slide": "model only", "peak RSS (MB)": r["peak_rss_mb"]}]
+    print(predict_line(rows[-1]))
     for name, k in kaggle.items():
         slide = sorted((k / "train").glob("*.tiff"))[0]
         r = _child(f"from nnunet_vasculature.inference.options import PredictionOptions\n"
@@ -112,8 +148,11 @@ def bench_predict(work: Path, kaggle: dict[str, Path], model: Path) -> None:
                    f"result = {{'shape': list(a.shape), "
                    f"**{{k: a.attrs[k] for k in ('tiles', 'skipped_without_tissue')}}}}")
         h, w = r["shape"]
-        print(f"predict-slide {name:5s}: {w} x {h} px, {r['tiles']} tiles ({r['skipped_without_tissue']} skipped, no "
-              f"tissue), {r['seconds']:.0f} s, peak RSS {r['peak_rss_mb']:.0f} MB")
+        rows.append({"predicted slide": name, "width": w, "height": h, "tiles": r["tiles"],
+                     "skipped (no tissue)": r["skipped_without_tissue"], "seconds": r["seconds"],
+                     "peak RSS (MB)": r["peak_rss_mb"]})
+        print(predict_line(rows[-1]))
+    return rows
 
 
 def main() -> None:
@@ -126,18 +165,24 @@ def main() -> None:
     a.work.mkdir(parents=True, exist_ok=True)
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, "
           f"max RSS of this process so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    figures = {}
     if "rle" in a.only:
-        bench_rle(tuple(a.shape))
+        figures["rle"] = [bench_rle(tuple(a.shape))]
     if "convert" in a.only or "predict" in a.only:
-        kaggle = _slides(a.work, tuple(a.shape))
+        synthesized = []
+        kaggle = _slides(a.work, tuple(a.shape), synthesized)
+        if synthesized:
+            figures["synthesize"] = synthesized
         if "convert" in a.only:
-            bench_convert(a.work, kaggle)
+            figures["convert"] = bench_convert(a.work, kaggle)
         if "predict" in a.only:
             if a.model is None:
+                figures["predict-slide"] = "skipped (no --model)"
                 print("predict-slide: skipped (pass --model, e.g. the demo's "
                       "nnUNet_results/.../nnUNetTrainer_demo__nnUNetPlans_cpu__2d)")
             else:
-                bench_predict(a.work, kaggle, a.model)
+                figures["predict-slide"] = bench_predict(a.work, kaggle, a.model)
+    record("hubmap_kidney", figures, a)
 
 
 if __name__ == "__main__":

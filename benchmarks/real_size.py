@@ -3,6 +3,7 @@ synthetic kidney of the real kidney_1_dense shape -> convert -> import-pretraine
 stock nnUNetv2_train with a short VesselTransferTrainer -> streaming prediction of one full row of tiles
 of the largest Kaggle plane (1706x1510), plus the GPU memory the predictor will need for that plane.
 Every step runs in a fresh process; peak RSS is its VmHWM (other processes it spawns: sampled VmHWM).
+Both tables are appended to the run records (`python -m benchmarks --table real_size`).
 
     .venv/bin/python -m benchmarks real_size [--quick] [--out bench-data/real_size]
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from benchmarks.common import REPORT, peak_rss_kib, process_tree, table
+from benchmarks.common import REPORT, peak_rss_kib, process_tree, record, table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -160,9 +161,21 @@ def gib(b: float) -> str:
     return f"{b / 2 ** 30:.2f} GiB"
 
 
-def gpu_table(t: dict) -> tuple[str, float, float]:
+STEP_HEADER = ["step", "measured", "reference / notes"]
+
+
+def gpu_table(t: dict) -> tuple[list[dict], float, float]:
     """Device buffers of StreamingPredictor._run_rows for a kidney of this plane (many rows of tiles), and
-    the peak over its row loop with and without the torch.roll copies."""
+    the peak over its row loop with and without the torch.roll copies.
+
+    Args:
+        t: the TILE child's report (classes, patch, padded plane, parameters, fp16 activation peak, Gaussian
+            element size).
+
+    Returns:
+        A row per buffer (``GPU buffer``, ``GiB``, ``formula``) and the two sums; the peak with and without the
+        roll copies (bytes).
+    """
     C, (pz, py, px), (_, H, W) = t["C"], t["patch"], t["padded"]
     plane, tile, P = pz * H * W, pz * py * px, t["params"]
     b = {"acc": (C * plane * 4, f"C·pz·H·W·4 = {C}·{pz}·{H}·{W}·4 (float32)"),
@@ -175,15 +188,39 @@ def gpu_table(t: dict) -> tuple[str, float, float]:
          "_finish temp (last row: n = pz)": (C * plane * 4, "C·n·H·W·4 (acc[:, :n] / wsum[:n]), n = pz at the end"),
          "torch.roll copy of acc": (C * plane * 4, "C·pz·H·W·4, each row"),
          "torch.roll copy of wsum": (plane * 4, "pz·H·W·4, each row, after the acc copy is freed")}
-    rows = [[k, gib(v), f] for k, (v, f) in b.items()]
     total = sum(v for v, _ in b.values())
-    rows += [["sum of all rows (upper bound)", gib(total), "with the roll copies"],
-             ["sum of all rows (upper bound)", gib(total - C * plane * 4 - plane * 4), "without the roll copies"]]
+    rows = [{"GPU buffer": k, "GiB": v / 2 ** 30, "formula": f} for k, (v, f) in b.items()]
+    rows += [{"GPU buffer": "sum of all rows (upper bound)", "GiB": total / 2 ** 30, "formula": "with the roll copies"},
+             {"GPU buffer": "sum of all rows (upper bound)", "GiB": (total - C * plane * 4 - plane * 4) / 2 ** 30,
+              "formula": "without the roll copies"}]
     persistent = sum(b[k][0] for k in ("acc", "wsum", "input window x", "gaussian"))
     tile_peak = P * 6 + t["peak16"] + C * tile * 12
     without = persistent + max(tile_peak, P * 4 + C * plane * 4, P * 4 + plane * 4)   # tiles, last _finish, window
     with_roll = max(without, persistent + P * 4 + C * plane * 4)                      # old acc + its rolled copy
-    return table(rows, [f"GPU buffer ({H}x{W} plane)", "bytes", "formula"]), with_roll, without
+    return rows, with_roll, without
+
+
+def markdown(figures: dict) -> str:
+    """What this benchmark prints, from its recorded figures.
+
+    Args:
+        figures: ``quick``, ``imports peak RSS (MiB)``, ``total wall (min)``, ``rows`` (dicts of ``step``,
+            ``measured``, ``reference / notes``), ``plane`` (the padded [H, W] of :func:`gpu_table`) and ``gpu``
+            (its rows).
+
+    Returns:
+        The heading line, the table of steps, the table of GPU buffers and the closing notes.
+    """
+    q, (h, w) = figures["quick"], figures["plane"]
+    return "\n".join([
+        f"Real-size CPU smoke{' (QUICK: reduced sizes)' if q else ''}; interpreter + torch + nnU-Net imported: "
+        f"{figures['imports peak RSS (MiB)']:.0f} MiB; total wall {figures['total wall (min)']:.1f} min",
+        table([[row[k] for k in STEP_HEADER] for row in figures["rows"]], STEP_HEADER),
+        table([[row["GPU buffer"], gib(row["GiB"] * 2 ** 30), row["formula"]] for row in figures["gpu"]],
+              [f"GPU buffer ({h}x{w} plane)", "bytes", "formula"]),
+        "Peak = acc + wsum + window + gaussian + the largest transient. Without the roll copies the peak only "
+        "drops if the last _finish stops dividing a whole acc-sized block at once: both add one acc.",
+        f"reproduce: .venv/bin/python -m benchmarks real_size{' --quick' if q else ''}"])
 
 
 def make_data(a: argparse.Namespace, out: Path, run) -> tuple[list, Path, list[str], int]:
@@ -295,13 +332,12 @@ def main() -> None:
     rows.append([f"6. GPU memory, predictor, {plane[0]}x{plane[1]} plane",
                  f"{gib(with_roll)} with roll copies; {gib(without)} without",
                  "peak over the row loop; excl. CUDA context, cuDNN workspace, allocator fragmentation"])
-    print(f"Real-size CPU smoke{' (QUICK: reduced sizes)' if q else ''}; interpreter + torch + nnU-Net imported: "
-          f"{base['peak_rss_mib']:.0f} MiB; total wall {(time.time() - t_all) / 60:.1f} min")
-    print(table(rows, ["step", "measured", "reference / notes"]))
-    print(gpu)
-    print("Peak = acc + wsum + window + gaussian + the largest transient. Without the roll copies the peak only "
-          "drops if the last _finish stops dividing a whole acc-sized block at once: both add one acc.")
-    print(f"reproduce: .venv/bin/python -m benchmarks real_size{' --quick' if q else ''}")
+    figures = {"quick": q, "imports peak RSS (MiB)": base["peak_rss_mib"],
+               "total wall (min)": (time.time() - t_all) / 60, "rows": [dict(zip(STEP_HEADER, row)) for row in rows],
+               "plane": list(t["padded"][1:]), "gpu": gpu,
+               "GPU peak with roll copies (GiB)": with_roll / 2 ** 30, "GPU peak without (GiB)": without / 2 ** 30}
+    print(markdown(figures))
+    record("real_size", figures, a)
 
 
 if __name__ == "__main__":
