@@ -26,7 +26,7 @@ from nnunet_vasculature.errors import UserError, atomic_dir
 from nnunet_vasculature.io import intensity
 from nnunet_vasculature.io.paths import CASES_FILE, nnunet_folder
 from nnunet_vasculature.io.sennet import DEFAULT_TRAIN, KNOWN_SPACING_UM, case_name, physical_kidney
-from nnunet_vasculature.io.slices import list_slices, read_label_slice, read_slice
+from nnunet_vasculature.io.slices import label_classes, list_slices, read_slice
 
 VOXELS_PER_CASE = 160_000_000   # ~3 GB in nnU-Net's preprocessing at ~20 bytes/voxel
 
@@ -39,6 +39,7 @@ class KidneySource:
     images: list[Path]            # one file per slice, sorted
     labels: list[Path] | None     # same length as images, or None (test)
     shape: tuple[int, int] = (0, 0)
+    dtypes: tuple[np.dtype, np.dtype | None] = (np.dtype(np.uint16), None)   # the images' and the labels'
     keep: list[bool] = field(default_factory=list)   # slices to convert
     pseudo: bool = False          # labels from a pseudo-label folder (may hold the ignore value)
 
@@ -66,23 +67,26 @@ def _slice_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
         raise UserError(f"{path}: not a readable TIFF ({type(e).__name__}: {e})") from None
 
 
-def _check_headers(images: list[Path], labels: list[Path]) -> tuple[int, int]:
+def _check_headers(images: list[Path], labels: list[Path],
+                   pool: ThreadPoolExecutor) -> tuple[tuple[int, int], tuple[np.dtype, np.dtype | None]]:
     """One slice size for images and labels, one dtype among the images and one among the labels: a uint8
-    or float slice among uint16 ones would convert into a black or rescaled slice."""
+    or float slice among uint16 ones would convert into a black or rescaled slice. Returns the size and the
+    images' and labels' dtypes (None without labels); the first bad file in slice order is the error."""
     shape, _ = _slice_header(images[0])
     if len(shape) != 2:
         raise UserError(f"{images[0]}: expected a 2D slice, got shape {shape}")
+    dtypes = []
     for files in (images, labels):
         dtype = None
-        for f in files:
-            s, d = _slice_header(f)
+        for f, (s, d) in zip(files, pool.map(_slice_header, files)):
             if s != shape:
                 raise UserError(f"{f}: slice is {'x'.join(map(str, s))}, other slices are {shape[0]}x{shape[1]}")
             if dtype is None:
                 dtype = d
             elif d != dtype:
                 raise UserError(f"{f}: slice of type {d}, the other slices of its folder are {dtype}")
-    return shape
+        dtypes.append(dtype)
+    return shape, (dtypes[0], dtypes[1])
 
 
 def load_sources(kaggle_dir: Path, kidneys: list[str] | None, spacing: dict[str, float],
@@ -133,7 +137,8 @@ def load_sources(kaggle_dir: Path, kidneys: list[str] | None, spacing: dict[str,
                 if a.name != b.name:
                     raise UserError(f"{b}: label has no image of the same name ({a.name} expected)")
         src = KidneySource(name, split, float(sp), images, labels, pseudo=name in label_dirs)
-        src.shape = _check_headers(images, labels or [])
+        with ThreadPoolExecutor(4) as pool:
+            src.shape, src.dtypes = _check_headers(images, labels or [], pool)
         src.keep = [True] * len(images)
         sources.append(src)
     by_name = {s.name: s for s in sources}
@@ -162,10 +167,33 @@ def plan_chunks(keep: list[bool], max_slices: int) -> list[tuple[int, int]]:
     return chunks
 
 
-def _read_stack(files: list[Path], shape: tuple[int, int], pool: ThreadPoolExecutor, label: bool,
-                ignore: bool = False) -> np.ndarray:
-    reader = (lambda f: read_label_slice(f, shape, ignore)) if label else (lambda f: read_slice(f, shape))
-    return np.stack(list(pool.map(reader, files)))
+class _ChunkBuffers:
+    """Two reusable (images, labels) buffers of a kidney's longest chunk: one is written out while the next chunk
+    is read into the other, and no chunk allocates (fresh gigabytes cost page faults under the page cache's
+    pressure of the writes: np.stack of new arrays took most of the converter's time)."""
+
+    def __init__(self, src: KidneySource, slices: int):
+        self.src, self.slot = src, 0
+        self.images = [np.empty((slices, *src.shape), src.dtypes[0]) for _ in range(2)]
+        self.labels = [np.empty((slices, *src.shape), np.uint8) for _ in range(2)] if src.labels else None
+
+    def read(self, a: int, b: int, pool: ThreadPoolExecutor) -> tuple[np.ndarray, np.ndarray | None]:
+        """Slices [a, b) of the kidney into the next buffer pair (the labels validated, as classes)."""
+        src, k = self.src, self.slot
+        self.slot = 1 - k
+        img = self.images[k][:b - a]
+        list(pool.map(lambda i: read_slice(src.images[a + i], src.shape, out=img[i]), range(b - a)))
+        if src.labels is None:
+            return img, None
+        lab = self.labels[k][:b - a]
+
+        def one_label(i: int) -> None:
+            path = src.labels[a + i]
+            raw = read_slice(path, src.shape, out=lab[i] if src.dtypes[1] == np.uint8 else None)
+            label_classes(raw, path, src.pseudo, out=lab[i])
+
+        list(pool.map(one_label, range(b - a)))
+        return img, lab
 
 
 def convert_sennet(kaggle_dir: Path, dataset_id: int, name: str = "SenNet", raw_root: Path | None = None,
@@ -205,15 +233,17 @@ def convert_sennet(kaggle_dir: Path, dataset_id: int, name: str = "SenNet", raw_
                 lo, hi = intensity.volume_percentiles(lambda z: read_slice(src.images[z], src.shape),
                                                       len(src.images), src.shape, percentile_norm)
                 mapped = {"mapping": percentile_norm.to_json(), "low": lo, "high": hi}
+            buffers = _ChunkBuffers(src, max((b - a for a, b in chunks), default=0))
             with tqdm(total=sum(b - a for a, b in chunks), desc=f"convert {src.name}", unit="slice") as bar:
                 for a, b in chunks:
                     case = case_name(src.name, int(src.images[a].stem))
-                    img = _read_stack(src.images[a:b], src.shape, pool, label=False)
+                    # the write before the last one used this buffer pair: it has finished (see below)
+                    img, lab = buffers.read(a, b, pool)
                     if mapped is not None:
                         img = intensity.apply(img, mapped["low"], mapped["high"])
-                    lab = _read_stack(src.labels[a:b], src.shape, pool, True, src.pseudo) if src.labels else None
                     has_ignore |= lab is not None and src.pseudo and bool((lab == 2).any())
-                    # write in the background while the next chunk is read; keep at most one pending
+                    # write in the background while the next chunk is read; at most one pending, so the buffer
+                    # pair read next is never the one being written
                     for f in pending:
                         f.result()
                     pending = [writer.submit(_write_case, img_dir, tmp / "labelsTr", case, img, lab, sp)]

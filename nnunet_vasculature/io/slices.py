@@ -40,8 +40,29 @@ def list_slices(folder: Path) -> list[Path]:
     return [p for _, p in numbered]
 
 
-def read_slice(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Read one 2D slice; a truncated/non-TIFF file or a slice of another size is a UserError."""
+def read_slice(path: Path, shape: tuple[int, int] | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Read one 2D slice; a truncated/non-TIFF file or a slice of another size is a UserError.
+
+    Args:
+        path: the TIFF file.
+        shape: the (y, x) size every slice of its folder has (None: not checked).
+        out: a (y, x) array of the slice's dtype to decode into (no new array); its shape is the check.
+
+    Returns:
+        The slice (``out`` where given).
+    """
+    if out is not None:
+        try:
+            with tifffile.TiffFile(path) as tf:
+                page = tf.pages[0]
+                if tuple(page.shape) != out.shape or np.dtype(page.dtype) != out.dtype:
+                    raise UserError(f"{path}: slice is {'x'.join(map(str, page.shape))} {page.dtype}, other "
+                                    f"slices are {out.shape[0]}x{out.shape[1]} {out.dtype}")
+                return page.asarray(out=out)
+        except UserError:
+            raise
+        except Exception as e:  # tifffile raises many types for corrupt files
+            raise UserError(f"{path}: not a readable TIFF ({type(e).__name__}: {e})") from None
     try:
         arr = tifffile.imread(path)
     except Exception as e:  # tifffile raises many types for corrupt files
@@ -76,7 +97,24 @@ def read_label_slice(path: Path, shape: tuple[int, int], allow_ignore: bool = Fa
 
     Values other than 0, 1, 255 (and 128) are refused.
     """
-    lab = read_slice(path, shape)
+    return label_classes(read_slice(path, shape), path, allow_ignore)
+
+
+def label_classes(lab: np.ndarray, path: Path, allow_ignore: bool = False, out: np.ndarray | None = None) -> np.ndarray:
+    """A label slice's values as classes: 0 -> 0, 1 and 255 -> 1 (and the ignore value 128 -> 2 when
+    ``allow_ignore``); any other value is a UserError naming ``path``.
+
+    Args:
+        lab: the slice as read (any integer dtype).
+        path: the file it came from (for the error).
+        allow_ignore: 128 is the ignore class 2 (a pseudo-label folder), not an error.
+        out: a uint8 array of ``lab``'s shape for the classes (may be ``lab`` itself when it is uint8).
+
+    Returns:
+        The uint8 classes (``out`` where given).
+    """
+    if lab.dtype == np.uint8 and np.add(lab, 1, dtype=np.uint8).max() <= 2:   # only 0, 1, 255 (255 wraps to 0)
+        return np.minimum(lab, 1, out=out)                                     # the Kaggle labels' fast path
     bad = (lab != 0) & (lab != 1) & (lab != 255)
     if allow_ignore:
         bad &= lab != IGNORE_VALUE
@@ -84,7 +122,8 @@ def read_label_slice(path: Path, shape: tuple[int, int], allow_ignore: bool = Fa
         vals = np.unique(lab[bad])[:5].tolist()
         raise UserError(f"{path}: label values {vals} found, expected only 0, 1 or 255"
                         + (f" (or {IGNORE_VALUE})" if allow_ignore else ""))
-    out = (lab > 0).astype(np.uint8)
-    if allow_ignore:
-        out[lab == IGNORE_VALUE] = 2
-    return out
+    ignore = lab == IGNORE_VALUE if allow_ignore else None             # before ``out`` (maybe ``lab``) is written
+    classes = np.greater(lab, 0, out=np.empty(lab.shape, np.uint8) if out is None else out, casting="unsafe")
+    if ignore is not None:
+        classes[ignore] = 2
+    return classes
