@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import kaggle_rle, run_child, table
+from benchmarks.common import kaggle_rle, record, run_child, table
 
 OURS = """
 import sys, time
@@ -67,12 +67,12 @@ report(seconds=time.perf_counter() - t, **s)
 CLI = """
 import json, sys, time
 from nnunet_vasculature.cli import main
-t = time.perf_counter()
+t, cpu0 = time.perf_counter(), time.process_time()
 rc = main(["score", "sennet", "--solution", sys.argv[1], "--submission", sys.argv[2], "--metrics", "nsd0", "nsd1",
-           "cldice", "assd", "dice", "--json", sys.argv[3]])
-seconds = time.perf_counter() - t
+           "cldice", "assd", "dice", "--json", sys.argv[3], "--workers", sys.argv[4]])
+seconds, cpu = time.perf_counter() - t, time.process_time() - cpu0
 assert rc == 0, rc
-report(seconds=seconds, **json.load(open(sys.argv[3]))["mean"])
+report(seconds=seconds, cpu_seconds=cpu, **json.load(open(sys.argv[3]))["mean"])
 """
 
 
@@ -158,9 +158,13 @@ def main() -> None:
         ap.error(f"--planes {a.planes[0]} {a.planes[1]}: need 0 <= Z0 < Z1 <= {shape[0]}, Z0 a multiple of 32")
     metrics = ["nsd0", "nsd1", "cldice", "assd", "dice"]
     if a.csv:
-        r = run_child(CLI, *write_csv_pair(shape, a.csv))
-        print(table([["score sennet (CLI, CSVs)", f"{r['seconds']:.1f}", f"{r['peak_rss_mib']:.0f}"]
-                     + [f"{r[m]:.6f}" for m in metrics]], ["run", "seconds", "peak RSS MiB", *metrics]))
+        pair = write_csv_pair(shape, a.csv)
+        runs = {n: run_child(CLI, *pair, str(n)) for n in a.workers or [1]}
+        print(table([[f"score sennet --workers {n} (CLI, CSVs)", f"{r['seconds']:.1f}", f"{r['cpu_seconds']:.1f}",
+                      f"{r['peak_rss_mib']:.0f}"] + [f"{r[m]:.6f}" for m in metrics] for n, r in runs.items()],
+                    ["run", "seconds", "CPU seconds", "peak RSS MiB", *metrics]))
+        record("kidney_metrics", {"shape": list(shape), "rows": [{"run": f"score sennet --workers {n} (CLI, CSVs)",
+                                                                   **r} for n, r in runs.items()]}, a)
         return
     with tempfile.TemporaryDirectory() as tmp:
         pred, gt = vessel_pair(shape, planes=tuple(a.planes) if a.planes else None)
@@ -177,13 +181,17 @@ def main() -> None:
             for n in a.workers:
                 runs[n] = run_child(OURS, *paths, str(n))
                 runs[n]["load"] = os.getloadavg()[0]       # the machine is shared: its 1-minute load after the run
-            return print_workers(runs, metrics)
+            print_workers(runs, metrics)
+            record("kidney_metrics", {"shape": list(shape), "rows": [{"run": f"workers={n}", **r}
+                                                                       for n, r in runs.items()]}, a)
+            return
         runs = {"ours (streamed)": run_child(OURS, *paths)}
         if not a.no_reference:
             runs["hosts' logic (whole volume)"] = run_child(HOSTS, *paths)
     rows = [[name, f"{r['seconds']:.1f}", f"{r['peak_rss_mib']:.0f}"] + [f"{r[m]:.6f}" for m in metrics]
             for name, r in runs.items()]
     print(table(rows, ["run", "seconds", "peak RSS MiB", *metrics]))
+    record("kidney_metrics", {"shape": list(shape), "rows": [{"run": name, **r} for name, r in runs.items()]}, a)
 
 
 def print_workers(runs: dict[int, dict], metrics: list[str]) -> None:

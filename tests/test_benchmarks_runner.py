@@ -76,7 +76,7 @@ def test_table_of_a_name_without_records_is_one_line(tmp_path):
 
 
 # micro-benchmarks that print their figures without a run record yet (a check, or figures kept in RESULTS.md by hand)
-NOT_RECORDING = {"kidney_metrics", "neuroglancer_check", "skeleton_halo"}
+NOT_RECORDING = {"neuroglancer_check", "skeleton_halo"}
 
 
 def _record_names(path: Path) -> list:
