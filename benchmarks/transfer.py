@@ -26,6 +26,11 @@ are shared. v1 against v2 on the demo budget:
 converted, imported and preprocessed the same way; checked: its dataset fingerprint and plans must equal
 the demo's) instead of training them again; they are predicted and scored here as the others.
 
+Two more variants make the models of the shift benchmark's model-side levers (`benchmarks/shift.py --lever_models`):
+`scaleAug` (VesselTransferTrainer_scaleAug055_demo: scale augmentation down to 0.55) and `percentileNorm` (the
+fine-tuning of `transfer` on the demo's kidneys converted with `convert sennet --percentile_norm`, made once under
+--work/percentile; two training kidneys and the v1 source only).
+
 A "seed" seeds Python, numpy and torch in the training process (network initialisation, the order of
 nnU-Net's first batches); nnU-Net's data-augmentation workers draw their own randomness, so two runs
 of one seed are not identical: seeds are repetitions, not exact replays.
@@ -50,7 +55,11 @@ VARIANTS = {"transfer": "VesselTransferTrainer_demo", "scratch": "VesselScratchT
             "sourceHead": "VesselTransferTrainer_sourceHead_demo",
             # fine-tuned with scale augmentation down to 0.55 (3rd place's 63 µm emulation): the shift benchmark's
             # model-side lever (benchmarks/shift.py --lever_models scaleAug ...)
-            "scaleAug": "VesselTransferTrainer_scaleAug055_demo"}
+            "scaleAug": "VesselTransferTrainer_scaleAug055_demo",
+            # fine-tuned as "transfer", on the demo's kidneys converted with `convert sennet --percentile_norm` (each
+            # kidney mapped by its own intensity percentiles; predict maps a new kidney the same way): the shift
+            # benchmark's other model-side lever (--lever_models percentileNorm ...)
+            "percentileNorm": "VesselTransferTrainer_demo"}
 _epochs, _iters = (int(v) for v in SCHEDULE.split("x"))
 # the learning curve: the demo's epochs, a quarter / half / twice its iterations per epoch (nnU-Net's poly
 # learning rate then has the same shape over every budget); "long" (3x the epochs) is kept for earlier records
@@ -148,7 +157,7 @@ def reusable(demo: Path, quality: Path | None, variant: str, budget: str, seed: 
              source: str = "v1") -> tuple[Path, float] | None:
     """The quality benchmark's baseline model of ``seed`` and its training seconds, if it can stand for
     this run (fine-tuned, demo budget, same preprocessed dataset)."""
-    if quality is None or variant != "transfer" or budget != "demo" or source != "v1":
+    if quality is None or variant != "transfer" or budget != "demo" or source != "v1":   # not percentileNorm either
         return None
     folder = quality / "results" / f"{VARIANTS[variant]}_seed{seed}" / "Dataset501_SenNetDemo" / \
         f"{VARIANTS[variant]}__nnUNetPlans_Task008__3d_fullres"
@@ -163,6 +172,39 @@ def reusable(demo: Path, quality: Path | None, variant: str, budget: str, seed: 
         if a != b:
             sys.exit(f"--reuse-quality: {f} of {quality / 'data'} differs from the demo's; drop --reuse-quality")
     return folder, float(secs[0])
+
+
+PERCENTILE = """
+import sys
+from pathlib import Path
+from nnunet_vasculature.dataset_conversion.sennet import convert_sennet
+from nnunet_vasculature.io.intensity import PercentileMapping
+from nnunet_vasculature.pretrained.import_pretrained import import_pretrained
+kaggle, raw, source, dataset_id = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+convert_sennet(kaggle, dataset_id, "SenNetDemo", raw, overwrite=True, percentile_norm=PercentileMapping())
+import_pretrained(source, dataset_id)
+"""
+
+
+def percentile_dataset(demo: Path, work: Path) -> Path:
+    """The demo's kidneys converted with ``convert sennet --percentile_norm`` (its default percentiles), the demo's
+    source model imported and the dataset preprocessed with its plans, as the demo does for its own dataset, under
+    ``work/percentile`` (nnUNet_raw and nnUNet_preprocessed; made once, in child processes: nnU-Net reads its
+    folders from the environment at import). Returns that folder."""
+    root = work / "percentile"
+    if (root / ".done").exists():
+        return root
+    source = json.loads((demo / "summary.json").read_text())["source_model"]["path"]
+    env = dict(os.environ, nnUNet_raw=str(root / "nnUNet_raw"), nnUNet_preprocessed=str(root / "nnUNet_preprocessed"),
+               nnUNet_results=str(root / "nnUNet_results"))
+    for sub in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-c", PERCENTILE, str(demo / "kaggle"), str(root / "nnUNet_raw"), source,
+                    str(DATASET_ID)], env=env, check=True)
+    subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_preprocess"), "-d", str(DATASET_ID), "-plans_name",
+                    SOURCES["v1"], "-c", "3d_fullres", "-np", "2"], env=env, check=True)
+    (root / ".done").touch()
+    return root
 
 
 def one_kidney_fold(demo: Path) -> None:
@@ -211,7 +253,9 @@ def run_one(demo: Path, work: Path, variant: str, budget: str, seed: int, qualit
     tag = f"{variant}_{budget}_seed{seed}" + ("" if source == "v1" else f"_{source}") + \
         ("" if data == "two" else f"_{data}kidney")
     results = work / "results" / tag
-    env = dict(os.environ, nnUNet_raw=str(demo / "nnUNet_raw"), nnUNet_preprocessed=str(demo / "nnUNet_preprocessed"),
+    data_root = percentile_dataset(demo, work) if variant == "percentileNorm" else demo
+    env = dict(os.environ, nnUNet_raw=str(data_root / "nnUNet_raw"),
+               nnUNet_preprocessed=str(data_root / "nnUNet_preprocessed"),
                nnUNet_results=str(results), nnUNet_extTrainer=ext_trainer_value(),
                nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "2"),
                **{DEMO_ENV: schedule, VALIDATION_ENV: "0"})   # nnU-Net's final validation: not used here
@@ -380,6 +424,7 @@ def main():
         todo = [(v, b, s, src, d) for d in a.data for b in a.budgets for s in a.seeds for src in a.source
                 for v in a.variants
                 if (v, b, s, src, d) not in done and not (b != "demo" and v in ("frozenEncoder", "sourceHead"))
+                and not (v == "percentileNorm" and (d != "two" or src != "v1"))
                 and not (v == "scratch" and src != "v1")]
         if any(src == "v2" for *_, src, _ in todo):
             import_v2_standin(demo, work)
