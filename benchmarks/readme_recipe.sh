@@ -24,6 +24,7 @@ python -m nnunet_vasculature.postprocess tune -i val.zarr --labels $K/train/kidn
     -o postprocessing.json --plot curve.png
 python -m nnunet_vasculature.postprocess submit -i test.zarr -pp postprocessing.json -o submission.csv \
     --sample $K/sample_submission.csv
-python -m nnunet_vasculature.postprocess validate submission.csv --sample $K/sample_submission.csv
+python -m nnunet_vasculature.postprocess validate submission.csv --sample $K/sample_submission.csv \
+    --images $K/test
 # the synthetic data's hidden test labels
 nnunet-vasculature score --solution $K/solution.csv --submission submission.csv
