@@ -168,8 +168,9 @@ def planned(a: argparse.Namespace, done: set) -> list[tuple[str, Path, str, str]
 
 
 def report(runs: list[dict]) -> str:
-    """Mean ± sd over seeds per (variant, kidney, lever), each lever minus spacing_given paired by seed, and the
-    hosts' five metrics of spacing_given."""
+    """Mean ± sd over seeds per (variant, kidney, lever), each lever minus spacing_given paired by seed, transfer
+    minus each other variant (e.g. scratch) on the same kidney and lever paired by seed, and the hosts' five metrics
+    of spacing_given."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault((r["variant"], r["kidney"], r["lever"]), []).append(r)
@@ -194,6 +195,19 @@ def report(runs: list[dict]) -> str:
            f"{HELD_OUT} (50 µm); own best = the shifted kidney's best level; CPU\n" +
            table(rows, ["variant", "kidney", "lever", "seeds", "@0.5", "@held-out tuned", "@own best",
                         "own best - tuned", "lever - spacing_given @tuned (paired)"]))
+    variant_rows = []
+    for other, kidney, lever in keys:          # e.g. transfer - scratch: the same kidney and lever, paired by seed
+        if other == "transfer" or ("transfer", kidney, lever) not in groups:
+            continue
+        mine = {r["seed"]: r for r in groups[("transfer", kidney, lever)]}
+        pairs = [(mine[r["seed"]], r) for r in groups[(other, kidney, lever)] if r["seed"] in mine]
+        if pairs:
+            variant_rows.append([f"transfer - {other}", kidney, lever, ",".join(str(a["seed"]) for a, _ in pairs),
+                                 *(paired([a[k] for a, _ in pairs], [b[k] for _, b in pairs])
+                                   for k in ("at_0.5", "at_tuned", "at_own_best"))])
+    if variant_rows:
+        out += "\n\nvariants compared on the same kidney and lever, paired by seed\n" + \
+            table(variant_rows, ["difference", "kidney", "lever", "seeds", "@0.5", "@held-out tuned", "@own best"])
     if metric_rows:
         out += "\n\nthe hosts' five metrics at the held-out tuned threshold\n" + \
             table(metric_rows, ["variant", "kidney", "lever", "seeds", "nsd0", "nsd1", "cldice", "assd", "dice"])
