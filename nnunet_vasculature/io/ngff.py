@@ -26,7 +26,6 @@ image back (``submit``, ``apply``, ``tune`` and ``score`` through :mod:`nnunet_v
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -36,7 +35,16 @@ from tqdm import tqdm
 
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.io.run_record import COMPLETE, NEW, ExistingRun, RunRecord, check_resumable
-from nnunet_vasculature.io.store import ENCODING, EVERY_CHUNK, check_chunks, quantize, store_path, unreadable_store
+from nnunet_vasculature.io.store import (
+    DAMAGED,
+    ENCODING,
+    EVERY_CHUNK,
+    check_chunks,
+    metadata_documents,
+    quantize,
+    store_path,
+    unreadable_store,
+)
 
 ATTRS_KEY = "nnunet_vasculature"
 VERSIONS = ("0.4", "0.5")
@@ -390,16 +398,10 @@ def image_attributes(path: Path | str) -> dict | None:
         A metadata file there that is not JSON (truncated) is a one-line UserError naming it.
     """
     path = Path(path)
-    for name in (".zattrs", "zarr.json"):
-        try:
-            text = (path / name).read_bytes()
-        except OSError:
-            continue
-        try:
-            attrs = json.loads(text)
-        except ValueError:       # a damaged image is named, not taken for a folder of another kind
+    for name, attrs in metadata_documents(path, (".zattrs", "zarr.json")):
+        if attrs is DAMAGED:     # a damaged image is named, not taken for a folder of another kind
             raise UserError(f"{path / name}: truncated or not JSON (the store's metadata is damaged: restore it, "
-                            f"or predict again)") from None
+                            f"or predict again)")
         attrs = attrs.get("attributes", {}) if name == "zarr.json" and isinstance(attrs, dict) else attrs
         if isinstance(attrs, dict) and ("multiscales" in attrs or isinstance(attrs.get("ome"), dict)):
             return attrs

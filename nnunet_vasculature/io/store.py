@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
@@ -154,6 +154,31 @@ def check_chunks(arr: zarr.Array, where: str) -> None:
 METADATA_FILES = ("zarr.json", ".zgroup", ".zarray", ".zattrs")      # zarr format 3, format 2
 
 
+DAMAGED = object()      # a metadata file that is there but not JSON (truncated, overwritten)
+
+
+def metadata_documents(path: Path, names: Sequence[str]) -> Iterator[tuple[str, Any]]:
+    """The metadata files of one zarr node folder that exist, parsed: ``(name, document)`` in ``names``' order,
+    the document :data:`DAMAGED` where the file is not JSON.
+
+    Args:
+        path: the node's folder.
+        names: the metadata file names to look for (e.g. :data:`METADATA_FILES`).
+
+    Returns:
+        An iterator over the files found.
+    """
+    for name in names:
+        try:
+            text = (Path(path) / name).read_bytes()
+        except OSError:
+            continue
+        try:
+            yield name, json.loads(text)
+        except ValueError:
+            yield name, DAMAGED
+
+
 def damaged_metadata(path: Path, depth: int = 4) -> Path | None:
     """The first metadata file of the local zarr store at ``path`` that is not JSON (truncated, overwritten), in
     the node itself and the groups under it (``depth`` levels; chunk folders are not walked).
@@ -167,14 +192,8 @@ def damaged_metadata(path: Path, depth: int = 4) -> Path | None:
     """
     path = Path(path)
     group = False
-    for name in METADATA_FILES:
-        try:
-            text = (path / name).read_bytes()
-        except OSError:
-            continue
-        try:
-            doc = json.loads(text)
-        except ValueError:
+    for name, doc in metadata_documents(path, METADATA_FILES):
+        if doc is DAMAGED:
             return path / name
         group = group or name == ".zgroup" or (name == "zarr.json" and isinstance(doc, dict)
                                                and doc.get("node_type") == "group")
@@ -352,7 +371,8 @@ def open_slide_probabilities(path: Path) -> Any:
     return DecodedArray(arr, Path(path))
 
 
-__all__ = ["ENCODING", "EVERY_CHUNK", "METADATA_FILES", "quantize", "damaged_metadata", "unreadable_store",
+__all__ = ["ENCODING", "EVERY_CHUNK", "METADATA_FILES", "DAMAGED", "metadata_documents", "quantize", "damaged_metadata",
+           "unreadable_store",
            "store_path", "create_kidney_array", "existing_run", "open_output",
            "missing_chunk", "check_chunks", "KidneyWriter",
            "create_slide_array", "open_slide_probabilities"]
