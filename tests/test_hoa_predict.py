@@ -217,3 +217,22 @@ def test_hoa_name_offline_from_hoa_store(tmp_path, capsys, monkeypatch):
         record = image.attrs["nnunet_vasculature"]
         assert record["complete"] and record["provenance"]["dataset"] == name
         assert image["0"].shape[0] in (40, 44) and image["0"][:].max() > 0
+
+
+def test_input_is_parsed_once_per_predict(tmp_path, capsys, monkeypatch):
+    """The ``-i`` value is parsed once (issue 32.1): the CLI's InputSpec is what opening the volumes, naming the
+    output and the NGFF metadata use; no step sniffs the folder again."""
+    import nnunet_vasculature.io.input_spec as input_spec
+    folder = make_model_folder(tmp_path / "model")
+    volume = np.random.default_rng(1).integers(0, 60000, (32, 32, 32), dtype=np.uint16)
+    (tmp_path / "data").mkdir()
+    store = write_hoa_omezarr04(tmp_path / "data" / "organ.ome.zarr", [volume, mean2(volume)], 50.0, chunk=16)
+    sniffed = []
+    real = input_spec._multiscale_kind
+    monkeypatch.setattr(input_spec, "_multiscale_kind", lambda path: sniffed.append(path) or real(path))
+    monkeypatch.chdir(tmp_path)
+    rc, err, _ = _main(capsys, ["predict", "-i", str(store), "-m", str(folder), "-device", "cpu", "--disable_tta"])
+    assert rc == 0, err
+    written = zarr.open_group(str(tmp_path / "organ.ome.zarr"), mode="r")      # named from the spec
+    assert written["0"].shape == (32, 32, 32) and written["0"][:].max() > 0
+    assert sniffed == [store]

@@ -35,6 +35,7 @@ step 0.5 at the model's spacing.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -55,7 +56,7 @@ from nnunet_vasculature.inference.inputs import (
 )
 from nnunet_vasculature.inference.options import PredictionOptions
 from nnunet_vasculature.io import ngff, store
-from nnunet_vasculature.io.input_spec import open_inputs
+from nnunet_vasculature.io.input_spec import InputSpec, open_input, parse_input
 from nnunet_vasculature.io.intensity import map_sources, model_mapping
 from nnunet_vasculature.io.ngff import NgffWriter
 from nnunet_vasculature.io.run_record import COMPLETE, NEW, RunRecord, check_resumable
@@ -87,10 +88,7 @@ def usable_cores() -> int:
 class WorkerSetup:
     """What every task of a run shares: how a worker opens the input and builds its predictor (only paths and
     options travel through the scheduler)."""
-    inputs: str                      # the -i value (a local path resolved)
-    spacing: float | None
-    level: int | str
-    remote: bool
+    spec: InputSpec                  # the -i value parsed (a local path resolved, the level chosen pinned)
     options: PredictionOptions
     device: str
     torch_threads: int | None
@@ -131,8 +129,9 @@ class _Target:
         return zarr.open_group(str(self.out), mode="r+")
 
 
-def predict_distributed(inputs: Path | str, out: Path | None, options: PredictionOptions, device: str = "cuda",
-                        spacing: float | None = None, overwrite: bool = False, workers: int | None = None,
+def predict_distributed(inputs: InputSpec | Path | str, out: Path | None, options: PredictionOptions,
+                        device: str = "cuda", spacing: float | None = None, overwrite: bool = False,
+                        workers: int | None = None,
                         scheduler_address: str | None = None, scheduler_file: Path | None = None,
                         slab_planes: int = SLAB_PLANES, retries: int = 2, torch_threads: int | None = None,
                         on_slab: SlabHook | None = None, level: int | str = "auto",
@@ -140,7 +139,8 @@ def predict_distributed(inputs: Path | str, out: Path | None, options: Predictio
     """Predict every kidney of ``inputs`` into ``out`` (a probability store or an NGFF image) on a dask cluster.
 
     Args:
-        inputs: as for single-process ``predict`` (multiscale inputs included).
+        inputs: as for single-process ``predict`` (multiscale inputs included): the parsed ``-i`` value, or its
+            text (parsed here once, with ``spacing``, ``level`` and ``remote``).
         out: the output zarr store or ``NAME.ome.zarr`` (None: as single-process ``predict`` chooses).
         options: the prediction options (the store's record and part of the parameter hash).
         device: where the workers run the networks.
@@ -174,8 +174,9 @@ def predict_distributed(inputs: Path | str, out: Path | None, options: Predictio
     check_model_folder(options.model_folder, options.folds, options.checkpoint)
     if workers is not None:
         resolve_device(device)          # the local workers see this machine's devices
-    sources = open_prediction_inputs(inputs, options, spacing, level, remote)
-    out = output_path(inputs, out, sources)
+    spec = parse_input(inputs, level, remote, spacing)
+    sources = open_prediction_inputs(spec, options)
+    out = output_path(spec, out, sources)
     source = {"tool": "predict", "model": options.to_json()}
     image = is_ngff_output(out)
     existing_group = None if overwrite else store.open_output(out)
@@ -187,7 +188,7 @@ def predict_distributed(inputs: Path | str, out: Path | None, options: Predictio
                                                         store.existing_run(existing_group, src.name))
         states[src.name] = check_resumable(existing, runs[src.name], str(out), src.name, overwrite)
     group = None if image else zarr.open_group(str(out), mode="a")
-    targets = {src.name: (_prepare_ngff(out, src, runs[src.name], states[src.name], inputs, options, overwrite)
+    targets = {src.name: (_prepare_ngff(out, src, runs[src.name], states[src.name], spec, options, overwrite)
                           if image else _prepare(out, group, src, runs[src.name], states[src.name]))
                for src in sources}
     jobs = {src.name: src for src in sources if targets[src.name].todo}
@@ -198,9 +199,9 @@ def predict_distributed(inputs: Path | str, out: Path | None, options: Predictio
         return {}
     if workers is not None and torch_threads is None and not device.startswith("cuda"):
         torch_threads = max(1, (os.cpu_count() or 1) // workers)
-    spec = str(inputs) if str(inputs).startswith("hoa:") else str(Path(inputs).resolve())
-    setup = WorkerSetup(spec, spacing, getattr(sources[0], "level", "auto"), remote, options, device, torch_threads,
-                        on_slab)
+    chosen = sources[0].level                   # every worker reads the level chosen here
+    pinned = spec.absolute() if chosen is None else dataclasses.replace(spec.absolute(), level=chosen)
+    setup = WorkerSetup(pinned, options, device, torch_threads, on_slab)
     client, cluster = _connect(workers, scheduler_address, scheduler_file, device)
     done: dict[str, list[int]] = {name: [] for name in jobs}
     try:
@@ -246,7 +247,7 @@ def _ngff_slab_planes(src: VolumeSource, slab_planes: int) -> int:
     return aligned
 
 
-def _prepare_ngff(out: Path, src: VolumeSource, run: RunRecord, state: str, inputs: Path | str,
+def _prepare_ngff(out: Path, src: VolumeSource, run: RunRecord, state: str, spec: InputSpec,
                   options: PredictionOptions, overwrite: bool) -> _Target:
     """Create (or resume) the NGFF image and its slab marks, as ``state`` (checked) says; slabs are whole chunk
     rows of level 0."""
@@ -258,7 +259,7 @@ def _prepare_ngff(out: Path, src: VolumeSource, run: RunRecord, state: str, inpu
         return target
     writer = NgffWriter(out, src.name, src.shape, src.spacing, src.slice_ids, run.source, overwrite,
                         input_fingerprint=run.input, slab_planes=run.slab_planes, chunk_depth=depth,
-                        **ngff_metadata(src, inputs, options))
+                        **ngff_metadata(src, spec, options))
     target.writer = writer
     image = writer.group
     if target.progress in image:
@@ -389,13 +390,12 @@ def _cached(kind: str, key: Any, make: Callable[[], Any]) -> Any:
 
 def _source(setup: WorkerSetup, name: str) -> VolumeSource:
     folder = setup.options.model_folder
-    key = (setup.inputs, setup.spacing, setup.level, setup.remote, str(folder))
+    key = (setup.spec, str(folder))
     srcs = _cached("sources", key,
-                   lambda: {s.name: s for s in map_sources(open_inputs(setup.inputs, setup.spacing, setup.level,
-                                                                       remote=setup.remote, log=None),
+                   lambda: {s.name: s for s in map_sources(open_input(setup.spec, log=None),
                                                            model_mapping(folder), log=lambda m: None)})
     if name not in srcs:
-        raise UserError(f"{setup.inputs}: no kidney '{name}' (any more)")
+        raise UserError(f"{setup.spec}: no kidney '{name}' (any more)")
     return srcs[name]
 
 
@@ -431,7 +431,7 @@ def _predictor(setup: WorkerSetup) -> Any:
 
 def _tissue(setup: WorkerSetup, kidney: str, src: VolumeSource, predictor: Any) -> Any:
     """The worker's tissue mask of ``kidney`` (measured once per worker process, kidney and parameters)."""
-    key = json.dumps([setup.inputs, setup.spacing, str(setup.level), setup.options.to_json()], sort_keys=True)
+    key = json.dumps([setup.spec.to_json(), setup.options.to_json()], sort_keys=True)
     masks = _cached("tissue", key, dict)
     if kidney not in masks:
         masks[kidney] = predictor.tissue_mask(src)

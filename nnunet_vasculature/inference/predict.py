@@ -33,20 +33,23 @@ from nnunet_vasculature.inference.inputs import (
 )
 from nnunet_vasculature.inference.options import DEFAULT_CHECKPOINT, PredictionOptions
 from nnunet_vasculature.io import ngff, store
+from nnunet_vasculature.io.input_spec import InputSpec, parse_input
 from nnunet_vasculature.io.ngff import NgffWriter
 from nnunet_vasculature.io.run_record import COMPLETE, RunRecord, check_resumable
 from nnunet_vasculature.io.store import KidneyWriter
 from nnunet_vasculature.io.volume_source import VolumeSource, fingerprint
 
 
-def predict(inputs: Path | str, out: Path | None, options: PredictionOptions, device: str = "cuda",
+def predict(inputs: InputSpec | Path | str, out: Path | None, options: PredictionOptions, device: str = "cuda",
             spacing: float | tuple[str, ...] | None = None, overwrite: bool = False, overlap: bool = True,
             level: int | str = "auto", remote: bool = False) -> Path:
     """Predict every kidney of ``inputs`` into ``out`` (a probability store, or an NGFF image for ``.ome.zarr``).
 
     Args:
-        inputs: a Kaggle kidney folder (or test/ folder), an nnU-Net raw image, an imagesTs/imagesTr folder, or a
-            multiscale input (``hoa:NAME``, an OME-Zarr image, an N5 multiscale folder, JPEG 2000 slices).
+        inputs: the parsed ``-i`` value (:func:`~nnunet_vasculature.io.input_spec.parse_input`), or its text
+            (parsed here once with ``spacing``, ``level`` and ``remote``): a Kaggle kidney folder (or test/
+            folder), an nnU-Net raw image, an imagesTs/imagesTr folder, or a multiscale input (``hoa:NAME``, an
+            OME-Zarr image, an N5 multiscale folder, JPEG 2000 slices).
         out: the output zarr store, or ``NAME.ome.zarr``; None: ``<name>.ome.zarr`` for a multiscale input
             (:func:`~nnunet_vasculature.inference.inputs.output_path`).
         options: the model and how it is applied (recorded in the store's ``source``).
@@ -68,8 +71,9 @@ def predict(inputs: Path | str, out: Path | None, options: PredictionOptions, de
     from nnunet_vasculature.inference.streaming import StreamingPredictor
     dev = resolve_device(device)
     check_model_folder(options.model_folder, options.folds, options.checkpoint)
-    sources = open_prediction_inputs(inputs, options, spacing, level, remote)
-    out = output_path(inputs, out, sources)
+    spec = parse_input(inputs, level, remote, spacing)
+    sources = open_prediction_inputs(spec, options)
+    out = output_path(spec, out, sources)
     todo = plan_outputs(out, sources, options, overwrite)
     if not todo:
         return out
@@ -80,7 +84,7 @@ def predict(inputs: Path | str, out: Path | None, options: PredictionOptions, de
         if group is None:
             sink = NgffWriter(out, src.name, src.shape, src.spacing, src.slice_ids, run.source, overwrite,
                               input_fingerprint=run.input, chunk_depth=NGFF_CHUNK_DEPTH,
-                              **ngff_metadata(src, inputs, options))
+                              **ngff_metadata(src, spec, options))
         else:
             sink = KidneyWriter(group, src.name, src.shape, src.spacing, src.slice_ids, run.source, overwrite,
                                 input_fingerprint=run.input)
@@ -215,21 +219,20 @@ def _run(a: argparse.Namespace) -> None:
                                    tta_permutations=a.tta_permutations, tta_scale=a.tta_scale,
                                    tissue_mask=a.tissue_mask)
     level = a.level if str(a.level).strip().lower() == "auto" else _level_number(a.level)
-    a.spacing = tuple(a.spacing) if a.spacing else None       # the flag's words, parsed with -i (parse_input)
+    spec = parse_input(a.input, level, a.remote, tuple(a.spacing) if a.spacing else None)   # -i, once
     if a.dry_run:
         from nnunet_vasculature.inference.budget import dry_run
-        dry_run(a.input, options, a.spacing, level, a.remote, a.device, a.output)
+        dry_run(spec, options, device=a.device, out=a.output)
         return
     if a.scheduler is None and a.scheduler_file is None:
         resolve_device(a.device)      # before any work (a remote cluster's workers check their own)
     if a.workers is not None or a.scheduler is not None or a.scheduler_file is not None:
         from nnunet_vasculature.inference.distributed import predict_distributed
-        predict_distributed(a.input, a.output, options, a.device, a.spacing, a.overwrite, workers=a.workers,
+        predict_distributed(spec, a.output, options, a.device, overwrite=a.overwrite, workers=a.workers,
                             scheduler_address=a.scheduler, scheduler_file=a.scheduler_file,
-                            slab_planes=a.slab_planes, level=level, remote=a.remote)
+                            slab_planes=a.slab_planes)
         return
-    predict(a.input, a.output, options, a.device, a.spacing, a.overwrite, overlap=not a.no_overlap, level=level,
-            remote=a.remote)
+    predict(spec, a.output, options, a.device, overwrite=a.overwrite, overlap=not a.no_overlap)
 
 
 def _level_number(text: str) -> int:
