@@ -214,6 +214,7 @@ def _hoa_catalogue(tmp_path, um, url):
 
 def _run_hoa(tmp_path, meta_dir, name, level, host, compare=True, mirror=None, stderr=None):
     env = {**os.environ, "STORAGE_EMULATOR_HOST": host, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+           "NO_PROXY": "127.0.0.1,localhost",
            "NNUNET_VASCULATURE_HOA_MIRROR": str(mirror or tmp_path / "bucket" / "hoa-test")}
     run = subprocess.run([sys.executable, "-c", HOA_SCRIPT, str(meta_dir), name, str(level),
                           "compare" if compare else "ours"], env=env,
@@ -286,3 +287,51 @@ def test_hoa_store_is_read_by_hoa_tools(tmp_path):
             assert out["equal_remote"] and out["mirror_level"] == 1 and out["mirror_spacing"] == [50.0] * 3
             assert out["mirror_equal"] and out["provenance"]["dataset"] == name
     assert any("attributes.json" in p for p in log) and any(".zattrs" in p for p in log)
+
+
+def test_hoa_silent_endpoint(tmp_path):
+    """--remote through a host that accepts the connection and never answers (a silent proxy or endpoint) is
+    one line within seconds: the reachability probe is a real HTTP request with a timeout. Before, the TCP
+    connect passed and gcsfs waited on its reads with no timeout, printing nothing (issue 34.5)."""
+    pytest.importorskip("hoa_tools")
+    import socket
+    import threading
+    import time
+
+    from helpers.model import make_model_folder
+    mirror = tmp_path / "mirror"                     # holds only the catalogue entry: the voxels are remote
+    meta_dir, meta = _hoa_catalogue(tmp_path, 25.0, "n5://gs://hoa-test/nowhere/")
+    (mirror / "metadata").mkdir(parents=True)
+    (mirror / "metadata" / f"{meta['name']}.json").write_text((meta_dir / f"{meta['name']}.json").read_text())
+    model = make_model_folder(tmp_path / "model")
+    listener, held = socket.socket(), []
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+
+    def accept_and_keep_silent():
+        while True:
+            try:
+                held.append(listener.accept()[0])     # kept open, never answered
+            except OSError:
+                return
+    threading.Thread(target=accept_and_keep_silent, daemon=True).start()
+    port = listener.getsockname()[1]
+    env = {**os.environ, "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}", "NNUNET_VASCULATURE_HOA_MIRROR":
+           str(mirror), "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", "NO_PROXY": "127.0.0.1"}
+    started = time.monotonic()
+    try:
+        run = subprocess.run([sys.executable, "-m", "nnunet_vasculature.cli", "predict", "-i", f"hoa:{meta['name']}",
+                              "--remote", "--level", "0", "--dry_run", "-m", str(model), "-device", "cpu"],
+                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired:
+        pytest.fail("predict --remote hung on an endpoint that never answers")
+    finally:
+        listener.close()
+        for connection in held:
+            connection.close()
+    elapsed = time.monotonic() - started
+    assert held, "the command never connected to the silent endpoint"
+    errors = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode != 0 and len(errors) == 1, run.stderr[-2000:]
+    assert f"cannot reach 127.0.0.1:{port} within 5 s (no answer)" in errors[0], errors
+    assert elapsed < 20, elapsed              # the interpreter's start and imports included

@@ -194,3 +194,52 @@ def test_spacing_out_of_range(tmp_path, volume, value):
     with pytest.raises(UserError, match=r"between 0\.1 and 10000 µm") as e:
         parse_input(str(store), spacing=[value])
     _one_line(e, value)
+
+
+# 34.4: the N5 attribute `axes` names the storage order; any order of x, y, z is read as declared
+def _n5_stored_as(folder, levels, axes, resolution_xyz):
+    """An N5 multiscale folder whose blocks are laid out in the order ``axes`` names (fastest first), with
+    ``resolution`` listed in that order, written by tensorstore (the HOA writer's layout otherwise)."""
+    import tensorstore as ts
+    from helpers.hoa import BLOSC_N5
+    order = ["zyx".index(a) for a in reversed(axes)]        # numpy (z, y, x) -> slowest-first storage order
+    for index, level in enumerate(levels):
+        stored = level.transpose(order).transpose(2, 1, 0)   # N5 lists the fastest axis first
+        store = ts.open({"driver": "n5", "kvstore": {"driver": "file", "path": str(folder / f"s{index}")},
+                         "metadata": {"dimensions": list(stored.shape), "blockSize": [16, 16, 16],
+                                      "dataType": "uint16", "compression": BLOSC_N5}, "create": True}).result()
+        store.write(stored).result()
+        _edit(folder / f"s{index}" / "attributes.json", lambda a: a.update(axes=list(axes)))
+    (folder / "attributes.json").write_text(json.dumps({
+        "axes": list(axes), "downsamplingFactors": [[2 ** i] * 3 for i in range(len(levels))], "n5": "2.0.0",
+        "resolution": [resolution_xyz["xyz".index(a)] for a in axes], "units": ["um"] * 3}))
+    return folder
+
+
+@pytest.mark.parametrize("axes", [("z", "y", "x"), ("y", "z", "x"), ("x", "z", "y")])
+def test_n5_axes_in_any_order_read_alike(tmp_path, volume, axes):
+    levels = [volume, mean2(volume)]
+    hoa = _n5_stored_as(tmp_path / "xyz_n5", levels, ("x", "y", "z"), (10.0, 20.0, 30.0))
+    other = _n5_stored_as(tmp_path / "other_n5", levels, axes, (10.0, 20.0, 30.0))
+    assert json.loads((other / "s0" / "attributes.json").read_text())["dimensions"] == \
+        [{"x": 20, "y": 36, "z": 40}[a] for a in axes]            # the blocks really are stored otherwise
+    for level in (0, 1):
+        ours, theirs = open_volume(other, level, log=None), open_volume(hoa, level, log=None)
+        assert ours.shape == theirs.shape == levels[level].shape
+        assert ours.spacing == theirs.spacing == tuple(s * 2 ** level for s in (30.0, 20.0, 10.0))
+        np.testing.assert_array_equal(ours.read(0, ours.shape[0]), levels[level])
+
+
+@pytest.mark.parametrize("axes", ["xyz", "zyx", ["x", "y"], ["x", "y", "z", "t"], ["x", "x", "z"],
+                                  ["x", "y", "t"], [0, 1, 2], {"x": 0, "y": 1, "z": 2}, 3])
+@pytest.mark.parametrize("where", ["root", "levels"])
+def test_n5_axes_that_are_not_x_y_z_are_one_line(tmp_path, volume, axes, where):
+    store = _n5(tmp_path, volume)
+    files = [store / "attributes.json"] if where == "root" else [store / "s0" / "attributes.json",
+                                                                  store / "s1" / "attributes.json"]
+    for file in files:
+        _edit(file, lambda a: a.update(axes=axes))
+    with pytest.raises(UserError, match=r"expected x, y and z once each.*the atlas writes \[\"x\", \"y\", \"z\"\]") \
+            as e:
+        open_volume(store, 0, log=None)            # "xyz", a dict or a number: read, a traceback, or tensorstore's
+    _one_line(e, files[0])

@@ -10,15 +10,19 @@ The catalogue (name, voxel size, DOI, where the data lives) is hoa-tools'. The v
   ``<mirror>/metadata/<name>.json`` in hoa-tools' own schema (:data:`MIRROR_CATALOGUE`);
 - over the network only when asked (``remote=True``, ``predict --remote``): hoa-tools'
   ``Dataset.data_array(downsample_level=L)`` (anonymous Google Cloud Storage), spacing
-  ``voxel_size_um * 2**L`` as hoa-tools states it. The storage host (or the proxy) is first connected to
-  with a :data:`CONNECT_TIMEOUT_S` timeout: without network the answer is one line within seconds, not a
-  minute of retries.
+  ``voxel_size_um * 2**L`` as hoa-tools states it. The storage host is first asked once over HTTP (through
+  the proxy of the environment, ``HTTPS_PROXY`` / ``NO_PROXY``, as the reads go) with a
+  :data:`CONNECT_TIMEOUT_S` timeout: without network, or where the host or proxy accepts the connection but
+  never answers, the answer is one line within seconds, not a minute of retries or a silent wait. The reads
+  themselves get a :data:`READ_TIMEOUT_S` timeout per request (no bytes for that long: gcsfs retries, then
+  fails) through fsspec's configuration of the ``gcs`` filesystems, which hoa-tools' ``GCSFileSystem`` takes.
 """
 from __future__ import annotations
 
 import difflib
+import http.client
 import os
-import socket
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -35,7 +39,8 @@ MIRROR_ENV = "NNUNET_VASCULATURE_HOA_MIRROR"
 INSTALL_HINT = "pip install 'nnunet-vasculature[hoa]' (hoa-tools, Python >= 3.11)"
 MAX_LEVELS = 10
 MIRROR_CATALOGUE = "metadata"          # <mirror>/metadata/<name>.json: catalogue entries of datasets hoa-tools lacks
-CONNECT_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 5.0                 # the reachability probe: connecting, and then its answer
+READ_TIMEOUT_S = 30.0                   # a remote read: connecting, and then each wait for bytes
 STORAGE_URL = "https://storage.googleapis.com"
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"     # gcsfs's switch to another storage server (tests)
 
@@ -83,22 +88,67 @@ def mirror_catalogue() -> Path | None:
     return folder if folder is not None and folder.is_dir() else None
 
 
-def check_reachable(where: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Connect once to the storage host (or the HTTPS proxy); failing within ``timeout`` is a UserError.
+def check_reachable(where: str, timeout: float = CONNECT_TIMEOUT_S, path: str = "/storage/v1/b") -> None:
+    """Ask the storage host once over HTTP, through the environment's proxy as the remote reads do; no HTTP
+    answer within ``timeout`` (no connection, or a host or proxy that accepts it and stays silent) is a
+    UserError. Any HTTP status is an answer: the host is there.
 
     Args:
         where: the dataset (for the message).
+        timeout: seconds to connect, and again to wait for the answer.
+        path: the request's path and query on the storage host (e.g. a listing of the dataset's folder).
+    """
+    endpoint = os.environ.get(EMULATOR_ENV) or STORAGE_URL
+    endpoint = endpoint if "://" in endpoint else f"http://{endpoint}"
+    parts = urllib.parse.urlsplit(endpoint)
+    host = parts.hostname or ""
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    proxy = proxy if proxy and not urllib.request.proxy_bypass(host) else None
+    reached = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}") if proxy else parts
+    target = f"{'the proxy ' if proxy else ''}{reached.hostname or ''}:" \
+             f"{reached.port or (443 if reached.scheme == 'https' else 80)}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({parts.scheme: proxy} if proxy else {}))
+    try:
+        with opener.open(endpoint.rstrip("/") + path, timeout=timeout):
+            return
+    except urllib.error.HTTPError as e:         # an answer, whatever its status
+        e.close()
+        return
+    except (OSError, http.client.HTTPException) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, TimeoutError):
+            reason = "no answer"
+        elif isinstance(reason, http.client.RemoteDisconnected):
+            reason = "the connection was closed without an answer"
+        else:
+            reason = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
+        raise UserError(f"{where}: cannot reach {target} within {timeout:g} s ({reason}); no network? "
+                        f"Read it from a local copy under ${MIRROR_ENV} instead") from None
+
+
+def configure_remote_reads(timeout: float = READ_TIMEOUT_S) -> None:
+    """Defaults for the Google Cloud Storage filesystems hoa-tools opens, set in fsspec's configuration
+    (``fsspec.config.conf``, the kwargs every new ``gs``/``gcs`` filesystem starts from): a request timeout
+    (``timeout`` seconds to connect and to wait for each piece of the answer) and the environment's proxy
+    settings (aiohttp's ``trust_env``). Values already configured there are kept. gcsfs' own log lines (a
+    traceback per failed retry) go nowhere unless ``NNUNET_VASCULATURE_VERBOSE=1``: the error that ends the
+    run is one line.
+
+    Args:
         timeout: seconds.
     """
-    url = urllib.request.getproxies().get("https") or os.environ.get(EMULATOR_ENV) or STORAGE_URL
-    parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
-    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as e:
-        reason = e.strerror or str(e) or type(e).__name__
-        raise UserError(f"{where}: cannot reach {host}:{port} within {timeout:g} s ({reason}); no network? "
-                        f"Read it from a local copy under ${MIRROR_ENV} instead") from None
+    import logging
+
+    import aiohttp
+    from fsspec.config import conf
+
+    from nnunet_vasculature.errors import VERBOSE_ENV
+    if os.environ.get(VERBOSE_ENV) != "1":
+        logging.getLogger("gcsfs").addHandler(logging.NullHandler())
+    wanted = {"requests_timeout": aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
+              "session_kwargs": {"trust_env": True}}
+    configured = {key for protocol in ("gs", "gcs") for key in conf.get(protocol, {})}
+    conf.setdefault("gcs", {}).update({key: value for key, value in wanted.items() if key not in configured})
 
 
 def provenance(dataset: Any) -> dict:
@@ -171,7 +221,10 @@ def read_hoa(name: str, remote: bool = False) -> Pyramid:
             f"; it is not under ${MIRROR_ENV} ({mirror_path(dataset, Path(mirror))})"
         raise UserError(f"hoa:{name}: stored remotely ({dataset.data.gcs_url}); pass --remote to read it over "
                         f"the network{where}")
-    check_reachable(f"hoa:{name}")
+    bucket, _, inside = dataset.data.gcs_url.split("://gs://", 1)[1].partition("/")
+    check_reachable(f"hoa:{name}", path=f"/storage/v1/b/{urllib.parse.quote(bucket, safe='')}/o?"
+                    f"{urllib.parse.urlencode({'prefix': inside, 'maxResults': 1})}")
+    configure_remote_reads()
     levels = _remote_levels(dataset, fmt)
     check_level_shapes(levels, f"hoa:{name}")
     return Pyramid(name, f"hoa:{name}", f"HOA {'N5' if fmt == 'n5' else 'OME-Zarr'} (remote)", levels,
@@ -191,8 +244,8 @@ def _remote_levels(dataset: Any, fmt: str) -> list[Level]:
                                 f"({type(e).__name__}: {e})") from None
             break
         except Exception as e:      # no network: aiohttp / gcsfs / OS errors
-            raise UserError(f"hoa:{dataset.name}: cannot read {dataset.data.gcs_url} ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else 'no detail'}); no network?") from None
+            raise UserError(f"hoa:{dataset.name}: cannot read {dataset.data.gcs_url} ({_fault(e)}); "
+                            f"no network?") from None
         if tuple(array.dims) != ("z", "y", "x"):
             raise UserError(f"hoa:{dataset.name}: hoa-tools gives dims {array.dims}; expected (z, y, x)")
         spacing = voxel * 2 ** index
@@ -203,17 +256,24 @@ def _remote_levels(dataset: Any, fmt: str) -> list[Level]:
     return levels
 
 
+def _fault(error: Exception) -> str:
+    """One line for a failed remote read; a timeout (fsspec's FSTimeoutError is one) says how long it waited."""
+    if isinstance(error, TimeoutError):
+        return f"no answer within {READ_TIMEOUT_S:g} s, after gcsfs' retries"
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no detail'}"
+
+
 def _opener(array: Any) -> Any:
     def open_reader() -> BlockReader:
         def read(z0: int, z1: int) -> np.ndarray:
             try:
                 return np.ascontiguousarray(array.data[z0:z1].compute())
             except Exception as e:      # network faults while reading
-                raise UserError(f"hoa:{array.name}: reading planes {z0}..{z1 - 1} failed ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+                raise UserError(f"hoa:{array.name}: reading planes {z0}..{z1 - 1} failed ({_fault(e)})") from None
         return read
     return open_reader
 
 
-__all__ = ["PREFIX", "MIRROR_ENV", "MIRROR_CATALOGUE", "INSTALL_HINT", "CONNECT_TIMEOUT_S", "hoa_dataset",
-           "mirror_catalogue", "check_reachable", "provenance", "mirror_path", "read_hoa"]
+__all__ = ["PREFIX", "MIRROR_ENV", "MIRROR_CATALOGUE", "INSTALL_HINT", "CONNECT_TIMEOUT_S", "READ_TIMEOUT_S",
+           "hoa_dataset", "mirror_catalogue", "check_reachable", "configure_remote_reads", "provenance",
+           "mirror_path", "read_hoa"]

@@ -1,6 +1,7 @@
 """N5 multiscale folders in the Human Organ Atlas layout as prediction inputs (read with tensorstore).
 
-Root ``attributes.json``: ``axes`` (storage order, e.g. ``["x", "y", "z"]``), ``downsamplingFactors``
+Root ``attributes.json``: ``axes`` (storage order, fastest first: the atlas writes ``["x", "y", "z"]``; any
+order of x, y and z is read as declared, anything else is refused), ``downsamplingFactors``
 (one triple per level, in the axes' order), ``resolution`` and ``units`` (per axis); levels ``s0``, ``s1``,
 ... each an N5 dataset whose ``dimensions`` are listed in that same axis order (``[x, y, z]``: N5 lists
 the fastest axis first). Spacing of level ``l`` along an axis: ``resolution * factor``; as in
@@ -9,10 +10,10 @@ level-0 voxels.
 
 Checked when a level is opened (cheap checks, before any voxel is predicted): every number of the attributes
 is finite; every stored block of the level read lies inside the grid of the declared ``dimensions`` and
-``blockSize`` and its header's size is the one that grid gives it (an ``axes`` or ``dimensions`` list written
-in another order than the blocks is refused wherever the sizes tell it apart; a cube of whole blocks cannot be
-told apart); the first stored block decodes as the declared ``dataType``. Absent blocks read as 0 and are
-counted.
+``blockSize`` and its header's size is the one that grid gives it (a ``dimensions`` list written in another
+order than the blocks is refused wherever the sizes tell it apart; a cube of whole blocks cannot be told
+apart, nor can an ``axes`` list relabelled over consistent files); the first stored block decodes as the
+declared ``dataType``. Absent blocks read as 0 and are counted.
 """
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ from nnunet_vasculature.io.pyramid import (
     finite_numbers,
     unit_to_um,
 )
+
+HOA_AXES = '["x", "y", "z"]'         # how the Human Organ Atlas writes ``axes`` (for messages)
 
 
 def is_n5(path: Path) -> bool:
@@ -70,6 +73,15 @@ def _triple(value: Any, what: str, where: str) -> list:
     return value
 
 
+def _axes(value: Any, file: str) -> list[str]:
+    """The ``axes`` of an attributes file as lower-case names: x, y and z once each, in any order."""
+    if isinstance(value, list) and all(isinstance(a, str) for a in value) and \
+            sorted(a.lower() for a in value) == ["x", "y", "z"]:
+        return [a.lower() for a in value]
+    raise UserError(f"{file}: axes {json.dumps(value)}; expected x, y and z once each, in the order the data are "
+                    f"stored, fastest first (the atlas writes {HOA_AXES})")
+
+
 def read_n5(path: Path, name: str | None = None) -> Pyramid:
     """The levels of an N5 multiscale folder.
 
@@ -94,7 +106,7 @@ def read_n5(path: Path, name: str | None = None) -> Pyramid:
         raise UserError(f"{where}/attributes.json: downsamplingFactors {factors!r}; expected a list of triples")
     resolution = finite_numbers(root["resolution"], "resolution", attributes, 3)
     units = [unit_to_um(u, where) for u in _triple(root["units"], "units", where)]
-    root_axes = root.get("axes")
+    root_axes = _axes(root["axes"], attributes) if root.get("axes") is not None else None
     levels = []
     for index, factor in enumerate(factors):
         factor = finite_numbers(factor, f"downsamplingFactors[{index}]", attributes, 3)
@@ -103,15 +115,17 @@ def read_n5(path: Path, name: str | None = None) -> Pyramid:
         if not level_dir.is_dir():
             raise UserError(f"{where}: level {key} is listed in downsamplingFactors but missing")
         attrs = _attributes(level_dir, level_where)
-        axes = attrs.get("axes", root_axes)
+        axes = _axes(attrs["axes"], f"{level_where}/attributes.json") if attrs.get("axes") is not None \
+            else root_axes
         if axes is None:
-            raise UserError(f"{where}: no 'axes' in the root or level attributes; the axis order cannot be known")
-        if root_axes is not None and list(axes) != list(root_axes):
+            raise UserError(f"{attributes}: no 'axes' here or in the levels' attributes; the axis order cannot "
+                            f"be known (the atlas writes {HOA_AXES})")
+        if root_axes is not None and axes != root_axes:
             raise UserError(f"{level_where}: axes {axes} differ from the root's {root_axes}")
         dims = attrs.get("dimensions")
         if not isinstance(dims, list) or len(dims) != len(axes):
             raise UserError(f"{level_where}: dimensions {dims} do not match the axes {axes}")
-        perm = axis_permutation(_triple(list(axes), "axes", level_where), level_where)
+        perm = axis_permutation(axes, level_where)
         dtype = check_dtype(attrs.get("dataType"), level_where)
         dims = [int(d) for d in finite_numbers(dims, "dimensions", f"{level_where}/attributes.json", 3)]
         block = [int(b) for b in finite_numbers(attrs.get("blockSize"), "blockSize",
