@@ -1,14 +1,18 @@
 """``nnunet-vasculature view``: look at a ``predict`` output in Neuroglancer, where the Human Organ Atlas shows
 its data.
 
-Serves the ``.ome.zarr`` output (and, with ``--source``, the OME-Zarr it was predicted from) and the Neuroglancer
-client that the ``neuroglancer`` Python package ships (its static files; nothing is fetched from the network) from
-one :class:`http.server.ThreadingHTTPServer` on 127.0.0.1, and prints the link whose state fragment holds the
-layers: the source image (grey), the probabilities (an image layer, transparent where 0) and ``labels/vessels`` (a
-segmentation layer in the label image's colour). Every data response carries ``Access-Control-Allow-Origin: *``
-and byte ranges are served (sharded or remote-style readers ask for them), so the same URLs also open in any other
-Neuroglancer. Sources are ``zarr2://`` (NGFF 0.4) or ``zarr3://`` (NGFF 0.5) URLs; Neuroglancer places each by
-its NGFF scale and translation and matches axes by name, so a HOA source stored (x, y, z) overlays the output.
+Serves the ``.ome.zarr`` output (and, with ``--source``, the OME-Zarr or HOA-layout N5 it was predicted from) and
+the Neuroglancer client that the ``neuroglancer`` Python package ships (its static files; nothing is fetched from
+the network) from one :class:`http.server.ThreadingHTTPServer` on 127.0.0.1, and prints the link whose state
+fragment holds the layers: the source image (grey), the probabilities (an image layer, transparent where 0) and
+``labels/vessels`` (a segmentation layer in the label image's colour). Every data response carries
+``Access-Control-Allow-Origin: *`` and byte ranges are served (sharded or remote-style readers ask for them), so
+the same URLs also open in any other Neuroglancer. Sources are ``zarr2://`` (NGFF 0.4) or ``zarr3://`` (NGFF 0.5)
+URLs; Neuroglancer places each by its NGFF scale and translation and matches axes by name, so a HOA source stored
+(x, y, z) overlays the output. An N5 source (recognised and read as ``predict`` reads it:
+:mod:`nnunet_vasculature.io.n5`) is an ``n5://`` URL; Neuroglancer takes its voxel size from the N5 attributes and
+puts voxel ``i`` on ``[i, i + 1)`` (a corner origin), so the layer's transform moves it by the reader's translation
+less half a voxel, to where ``predict`` (and the output's NGFF translation, of voxel centres) has it.
 
 The shipped client is the one the ``neuroglancer`` package's own viewer uses: it is served under ``/v/<token>/``
 and listens to ``/events/<token>``, which this server keeps open and silent (the state comes from the link).
@@ -27,6 +31,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.io.n5 import is_n5, read_n5
 
 HELP = ("serve a predict output (.ome.zarr, with its labels/vessels and optionally the source OME-Zarr) on "
         "127.0.0.1 and print the Neuroglancer link showing them (pip install -e '.[view]')")
@@ -55,7 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """
     p = sub.add_parser("view", help=HELP, description=HELP)
     p.add_argument("-i", "--input", required=True, type=Path, help="the .ome.zarr written by predict")
-    p.add_argument("--source", type=Path, help="the OME-Zarr the output was predicted from (shown under it)")
+    p.add_argument("--source", type=Path, help="the OME-Zarr or HOA-layout N5 folder the output was predicted from "
+                   "(shown under it)")
     p.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000; 0: any free one)")
     p.add_argument("--layout", choices=LAYOUTS, default="xy", help="Neuroglancer layout (default xy)")
     p.add_argument("--verbose", action="store_true", help="log every request")
@@ -69,6 +75,9 @@ def run(args: argparse.Namespace) -> None:
         args: the parsed ``view`` arguments.
     """
     output = read_image(args.input)
+    if output["format"] != "ngff":
+        raise UserError(f"{args.input}: an N5 folder; -i takes the .ome.zarr that predict wrote (an N5 goes in "
+                        "--source)")
     source = read_image(args.source) if args.source is not None else None
     client = client_folder()
     server = make_server({"output": args.input, **({"source": args.source} if args.source else {})},
@@ -135,24 +144,29 @@ def _array_metadata(path: Path) -> dict:
 
 
 def read_image(path: Path) -> dict:
-    """What the link needs from an NGFF image: version, axes, level 0's scale, translation and shape.
+    """What the link needs from an NGFF image or an N5 multiscale folder: format, version, axes, level 0's scale,
+    translation and shape.
 
     Args:
-        path: an OME-Zarr image folder.
+        path: an OME-Zarr image folder, or an N5 multiscale folder in the Human Organ Atlas layout.
 
     Returns:
-        ``{"path", "version", "axes" (names), "units", "scale", "translation", "shape", "has_labels",
-        "label_colour", "window"}`` (``window``: the display range from ``omero``, or None).
+        ``{"path", "format" ("ngff" or "n5"), "version", "axes" (names), "units", "scale", "translation",
+        "shape", "has_labels", "label_colour", "window"}`` (``window``: the display range from ``omero``, or
+        None); an N5 folder's are per stored axis, in micrometres, as ``predict`` reads them.
 
     Raises:
-        UserError: not an NGFF multiscale image.
+        UserError: neither an NGFF multiscale image nor an N5 multiscale folder.
     """
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path}: not found (expected an .ome.zarr folder)")
     found = _attributes(path)
+    if found is None and is_n5(path):
+        return _read_n5(path)
     if found is None:
-        raise UserError(f"{path}: not an NGFF OME-Zarr image (no multiscales in .zattrs or zarr.json)")
+        raise UserError(f"{path}: not an NGFF OME-Zarr image (no multiscales in .zattrs or zarr.json) nor an N5 "
+                        "folder (no attributes.json)")
     attrs, version = found
     multiscale = attrs["multiscales"][0]
     try:
@@ -177,9 +191,33 @@ def read_image(path: Path) -> dict:
         colour = next((c.get("rgba") for c in colours if c.get("label-value") == 1), None)
     channels = attrs.get("omero", {}).get("channels", []) if isinstance(attrs.get("omero"), dict) else []
     window = channels[0].get("window") if channels and isinstance(channels[0], dict) else None
-    return {"path": path, "version": version, "axes": axes, "units": units, "scale": scale,
+    return {"path": path, "format": "ngff", "version": version, "axes": axes, "units": units, "scale": scale,
             "translation": translation, "shape": shape, "has_labels": label is not None, "label_colour": colour,
             "window": [window["start"], window["end"]] if isinstance(window, dict) and "end" in window else None}
+
+
+def _read_n5(path: Path) -> dict:
+    """:func:`read_image` of an N5 multiscale folder: level 0's geometry as :func:`io.n5.read_n5` gives it
+    (z, y, x), listed in the stored axis order (the order Neuroglancer reads the N5's axes in)."""
+    pyramid = read_n5(path)
+    level = pyramid.levels[0]
+    stored = [str(name) for name in pyramid.provenance["stored_axes"]]
+    order = ["zyx".index(name) for name in stored]
+    return {"path": path, "format": "n5", "version": None, "axes": stored, "units": ["micrometer"] * len(stored),
+            "scale": [level.spacing[i] for i in order], "translation": [level.translation[i] for i in order],
+            "shape": [level.shape[i] for i in order], "has_labels": False, "label_colour": None, "window": None}
+
+
+def _n5_source(image: dict, port: int, mount: str) -> dict:
+    """An N5 image's layer source: its ``n5://`` URL and the transform that puts its voxel centres where
+    :func:`_read_n5` has them (Neuroglancer's N5 voxel ``i`` spans ``[i, i + 1)``: half a voxel less)."""
+    axes = image["axes"]
+    dimensions = {name: [float(f"{scale * 1e-6:.12g}"), "m"] for name, scale in zip(axes, image["scale"])}
+    matrix = [[1.0 if row == column else 0.0 for column in range(len(axes))]
+              + [translation / scale - 0.5]
+              for row, (scale, translation) in enumerate(zip(image["scale"], image["translation"]))]
+    return {"url": f"n5://http://{HOST}:{port}/{mount}/{quote(image['path'].name)}",
+            "transform": {"outputDimensions": dimensions, "matrix": matrix}}
 
 
 def _zarr_url(image: dict, port: int, mount: str, inner: str = "") -> str:
@@ -200,7 +238,7 @@ def viewer_state(output: dict, source: dict | None, port: int, layout: str = "xy
 
     Args:
         output: :func:`read_image` of the predict output.
-        source: :func:`read_image` of the source, or None.
+        source: :func:`read_image` of the source (an OME-Zarr or an N5 folder), or None.
         port: the server's port.
         layout: the Neuroglancer layout.
 
@@ -217,7 +255,8 @@ def viewer_state(output: dict, source: dict | None, port: int, layout: str = "xy
         position.append(output["translation"][i] / output["scale"][i] + output["shape"][i] / 2)
     layers = []
     if source is not None:
-        layer = {"type": "image", "source": _zarr_url(source, port, "source"), "name": "source"}
+        url = _n5_source(source, port, "source") if source["format"] == "n5" else _zarr_url(source, port, "source")
+        layer = {"type": "image", "source": url, "name": "source"}
         if source["window"]:
             layer["shaderControls"] = {"normalized": {"range": source["window"]}}
         layers.append(layer)

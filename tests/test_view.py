@@ -138,3 +138,56 @@ def test_refusals_are_one_line(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "neuroglancer", None)       # the package not installed (find_spec: None)
     with pytest.raises(UserError, match=r"pip install -e '\.\[view\]'"):
         client_folder()
+
+
+def test_an_n5_source_is_an_n5_layer_served_with_cors_and_placed_under_the_output(tmp_path):
+    """HOA's N5 (written by tensorstore in the atlas's layout) as ``--source``: an ``n5://`` layer on the same
+    server, whose root and level attributes and blocks are served with CORS, at the N5's voxel size, and moved so
+    that the two level-0 voxels an output voxel of level 1 was predicted from cover that output voxel."""
+    from urllib.parse import urlsplit
+
+    from helpers.hoa import write_hoa_n5
+    volume = np.random.default_rng(3).integers(0, 60000, (16, 24, 20), dtype=np.uint16)
+    source = write_hoa_n5(tmp_path / "scan_bm05", [volume, mean2(volume)], 25.0, block=(8, 8, 8))
+    # the output predicted from level 1: 50 µm, voxel j's centre where level 0's voxels 2j and 2j+1 meet
+    output = _ngff04_output(tmp_path / "pred.ome.zarr", shape=(8, 12, 10), spacing=50.0, translation=12.5)
+    client = tmp_path / "client"
+    client.mkdir()
+    (client / "index.html").write_text("<html></html>")
+    server = make_server({"output": output, "source": source}, client, 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        state = viewer_state(read_image(output), read_image(source), port)
+        layers = {layer["name"]: layer for layer in state["layers"]}
+        assert list(layers) == ["source", "probabilities", "vessels"]
+        layer = layers["source"]
+        assert layer["type"] == "image"
+        url = layer["source"]["url"]
+        assert url == f"n5://http://127.0.0.1:{port}/source/scan_bm05"
+        served = urlsplit(url.removeprefix("n5://"))
+        assert (served.hostname, served.port) == ("127.0.0.1", port)
+        for name in ("attributes.json", "s0/attributes.json", "s1/attributes.json", "s0/0/0/0"):
+            response, body = _get(port, f"{served.path}/{name}")
+            assert response.status == 200, name
+            assert response.getheader("Access-Control-Allow-Origin") == "*", name
+            assert body == (source / name).read_bytes(), name
+    finally:
+        server.stopping.set()
+        server.shutdown()
+        server.server_close()
+    transform = layer["source"]["transform"]
+    root = json.loads((source / "attributes.json").read_text())
+    assert list(transform["outputDimensions"]) == root["axes"]
+    for name, resolution in zip(root["axes"], root["resolution"]):
+        assert transform["outputDimensions"][name] == [pytest.approx(resolution * 1e-6), "m"]
+    # Neuroglancer draws N5 voxel i over [i, i + 1) voxels, moved by the matrix's last column; an NGFF voxel j over
+    # translation + (j -/+ 1/2) * scale. Output voxel 0 must cover N5 level-0 voxels 0 and 1 exactly (in µm).
+    ngff = read_image(output)
+    for row, name in enumerate(root["axes"]):
+        shift = transform["matrix"][row][3]
+        assert transform["matrix"][row][:3] == [1.0 if column == row else 0.0 for column in range(3)]
+        i = ngff["axes"].index(name)
+        output_voxel = (ngff["translation"][i] - ngff["scale"][i] / 2, ngff["translation"][i] + ngff["scale"][i] / 2)
+        n5_voxels = ((0 + shift) * 25.0, (2 + shift) * 25.0)
+        assert n5_voxels == pytest.approx(output_voxel)
