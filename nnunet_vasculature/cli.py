@@ -48,8 +48,8 @@ SHARED = {
                   "write synthetic kidneys as a local Human Organ Atlas mirror (N5 and OME-Zarr pyramids, catalogue "
                   "entries) to try predict -i hoa:NAME offline"),
     "view": ("nnunet_vasculature.view",
-             "serve a predict output (.ome.zarr, with its labels/vessels and optionally the source OME-Zarr) on "
-             "127.0.0.1 and print the Neuroglancer link showing them (pip install -e '.[view]')"),
+             "serve a predict output (.ome.zarr, with its labels/vessels and optionally the source OME-Zarr or N5) "
+             "on 127.0.0.1 and print the Neuroglancer link showing them (pip install -e '.[view]')"),
     "bundle": ("nnunet_vasculature.export.bundle",
                "wheels of this package and its dependencies for an offline machine (Kaggle), plus the Kaggle "
                "inference script and notebook"),

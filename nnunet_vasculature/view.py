@@ -33,8 +33,8 @@ from urllib.parse import quote, unquote, urlsplit
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.io.n5 import is_n5, read_n5
 
-HELP = ("serve a predict output (.ome.zarr, with its labels/vessels and optionally the source OME-Zarr) on "
-        "127.0.0.1 and print the Neuroglancer link showing them (pip install -e '.[view]')")
+HELP = ("serve a predict output (.ome.zarr, with its labels/vessels and optionally the source OME-Zarr or N5) "
+        "on 127.0.0.1 and print the Neuroglancer link showing them (pip install -e '.[view]')")
 HOST = "127.0.0.1"
 TOKEN = "nnunet-vasculature"          # the client's path /v/<token>/ (the python client needs one)
 LAYOUTS = ("xy", "xz", "yz", "4panel", "3d")
