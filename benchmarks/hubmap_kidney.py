@@ -1,4 +1,4 @@
-"""HuBMAP Hacking the Kidney: RLE speed, conversion throughput / peak RSS, predict-slide peak RSS vs slide size.
+"""HuBMAP Hacking the Kidney: RLE speed, conversion throughput / peak RSS, slide prediction peak RSS vs slide size.
 
     nice -n 10 .venv/bin/python -m benchmarks hubmap_kidney [--shape 25000 34000] [--model MODEL_FOLDER] [--work DIR]
 
@@ -7,7 +7,7 @@ Each measurement prints its reference measured in the same run:
            strip encoder (1024-column strips) - same string asserted;
   convert  ``convert hubmap-kidney`` of a synthetic slide of --shape (written tile by tile) vs of a small one:
            time, megapixels/s and peak RSS of the converting process;
-  predict  ``predict-slide`` (no TTA) of the big slide vs the small one with the 2D model of --model (e.g. the
+  predict  ``predict hubmap-kidney`` (no TTA) of the big slide vs the small one with the 2D model of --model (e.g. the
            demo's), peak RSS of each process, and of a process that only loads the model.
 Peak RSS is ``ru_maxrss`` of a fresh child process per measurement. The figures of the parts run are appended to
 the run records (`python -m benchmarks --table hubmap_kidney`).
@@ -124,14 +124,14 @@ def bench_convert(work: Path, kaggle: dict[str, Path]) -> list[dict]:
 def predict_line(r: dict) -> str:
     """The printed line of one of :func:`bench_predict`'s rows."""
     if r["predicted slide"] == "model only":
-        return f"predict-slide model only (loaded, no slide): peak RSS {r['peak RSS (MB)']:.0f} MB"
-    return (f"predict-slide {r['predicted slide']:5s}: {r['width']} x {r['height']} px, {r['tiles']} tiles "
+        return f"predict hubmap-kidney model only (loaded, no slide): peak RSS {r['peak RSS (MB)']:.0f} MB"
+    return (f"predict hubmap-kidney {r['predicted slide']:5s}: {r['width']} x {r['height']} px, {r['tiles']} tiles "
             f"({r['skipped (no tissue)']} skipped, no tissue), {r['seconds']:.0f} s, "
             f"peak RSS {r['peak RSS (MB)']:.0f} MB")
 
 
 def bench_predict(work: Path, kaggle: dict[str, Path], model: Path) -> list[dict]:
-    """``predict-slide`` of each slide, and a process that only loads the model; prints and returns the rows."""
+    """``predict hubmap-kidney`` of each slide, and a process that only loads the model; prints and returns the rows."""
     options = f"PredictionOptions.of({str(model)!r}, ['0'], tta=False)"
     r = _child(f"from nnunet_vasculature.inference.options import PredictionOptions\n"
                f"from nnunet_vasculature.inference.slide import SlidePredictor\n"
@@ -177,11 +177,11 @@ def main() -> None:
             figures["convert"] = bench_convert(a.work, kaggle)
         if "predict" in a.only:
             if a.model is None:
-                figures["predict-slide"] = "skipped (no --model)"
-                print("predict-slide: skipped (pass --model, e.g. the demo's "
+                figures["predict"] = "skipped (no --model)"
+                print("predict hubmap-kidney: skipped (pass --model, e.g. the demo's "
                       "nnUNet_results/.../nnUNetTrainer_demo__nnUNetPlans_cpu__2d)")
             else:
-                figures["predict-slide"] = bench_predict(a.work, kaggle, a.model)
+                figures["predict"] = bench_predict(a.work, kaggle, a.model)
     record("hubmap_kidney", figures, a)
 
 

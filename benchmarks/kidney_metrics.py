@@ -1,15 +1,15 @@
-"""The hosts' five per-kidney metrics: ours (streamed, ``kidney_metrics.kidney_scores``) vs the hosts' whole-volume
+"""The hosts' five per-kidney metrics: ours (streamed, ``metrics.hosts.kidney_scores``) vs the hosts' whole-volume
 logic (surface-distance for NSD@0/1, scikit-image Lee skeletons for clDice, MONAI ASSD and Dice), each in a fresh
 process with its own peak RSS, both measured in this run on the same synthetic vessel pair (memory-mapped .npy).
 
-    .venv/bin/python benchmarks/kidney_metrics.py [--shape 160 256 256] [--no-reference]
+    .venv/bin/python -m benchmarks kidney_metrics [--shape 160 256 256] [--no-reference]
 
 ``--workers 1 2`` scores the same pair once per worker count (threads of one process, ``kidney_scores(...,
 workers=N)``), the first count (1: today's plain loop) printed as the reference, with wall and CPU seconds, and checks
 that every count gives the same values. ``--planes Z0 Z1`` keeps planes Z0..Z1 of the ``--shape`` kidney (same tree,
 same noise as the whole one), so a piece of a whole kidney, with its thick vessels, can be timed in minutes:
 
-    .venv/bin/python benchmarks/kidney_metrics.py --shape 2279 1303 912 --planes 1024 1280 --workers 1 2 --no-reference
+    .venv/bin/python -m benchmarks kidney_metrics --shape 2279 1303 912 --planes 1024 1280 --workers 1 2 --no-reference
 
 ``--csv DIR`` scores through the command line instead, as a user scores a Kaggle kidney: the pair is generated slab
 by slab (never whole in memory) into ``DIR/Z_H_W/solution.csv`` and ``submission.csv`` (RLE by Kaggle's own encoder

@@ -43,10 +43,9 @@ report(seconds=time.time() - t)
 ZIP = REPORT + """
 import sys, json, time
 from pathlib import Path
-sys.path.insert(0, sys.argv[1])
-from helpers.v1_download import write_task008_zip
-c, t = json.loads(sys.argv[3]), time.time()
-_, nets = write_task008_zip(Path(sys.argv[2]), base=c["base"], folds=(0,), pool=c["pool"], conv=c["conv"],
+from benchmarks.common import write_task008_zip
+c, t = json.loads(sys.argv[2]), time.time()
+_, nets = write_task008_zip(Path(sys.argv[1]), base=c["base"], folds=(0,), pool=c["pool"], conv=c["conv"],
                             patch_fullres=c["patch"], patch_lowres=c["patch"], configurations=("3d_fullres",))
 report(seconds=time.time() - t, params=sum(p.numel() for p in nets[("3d_fullres", 0)].parameters()))
 """
@@ -270,7 +269,7 @@ def main() -> None:
                REAL_SIZE_TIMES=str(out / "logs" / "train_times.json"))
     run = lambda name, *args, code=ENTRY: run_measured(code, list(args), env, out / "logs" / name)  # noqa: E731
     base = run("base", code=REPORT + "import torch, nnunetv2.training.nnUNetTrainer.nnUNetTrainer\nreport()")
-    z = run("zip", str(ROOT / "tests"), str(out / "Task008_HepaticVessel.zip"), json.dumps(cfg), code=ZIP)
+    z = run("zip", str(out / "Task008_HepaticVessel.zip"), json.dumps(cfg), code=ZIP)
     rows = [["1. v1 Task008-size zip (real Generic_UNet, 2 SGD steps)",
              f"{z['params'] / 1e6:.2f} M params; {z['seconds']:.0f} s; {mem(z)}",
              f"patch {cfg['patch']}, base {cfg['base']}, max 320; pool {cfg['pool']} / conv {cfg['conv']} "

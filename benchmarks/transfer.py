@@ -94,6 +94,7 @@ def write_v2_standin(out: Path) -> Path:
 
     from nnunet_vasculature.demo.source_task import SPACING_MM
     from nnunet_vasculature.demo.standin import shipped_standin
+    from nnunet_vasculature.demo.tiny_model import plans_3d_fullres
     from nnunet_vasculature.pretrained.convert import convert_v1_model
     from nnunet_vasculature.pretrained.v1_checkpoint import read_v1_model
     folder = out / V2_MODEL
@@ -102,29 +103,14 @@ def write_v2_standin(out: Path) -> Path:
     model = read_v1_model(shipped_standin()[0], "3d_fullres", (0,))
     net, arch = convert_v1_model(model)
     props = model.plans["dataset_properties"]["intensityproperties"][0]
-    config = {"data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
-              "batch_size": int(model.stage_plans.get("batch_size", 2)),
-              "patch_size": [int(p) for p in model.stage_plans["patch_size"]],
-              "median_image_size_in_voxels": [int(v) for v in model.stage_plans["median_patient_size_in_voxels"]],
-              "spacing": list(SPACING_MM), "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
-              "resampling_fn_data": "resample_data_or_seg_to_shape",
-              "resampling_fn_seg": "resample_data_or_seg_to_shape",
-              "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
-              "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
-              "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-              "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
-                                                     "force_separate_z": None},
-              "architecture": arch, "batch_dice": False}
-    plans = {"dataset_name": "Dataset008_HepaticVessel", "plans_name": "nnUNetPlans",
-             "original_median_spacing_after_transp": list(SPACING_MM),
-             "original_median_shape_after_transp": config["median_image_size_in_voxels"],
-             "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-             "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
-             "foreground_intensity_properties_per_channel": {"0": {
-                 "max": float(props["mx"]), "mean": float(props["mean"]), "median": float(props["median"]),
-                 "min": float(props["mn"]), "percentile_00_5": float(props["percentile_00_5"]),
-                 "percentile_99_5": float(props["percentile_99_5"]), "std": float(props["sd"])}},
-             "configurations": {"3d_fullres": config}}
+    intensity = {key: float(props[v1_key]) for key, v1_key in (
+        ("max", "mx"), ("mean", "mean"), ("median", "median"), ("min", "mn"), ("percentile_00_5", "percentile_00_5"),
+        ("percentile_99_5", "percentile_99_5"), ("std", "sd"))}
+    plans = plans_3d_fullres(   # the tiny-model factory's plans, with the stand-in's architecture and CT properties
+        "Dataset008_HepaticVessel", SPACING_MM, [int(p) for p in model.stage_plans["patch_size"]],
+        [int(v) for v in model.stage_plans["median_patient_size_in_voxels"]], arch, intensity,
+        normalization="CTNormalization", image_reader_writer="SimpleITKIO",
+        batch_size=int(model.stage_plans.get("batch_size", 2)))
     dataset = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver_vessels": 1, "liver_tumor": 2},
                "numTraining": 32, "file_ending": ".nii.gz",
                "description": "nnunet-vasculature's Task008 stand-in network, saved as an nnU-Net v2 model"}

@@ -76,7 +76,7 @@ def test_table_of_a_name_without_records_is_one_line(tmp_path):
 
 
 # micro-benchmarks that print their figures without a run record yet (a check, or figures kept in RESULTS.md by hand)
-NOT_RECORDING = {"neuroglancer_check", "skeleton_halo"}
+NOT_RECORDING = {"neuroglancer_check", "skeleton_halo", "napari_shot"}
 
 
 def _record_names(path: Path) -> list:
@@ -96,21 +96,55 @@ def test_every_micro_benchmark_records_its_run_under_its_own_name():
     assert not wrong, f"no record(NAME, ...) call, or another name: {wrong}"
 
 
+def _code_strings(tree: ast.AST) -> list[ast.AST]:
+    """The string literals of a module that parse as Python (child scripts run with ``python -c``); in an f-string
+    each placeholder stands as a name."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            text = node.value
+        elif isinstance(node, ast.JoinedStr):
+            text = "".join(part.value if isinstance(part, ast.Constant) else "_" for part in node.values)
+        else:
+            continue
+        if "\n" in text.strip():
+            try:
+                found.append(ast.parse(text))
+            except SyntaxError:
+                pass
+    return found
+
+
+ADDS_TO_SYS_PATH = {"insert", "append", "extend"}
+
+
 def _violations(path: Path) -> list[str]:
-    """Imports from tests/ (or of its helper modules) and edits of sys.path in one module."""
+    """Imports from tests/ (or of its helper modules), paths into tests/ and edits of sys.path in one module; in
+    its child scripts (code in string literals) imports from tests/ and additions to sys.path."""
     tests = REPO / "tests"
     helpers = {p.stem for p in tests.glob("*.py")} | {p.name for p in tests.iterdir() if p.is_dir()}
+    module = ast.parse(path.read_text())
     bad = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        names = []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and not node.level:
-            names = [node.module or ""]
-        bad += [f"imports {n}" for n in names if n.split(".")[0] in helpers | {"tests"}]
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "sys" \
-                and node.attr == "path":
-            bad.append("uses sys.path")
+    for tree, where in [(module, "")] + [(code, " in a child script") for code in _code_strings(module)]:
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            bad += [f"imports {n}{where}" for n in names if n.split(".")[0] in helpers | {"tests"}]
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and node.value.strip("/").split("/")[0] == "tests":
+                bad.append(f"names the tests/ folder{where}")
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "sys" \
+                    and node.attr == "path":
+                if not where:
+                    bad.append("uses sys.path")
+            elif where and isinstance(node, ast.Attribute) and node.attr in ADDS_TO_SYS_PATH \
+                    and ast.unparse(node.value) == "sys.path":
+                bad.append(f"adds to sys.path{where}")
+            elif where and isinstance(node, ast.AugAssign) and ast.unparse(node.target) == "sys.path":
+                bad.append(f"adds to sys.path{where}")
     return bad
 
 
@@ -124,7 +158,23 @@ def test_the_check_sees_a_test_helper_import_and_a_sys_path_edit(tmp_path):
     """The four scripts of issue 32 did both (`sys.path.insert(0, .../tests)`, then an import of a test helper)."""
     script = tmp_path / "old.py"
     script.write_text("import sys\nsys.path.insert(0, 'tests')\nfrom helpers.model import make_model_folder\n")
-    assert sorted(_violations(script)) == ["imports helpers.model", "uses sys.path"]
+    assert sorted(_violations(script)) == ["imports helpers.model", "names the tests/ folder", "uses sys.path"]
     script.write_text("from benchmarks.common import table\nfrom nnunet_vasculature.demo.tiny_model import "
                       "make_model_folder\n")
+    assert _violations(script) == []
+
+
+def test_the_check_sees_a_test_helper_reached_from_a_child_script(tmp_path):
+    """real_size.py's child script (a string run with `python -c`) put tests/ on sys.path and imported a test helper
+    (issue 32 audit): invisible to a check of the module's own imports. Dropping entries (tune_speed's child, so
+    that the package comes from PYTHONPATH) adds nothing and passes."""
+    script = tmp_path / "child.py"
+    script.write_text('from pathlib import Path\nROOT = Path(__file__).parent\nZIP = """\nimport sys\n'
+                      'sys.path.insert(0, sys.argv[1])\nfrom helpers.v1_download import write_task008_zip\n"""\n'
+                      'ARGS = [str(ROOT / "tests")]\nTRAINER = f"""\nimport sys\nsys.path += [{str(ROOT)!r}]\n'
+                      'class {ROOT.name}:\n    pass\n"""\n')
+    assert sorted(_violations(script)) == ["adds to sys.path in a child script", "adds to sys.path in a child script",
+                                           "imports helpers.v1_download in a child script", "names the tests/ folder"]
+    script.write_text('CHILD = """\nimport os, sys\nsys.path = [p for p in sys.path if p != os.getcwd()]\n'
+                      'from benchmarks.common import write_task008_zip\n"""\n')
     assert _violations(script) == []

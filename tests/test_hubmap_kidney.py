@@ -274,7 +274,7 @@ def test_dice_metric_hand_cases(tmp_path, capsys):
 
 @pytest.mark.parametrize("ds,shape,classes", [(4, (37, 53), 2), (3, (31, 20), 3), (2, (16, 9), 2), (1, (7, 12), 2)])
 def test_slide_upsampling_is_nnunets_order1_resampling_of_logits(ds, shape, classes):
-    """predict-slide's strip upsampler = skimage order-1 ``resize`` (mode edge, no anti-aliasing: what nnU-Net's
+    """predict hubmap-kidney's strip upsampler = skimage order-1 ``resize`` (mode edge, no anti-aliasing: what nnU-Net's
     ``resampling_fn_probabilities`` calls) of the downscaled logits to ds x the size, cropped, then softmax;
     whatever the column chunks the logits arrive in; strips arrive left to right and tile the width."""
     from skimage.transform import resize

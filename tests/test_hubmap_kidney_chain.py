@@ -1,5 +1,5 @@
 """HuBMAP Hacking the Kidney chain: the reduced demo (stock plan/preprocess/train on what convert writes),
-predict-slide against nnU-Net's own predictor, tune against a brute-force threshold sweep, pseudo-labels."""
+predict hubmap-kidney against nnU-Net's own predictor, tune against a brute-force threshold sweep, pseudo-labels."""
 import csv
 import json
 

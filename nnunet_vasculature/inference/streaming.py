@@ -100,7 +100,8 @@ class StreamingPredictor:
     @classmethod
     def from_options(cls, options: PredictionOptions, device: torch.device | str = torch.device("cpu"),
                      overlap: bool = True, queue_depth: int = 1) -> StreamingPredictor:
-        """A predictor for ``options`` (the constructor's arguments, by name).
+        """A predictor for ``options``: the constructor under another name (the constructor takes the same
+        arguments; this name goes once its callers call the constructor).
 
         Args:
             options: the prediction options.
