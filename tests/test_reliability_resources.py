@@ -1,6 +1,7 @@
-"""Issue 35, items 10 and 14-16: a prediction that needs more memory than the machine has is refused before any
-work; an instance table with very many instances per tile is scored in bounded memory; `bundle` never writes
-over its own inputs; an output that is an existing folder is named in one line and nothing is left behind.
+"""Issue 35, items 9, 10 and 14-16: a prediction that needs more memory than the machine (or, with `--workers N`,
+N slabs at once) has is refused before any work; an instance table with very many instances per tile is scored in
+bounded memory; `bundle` never writes over its own inputs; an output that is an existing folder is named in one
+line and nothing is left behind.
 
 Input stores are written by zarr directly, never by this package's writers."""
 import json
@@ -40,6 +41,26 @@ def _left_behind(folder):
     return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name)
 
 
+def _unloadable_model(tmp_path):
+    """A model folder whose checkpoint is not one: a run that loaded it would fail otherwise."""
+    folder = make_model_folder(tmp_path / "model")
+    (folder / "fold_0" / "checkpoint_final.pth").write_bytes(b"not a checkpoint")
+    return folder
+
+
+def _declared_omezarr(tmp_path, name, shape):
+    """An OME-Zarr image of one level declaring ``shape`` at 50 µm, written by zarr with no chunk (zarr arrays are
+    lazy: only the metadata exists)."""
+    image = tmp_path / f"{name}.ome.zarr"
+    group = zarr.open_group(str(image), mode="w", zarr_format=3)
+    group.create_array("0", shape=shape, chunks=tuple(min(n, 1000) for n in shape), dtype="uint16",
+                       dimension_names=["z", "y", "x"])
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{"name": name, "datasets": [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [50.0, 50.0, 50.0]}]}],
+        "axes": [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]}]}
+    return image
+
+
 # --------------------------------------------------------------------------------------------- item 10
 def test_declared_huge_omezarr_is_refused_before_the_model_loads(tmp_path, capsys):
     """An OME-Zarr declaring 20000^3 voxels (no chunk written: zarr arrays are lazy) is refused in one line naming
@@ -48,15 +69,8 @@ def test_declared_huge_omezarr_is_refused_before_the_model_loads(tmp_path, capsy
     free = _mem_available()
     if free is None or free > 2 ** 40:
         pytest.skip("MemAvailable unknown or above 1 TiB here")
-    folder = make_model_folder(tmp_path / "model")
-    (folder / "fold_0" / "checkpoint_final.pth").write_bytes(b"not a checkpoint")
-    image = tmp_path / "huge.ome.zarr"
-    group = zarr.open_group(str(image), mode="w", zarr_format=3)
-    group.create_array("0", shape=(20000, 20000, 20000), chunks=(1000, 1000, 1000), dtype="uint16",
-                       dimension_names=["z", "y", "x"])
-    group.attrs["ome"] = {"version": "0.5", "multiscales": [{"name": "huge", "datasets": [
-        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [50.0, 50.0, 50.0]}]}],
-        "axes": [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]}]}
+    folder = _unloadable_model(tmp_path)
+    image = _declared_omezarr(tmp_path, "huge", (20000, 20000, 20000))
     out = tmp_path / "out.ome.zarr"
     err = _one_line(capsys, main(["predict", "-i", str(image), "-o", str(out), "-m", str(folder), "-device", "cpu",
                                   "--disable_tta"]))
@@ -89,7 +103,8 @@ def _sennet_store(tmp_path):
     a = zarr.open_group(str(store), mode="w").create_array("kidney_5", shape=(4, 6, 7), chunks=(1, 6, 7),
                                                            dtype="uint8")
     a[:] = 200
-    a.attrs.update({"kidney": "kidney_5", "slice_ids": [f"kidney_5_{z:04d}" for z in range(4)], "complete": True})
+    a.attrs.update({"kidney": "kidney_5", "slice_ids": [f"kidney_5_{z:04d}" for z in range(4)], "complete": True,
+                    "source": {"tool": "predict"}})
     pp = tmp_path / "pp.json"
     pp.write_text('{"competition": "sennet", "threshold_u8": 128, "min_component_voxels": 0}')
     return store, pp
@@ -208,3 +223,79 @@ def test_a_truncated_npz_of_apply_hubmap_vasculature_is_named(tmp_path, capsys):
     err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error")]
     assert len(err) == 1 and str(probs / "tile0.npz") in err[0], err
     assert not (tmp_path / "inst").exists()
+
+
+# --------------------------------------------------------------------------------------------- items 9 and 10
+def _no_cluster(monkeypatch, cores=8):
+    """``--workers`` up to ``cores`` pass the core check; a cluster that would be started or reached fails the
+    run with a line the tests do not expect."""
+    from nnunet_vasculature.inference import distributed
+
+    def connect(*args):
+        raise distributed.UserError("a dask cluster was started")
+    monkeypatch.setattr(distributed, "usable_cores", lambda: cores)
+    monkeypatch.setattr(distributed, "_connect", connect)
+    return distributed
+
+
+def test_declared_huge_omezarr_with_workers_is_refused_before_any_output_or_worker(tmp_path, capsys, monkeypatch):
+    """`predict --workers 2` on an OME-Zarr declaring 20000^3 voxels is refused in one line naming the input and
+    the memory one worker's slab needs, before the output image exists and before any dask cluster is started
+    (before: the memory was never checked on this path; 2 workers started and the output was created)."""
+    from nnunet_vasculature.inference import budget
+    _no_cluster(monkeypatch)
+    monkeypatch.setattr(budget, "available_memory", lambda: 16 * 2 ** 30)
+    image = _declared_omezarr(tmp_path, "huge", (20000, 20000, 20000))
+    out = tmp_path / "out.ome.zarr"
+    err = _one_line(capsys, main(["predict", "-i", str(image), "-o", str(out), "-m", str(_unloadable_model(tmp_path)),
+                                  "-device", "cpu", "--disable_tta", "--workers", "2"]))
+    assert err.startswith("error: huge: predicting (20000, 20000, 20000) needs about ") and \
+        "of memory per worker, this machine has 16.00 GiB available" in err, err
+    assert float(err.split("needs about ")[1].split(" GiB")[0]) > 16, err
+    assert not out.exists()
+
+
+def test_more_workers_than_memory_holds_are_refused_naming_a_count_that_fits(tmp_path, capsys, monkeypatch):
+    """`--workers 4` where the available memory holds 2.5 workers' slabs (each the `--dry_run` host figure) is
+    refused in one line saying `--workers 2`, before any output or cluster exists (before: only the cores capped
+    N); `--workers 2` passes the memory check (it reaches the cluster start, stubbed here)."""
+    from nnunet_vasculature.inference import budget
+    from nnunet_vasculature.inference.options import PredictionOptions
+    _no_cluster(monkeypatch)
+    folder = _unloadable_model(tmp_path)
+    image = _declared_omezarr(tmp_path, "small", (64, 512, 512))
+    out = tmp_path / "out.ome.zarr"
+    [figures] = budget.dry_run(str(image), PredictionOptions(folder, (0,), tta=False), device="cpu", out=out)
+    need = figures["host_bytes"]
+    monkeypatch.setattr(budget, "available_memory", lambda: 2 * need + need // 2)
+    args = ["predict", "-i", str(image), "-o", str(out), "-m", str(folder), "-device", "cpu", "--disable_tta"]
+    err = _one_line(capsys, main(args + ["--workers", "4"]))
+    assert err.startswith("error: small: --workers 4 need about 4 x ") and err.endswith("use --workers 2 (see "
+                                                                                           "--dry_run)"), err
+    assert not out.exists()
+    assert _one_line(capsys, main(args + ["--workers", "2"])) == "error: a dask cluster was started"
+
+
+def test_a_remote_cluster_is_checked_against_its_workers_memory_limit(tmp_path, capsys, monkeypatch):
+    """`--scheduler`: one slab of a 20000^3 OME-Zarr is compared with the largest `memory_limit` the scheduler
+    reports for its workers (not this machine's memory), in one line before the output exists (before: the
+    output was created and the slabs submitted)."""
+    from nnunet_vasculature.inference import budget
+    distributed = _no_cluster(monkeypatch)
+    monkeypatch.setattr(budget, "available_memory", lambda: 2 ** 50)     # this machine's memory is not asked
+
+    class Client:
+        closed = False
+
+        def scheduler_info(self, n_workers=5):
+            return {"workers": {"tcp://a:1": {"memory_limit": 2 ** 30}, "tcp://b:1": {"memory_limit": 4 * 2 ** 30}}}
+
+        def close(self):
+            Client.closed = True
+    monkeypatch.setattr(distributed, "_connect", lambda *args: (Client(), None))
+    image = _declared_omezarr(tmp_path, "huge", (20000, 20000, 20000))
+    out = tmp_path / "out.ome.zarr"
+    err = _one_line(capsys, main(["predict", "-i", str(image), "-o", str(out), "-m", str(_unloadable_model(tmp_path)),
+                                  "-device", "cpu", "--disable_tta", "--scheduler", "tcp://a:8786"]))
+    assert "of memory per worker, each of the cluster's workers has at most 4.00 GiB available" in err, err
+    assert not out.exists() and Client.closed

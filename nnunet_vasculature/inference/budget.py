@@ -94,7 +94,7 @@ def network_footprint(plans: ModelPlans, classes: int, dtype_bytes: int) -> tupl
 
 
 def estimate(src: VolumeSource, plans: ModelPlans, options: PredictionOptions, classes: int, device: str,
-             ngff: bool) -> dict:
+             ngff: bool, slab_planes: int | None = None) -> dict:
     """The dry-run figures of one volume (see the module's description).
 
     Args:
@@ -104,6 +104,9 @@ def estimate(src: VolumeSource, plans: ModelPlans, options: PredictionOptions, c
         classes: the network's output channels.
         device: ``cuda``/``cpu``/``mps`` (float16 activations on CUDA).
         ngff: whether the output is an NGFF image (its writer buffers a chunk row).
+        slab_planes: the original planes of one task of ``predict --workers`` (None: the whole volume). The
+            memory of the stream does not depend on its depth (a patch-deep window of whole planes), so a slab
+            needs what the whole volume needs, except that a store's writer buffers at most the slab's planes.
 
     Returns:
         Plain values: shapes, ``tiles``, ``passes_per_tile``, ``network_passes``, byte counts.
@@ -138,7 +141,8 @@ def estimate(src: VolumeSource, plans: ModelPlans, options: PredictionOptions, c
     step_planes = max(1, int(round(pz * options.step_size)))
     chunk_depth = src.chunk_depth
     reader = 2 * chunk_depth * src.shape[1] * src.shape[2] * 4 if chunk_depth else 0
-    writer = (min(NGFF_CHUNK_DEPTH, src.shape[0]) if ngff else 8) * src.shape[1] * src.shape[2]
+    writer_planes = min(NGFF_CHUNK_DEPTH, src.shape[0]) if ngff else min(8, slab_planes or 8)
+    writer = writer_planes * src.shape[1] * src.shape[2]
     host = QUEUED * plane * 4 + QUEUED * step_planes * classes * height * width * 4 + reader + writer
     host += device_bytes if not cuda else folds * params * 4
     return {"name": src.name, "input_shape": list(src.shape), "input_spacing": list(src.spacing),
@@ -191,36 +195,70 @@ def _device_memory(device: str) -> int | None:
         return None
 
 
-def check_memory(sources: list[VolumeSource], options: PredictionOptions, device: str, ngff: bool) -> None:
+def check_memory(sources: list[VolumeSource], options: PredictionOptions, device: str, ngff: bool,
+                 workers: int = 1, slab_planes: int | None = None, worker_memory: int | None = None) -> None:
     """Refuse a prediction whose memory (:func:`estimate`) exceeds what this machine has, before any work.
 
     Host bytes are compared with ``MemAvailable`` (skipped where unknown), device bytes on CUDA with the
     device's free memory. The tissue mask is not measured here (it reads the input; memory does not depend on it).
+    ``predict --workers N`` (a local cluster): every worker process predicts one slab at a time with its own
+    predictor, so N times one slab's figures must fit (on CUDA: the workers sharing a device, ``cuda`` spread
+    over the visible devices); where fewer workers would fit, the line says how many. A remote cluster
+    (``worker_memory``): one slab is compared with the largest memory limit of its workers instead, and this
+    machine's memory and device are not looked at.
 
     Args:
         sources: the input volumes (metadata only is used).
         options: the prediction options.
         device: ``cuda``/``cpu``/``mps``.
         ngff: whether the output is an NGFF image.
+        workers: the processes predicting at once on this machine (``--workers``; 1: single-process ``predict``).
+        slab_planes: the original planes of one task of a distributed run (None: the whole volume).
+        worker_memory: a remote cluster's largest worker memory limit (bytes), instead of this machine's.
 
     Raises:
-        UserError: naming the input, the figure and the machine's.
+        UserError: naming the input, the figure and the machine's (and ``--workers K`` that would fit).
     """
-    host_free, device_free = available_memory(), _device_memory(device)
+    remote = worker_memory is not None
+    host_free = worker_memory if remote else available_memory()
+    device_free = None if remote else _device_memory(device)
     if host_free is None and device_free is None:
         return
     plans, classes = _model_figures(options)
     plain = replace(options, tissue_mask=False)
+    local = 1 if remote else workers
+    devices = 1 if device_free is None else _visible_devices(device)
+    per = " per worker" if workers > 1 or remote else ""
+    where = "each of the cluster's workers has at most" if remote else "this machine has"
     for src in sources:
-        figures = estimate(src, plans, plain, classes, device, ngff)
-        if host_free is not None and figures["host_bytes"] > host_free:
-            raise UserError(f"{src.name}: predicting {tuple(src.shape)} needs about {_gib(figures['host_bytes'])} "
-                            f"of memory, this machine has {_gib(host_free)} available (see --dry_run; choose a "
-                            f"coarser --level or a smaller input)")
-        if device_free is not None and figures["device_bytes"] > device_free:
-            raise UserError(f"{src.name}: predicting {tuple(src.shape)} needs about "
-                            f"{_gib(figures['device_bytes'])} on {device}, it has {_gib(device_free)} free "
-                            f"(see --dry_run; choose a coarser --level or a smaller input)")
+        figures = estimate(src, plans, plain, classes, device, ngff, slab_planes)
+        host, dev = figures["host_bytes"], figures["device_bytes"]
+        if host_free is not None and host > host_free:
+            raise UserError(f"{src.name}: predicting {tuple(src.shape)} needs about {_gib(host)} of memory{per}, "
+                            f"{where} {_gib(host_free)} available (see --dry_run; choose a coarser --level or a "
+                            f"smaller input)")
+        if device_free is not None and dev > device_free:
+            raise UserError(f"{src.name}: predicting {tuple(src.shape)} needs about {_gib(dev)}{per} on {device}, "
+                            f"it has {_gib(device_free)} free (see --dry_run; choose a coarser --level or a smaller "
+                            f"input)")
+        host_fit = local if host_free is None else host_free // max(host, 1)
+        device_fit = local if device_free is None else device_free // max(dev, 1) * devices
+        if min(host_fit, device_fit) < local:
+            if host_fit <= device_fit:
+                need, have = f"{_gib(host)} of memory", f"this machine has {_gib(host_free)} available"
+            else:
+                need = f"{_gib(dev)} on {device}"
+                have = f"{device} has {_gib(device_free)} free" + (f" ({devices} GPUs)" if devices > 1 else "")
+            raise UserError(f"{src.name}: --workers {workers} need about {workers} x {need} (one slab each), {have}; "
+                            f"use --workers {int(min(host_fit, device_fit))} (see --dry_run)")
+
+
+def _visible_devices(device: str) -> int:
+    """The devices local workers spread over: the visible GPUs for ``cuda``, else the one named."""
+    if device != "cuda":
+        return 1
+    import torch
+    return max(1, torch.cuda.device_count())
 
 
 def dry_run(spec: InputSpec | str | Path, options: PredictionOptions, spacing: float | None = None,

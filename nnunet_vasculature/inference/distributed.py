@@ -14,7 +14,9 @@ with the same parameters on the same input keeps the finished kidneys (also thos
 and computes only the slabs not marked done; a rerun with others or on another input is refused (unless
 ``overwrite``). Each task (a :class:`SlabTask`) writes through the store's one writer
 (``KidneyWriter.slab``). The model folder and the device are checked before any slab is submitted (on a
-remote cluster: on every worker); ``--workers`` beyond this machine's cores is refused. Once every slab is
+remote cluster: on every worker); ``--workers`` beyond this machine's cores, or whose slabs together need more
+memory than it has (:func:`~nnunet_vasculature.inference.budget.check_memory`, before any output or worker
+exists; a remote cluster: one slab against its workers' memory limit), is refused. Once every slab is
 done ``complete`` is set and the store reads like one written by single-process ``predict``. dask's
 ``retries`` re-run the slab of a failed task or lost worker. ``planes_done`` is kept at the planes done from
 plane 0 on, so an interrupted run can also be finished by single-process ``predict``.
@@ -47,6 +49,7 @@ from typing import Any, Callable
 import numpy as np
 
 from nnunet_vasculature.errors import VERBOSE_ENV, UserError
+from nnunet_vasculature.inference.budget import check_memory
 from nnunet_vasculature.inference.inputs import (
     NGFF_CHUNK_DEPTH,
     is_ngff_output,
@@ -160,7 +163,6 @@ def predict_distributed(inputs: InputSpec | Path | str, out: Path | None, option
     Returns:
         The slabs computed, per kidney.
     """
-    import zarr
     if sum(x is not None for x in (workers, scheduler_address, scheduler_file)) != 1:
         raise UserError("give one of --workers N, --scheduler ADDRESS, --scheduler_file FILE")
     if workers is not None and workers < 1:
@@ -187,6 +189,30 @@ def predict_distributed(inputs: InputSpec | Path | str, out: Path | None, option
         existing = None if existing_group is None else (ngff.existing_run(existing_group) if image else
                                                         store.existing_run(existing_group, src.name))
         states[src.name] = check_resumable(existing, runs[src.name], str(out), src.name, overwrite)
+    pending = [src for src in sources if states[src.name] != COMPLETE]
+    connection = None               # a remote cluster's client: connected before anything exists, to ask its memory
+    if workers is None and pending:
+        connection = _connect(None, scheduler_address, scheduler_file, device)
+    try:
+        if connection is not None:
+            limit = _worker_memory(connection[0])
+            if limit is not None:
+                check_memory(pending, options, device, image, slab_planes=slab_planes, worker_memory=limit)
+        elif workers is not None:   # N processes of this machine, one slab each: before any is started
+            check_memory(pending, options, device, image, workers, slab_planes)
+        return _predict_slabs(out, sources, runs, states, spec, options, overwrite, image, device, workers,
+                              (scheduler_address, scheduler_file), torch_threads, on_slab, retries, connection)
+    finally:
+        if connection is not None:
+            connection[0].close()
+
+
+def _predict_slabs(out: Path, sources: list[VolumeSource], runs: dict[str, RunRecord], states: dict[str, str],
+                   spec: InputSpec, options: PredictionOptions, overwrite: bool, image: bool, device: str,
+                   workers: int | None, scheduler: tuple, torch_threads: int | None, on_slab: SlabHook | None,
+                   retries: int, connection: tuple | None) -> dict[str, list[int]]:
+    """Create (or take up) the outputs, run the slabs on the cluster (``connection``'s, or one started here), finish."""
+    import zarr
     group = None if image else zarr.open_group(str(out), mode="a")
     targets = {src.name: (_prepare_ngff(out, src, runs[src.name], states[src.name], spec, options, overwrite)
                           if image else _prepare(out, group, src, runs[src.name], states[src.name]))
@@ -202,20 +228,34 @@ def predict_distributed(inputs: InputSpec | Path | str, out: Path | None, option
     chosen = sources[0].level                   # every worker reads the level chosen here
     pinned = spec.absolute() if chosen is None else dataclasses.replace(spec.absolute(), level=chosen)
     setup = WorkerSetup(pinned, options, device, torch_threads, on_slab)
-    client, cluster = _connect(workers, scheduler_address, scheduler_file, device)
+    client, cluster = connection or _connect(workers, *scheduler, device)
     done: dict[str, list[int]] = {name: [] for name in jobs}
     try:
         _check_workers(client, setup)
         errors = _run(client, jobs, targets, setup, retries, done)
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        if connection is None:                      # a remote client is closed by the caller
+            client.close()
+            if cluster is not None:
+                cluster.close()
         for name in jobs:
             _finalize(targets[name])
     if errors:
         raise UserError(f"{len(errors)} slab(s) failed ({errors[0]}); run the same command again to resume")
     return {name: sorted(s) for name, s in done.items()}
+
+
+def _worker_memory(client: Any) -> int | None:
+    """The largest memory limit of the cluster's workers (dask's ``memory_limit``), or None where some worker has
+    none or the cluster has no worker yet (then the memory is not checked)."""
+    try:
+        info = client.scheduler_info(n_workers=-1)
+    except TypeError:               # a dask without n_workers lists every worker
+        info = client.scheduler_info()
+    limits = [worker.get("memory_limit") for worker in info.get("workers", {}).values()]
+    if not limits or not all(isinstance(limit, int) and limit > 0 for limit in limits):
+        return None
+    return max(limits)
 
 
 def _prepare(out: Path, group: Any, src: VolumeSource, run: RunRecord, state: str) -> _Target:
