@@ -71,7 +71,7 @@ def write_pair(shape: tuple[int, int, int], folder: Path, slab: int = 32) -> tup
             noisy = (sd + rng.normal(0, 0.6, block).astype(np.float32)) / 0.8
             p[z0:z0 + block[0]] = np.rint(255 / (1 + np.exp(np.clip(noisy, -30, 30)))).astype(np.uint8)
             print(f"\rwriting the pair: {z0 + block[0]} of {shape[0]} planes", end="", flush=True)
-        p.attrs.update({"kidney": "kidney", "complete": True,
+        p.attrs.update({"kidney": "kidney", "complete": True, "source": {"tool": "benchmark"},
                         "slice_ids": [f"kidney_{z:04d}" for z in range(shape[0])]})
         print()
     return probs / "kidney", labels

@@ -102,7 +102,8 @@ def test_faults_in_real_files_are_one_line_naming_the_file(tmp_path, capsys):
     a = zarr.open_group(str(store), mode="w").create_array("kidney_5", shape=(4, 6, 7), chunks=(1, 6, 7),
                                                            dtype="uint8")
     a[:] = 200
-    a.attrs.update({"kidney": "kidney_5", "slice_ids": [f"kidney_5_{z:04d}" for z in range(4)], "complete": True})
+    a.attrs.update({"kidney": "kidney_5", "slice_ids": [f"kidney_5_{z:04d}" for z in range(4)], "complete": True,
+                    "source": {"tool": "predict"}})
     (store / "kidney_5" / "c" / "1" / "0" / "0").write_bytes(b"garbage")       # zarr v3 chunk of plane 1
     pp = tmp_path / "pp.json"
     pp.write_text('{"competition": "sennet", "threshold_u8": 128, "min_component_voxels": 0}')

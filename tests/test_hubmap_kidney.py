@@ -313,9 +313,11 @@ def test_tissue_mask_ignores_noisy_glass():
 
 
 def _slide_store(path, prob):
+    """predict hubmap-kidney's output: the array with the run record it writes (``source``)."""
     import zarr
     arr = zarr.create_array(str(path), shape=prob.shape, chunks=(prob.shape[0], 7), dtype="uint8")
     arr[:] = prob
+    arr.attrs["source"] = {"tool": "predict hubmap-kidney", "model": {"folder": "m", "folds": ["0"]}}
     return path
 
 

@@ -31,7 +31,8 @@ def _probs(tmp_path):
     g = zarr.open_group(str(tmp_path / "p.zarr"), mode="w")
     a = g.create_array("kidney_2", shape=(4, 6, 7), dtype="uint8")
     a[:] = 200
-    a.attrs.update({"kidney": "kidney_2", "slice_ids": [f"kidney_2_{z:04d}" for z in range(4)], "complete": True})
+    a.attrs.update({"kidney": "kidney_2", "slice_ids": [f"kidney_2_{z:04d}" for z in range(4)], "complete": True,
+                    "source": {"tool": "predict"}})
     return tmp_path / "p.zarr"
 
 
@@ -87,7 +88,8 @@ def test_apply_takes_a_store_like_tune_and_submit(tmp_path, capsys):
     g = zarr.open_group(str(store), mode="a")
     b = g.create_array("kidney_3", shape=(2, 6, 7), dtype="uint8")
     b[:] = 10
-    b.attrs.update({"kidney": "kidney_3", "slice_ids": ["kidney_3_0000", "kidney_3_0001"], "complete": True})
+    b.attrs.update({"kidney": "kidney_3", "slice_ids": ["kidney_3_0000", "kidney_3_0001"], "complete": True,
+                    "source": {"tool": "predict"}})
     pp = tmp_path / "pp.json"
     pp.write_text('{"threshold_u8": 128, "min_component_voxels": 0}')
     rc, err, _ = _main(capsys, ["apply", "-i", str(store), "-pp", str(pp), "-o", str(tmp_path / "masks")])

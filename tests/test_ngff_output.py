@@ -172,7 +172,8 @@ def test_submit_refuses_an_ome_zarr_image_predict_did_not_write(tmp_path, capsys
         {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]}],
         "axes": [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]}]
     message = (f"error: {image}: an OME-Zarr image without predict's record of probabilities (a scan or a label "
-               f"image?): its values are not probabilities; give predict's output")
+               f"image?): its values are not probabilities; give predict's output, or pass --foreign_probabilities "
+               f"if they are (uint8 0..255 read as 0..1)")
     for given in (image, image / "0"):
         rc, err = _submit(capsys, given, tmp_path)
         assert rc == 2 and err == [message], err

@@ -78,7 +78,7 @@ def test_tune_hubmap_kidney_on_a_chunk_of_random_bytes_is_one_line(tmp_path, cap
     store = tmp_path / "s1.zarr"
     arr = zarr.create_array(str(store), shape=prob.shape, chunks=(30, 20), dtype="uint8", fill_value=0)
     arr[:] = prob
-    arr.attrs["every_chunk_stored"] = True
+    arr.attrs.update({"every_chunk_stored": True, "source": {"tool": "predict hubmap-kidney", "model": {}}})
     (store / "c" / "0" / "1").write_bytes(np.random.default_rng(1).bytes(300))
     train = tmp_path / "train.csv"
     train.write_text("id,encoding\ns1,1 40\n")
@@ -223,7 +223,8 @@ def test_a_complete_store_whose_folder_lacks_the_zarr_suffix_is_read_per_kidney(
     for k in ("kidney_5", "kidney_6"):
         a = g.create_array(k, shape=(4, 6, 7), chunks=(1, 6, 7), dtype="uint8")
         a[:] = 200
-        a.attrs.update({"kidney": k, "slice_ids": [f"{k}_{z:04d}" for z in range(4)], "complete": True})
+        a.attrs.update({"kidney": k, "slice_ids": [f"{k}_{z:04d}" for z in range(4)], "complete": True,
+                        "source": {"tool": "predict"}})
     pp = tmp_path / "pp.json"
     pp.write_text('{"competition": "sennet", "threshold_u8": 128, "min_component_voxels": 0}')
     rc, err = _errors(capsys, ["submit", "-i", str(store), "-pp", str(pp), "-o", str(tmp_path / "s.csv")])

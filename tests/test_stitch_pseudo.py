@@ -54,7 +54,7 @@ def test_pseudo_labels_make_a_dataset_with_ignore(tmp_path, kaggle_small, nnunet
     g = zarr.open_group(str(tmp_path / "p.zarr"), mode="w")
     a = g.create_array("kidney_2", shape=prob.shape, dtype="uint8")
     a[:] = prob
-    a.attrs.update({"kidney": "kidney_2", "complete": True})
+    a.attrs.update({"kidney": "kidney_2", "complete": True, "source": {"tool": "stitch"}})
     out = tmp_path / "k2_pseudo"
     assert main(["pseudo-label", "-i", str(tmp_path / "p.zarr" / "kidney_2"), "--labels", str(lab_dir),
                  "--threshold", "0.8", "--uncertain", "0.4", "-o", str(out)]) == 0

@@ -80,10 +80,23 @@ def polygon_labels(polys: list[tuple[np.ndarray, int]], y0: int, x0: int, shape:
     return lab
 
 
-def store_region_fn(store: Path, height: int, width: int, level: int = 128) -> MaskFn:
-    """Pseudo-label region reader: a ``predict hubmap-kidney`` probability store thresholded at ``level``."""
+def store_region_fn(store: Path, height: int, width: int, level: int = 128, foreign_probabilities: bool = False
+                    ) -> MaskFn:
+    """Pseudo-label region reader: a ``predict hubmap-kidney`` probability store thresholded at ``level``.
+
+    Args:
+        store: the ``<id>.zarr`` store.
+        height: the slide's height (px), which the store must have.
+        width: the slide's width (px).
+        level: the uint8 level from which a pixel is foreground.
+        foreign_probabilities: read a store without predict's record (``--foreign_probabilities``, as
+            :func:`~nnunet_vasculature.io.store.open_slide_probabilities`).
+
+    Returns:
+        ``(y0, y1, x0, x1) -> uint8 labels`` at full resolution.
+    """
     from nnunet_vasculature.io.store import open_slide_probabilities
-    arr = open_slide_probabilities(store)
+    arr = open_slide_probabilities(store, foreign_probabilities)
     if tuple(arr.shape) != (height, width):
         raise UserError(f"{store}: shape {tuple(arr.shape)} but the slide is {height} x {width}")
     return lambda y0, y1, x0, x1: (np.asarray(arr[y0:y1, x0:x1]) >= level).astype(np.uint8)
@@ -128,8 +141,13 @@ def _read_train_csv(path: Path) -> dict[str, str]:
 
 def convert_hubmap_kidney(kaggle_dir: Path, dataset_id: int, name: str = "HuBMAPKidney", raw_root: Path | None = None,
                           downscale: int = 4, classes: tuple[str, ...] = ("glomerulus",), tile: int = 512,
-                          overwrite: bool = False, pseudo: dict[str, Path] | None = None) -> Path:
-    """Write ``<raw_root>/DatasetXXX_<name>``; returns that folder."""
+                          overwrite: bool = False, pseudo: dict[str, Path] | None = None,
+                          foreign_probabilities: bool = False) -> Path:
+    """Write ``<raw_root>/DatasetXXX_<name>``; returns that folder.
+
+    ``pseudo`` maps test slide ids to ``predict hubmap-kidney`` stores; ``foreign_probabilities`` reads stores
+    without predict's record (as :func:`~nnunet_vasculature.io.store.open_slide_probabilities`).
+    """
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
     from skimage.io import imsave
 
@@ -163,11 +181,15 @@ def convert_hubmap_kidney(kaggle_dir: Path, dataset_id: int, name: str = "HuBMAP
         if not p.is_file() or sid not in info:
             raise UserError(f"{p}: --pseudo names no test slide of {kaggle_dir}")
         jobs.append((sid, p, str(store)))
-    for sid, path, source in jobs:          # every header and RLE checked before anything is written
+    pseudo_fns: dict[str, MaskFn] = {}
+    for sid, path, source in jobs:          # every header, RLE and store checked before anything is written
         with Slide(path, info[sid]["height"], info[sid]["width"]):
             pass
         if source == "train" and not unhealthy:
             rle_region_fn(rles[sid], info[sid]["height"], info[sid]["width"], f"{kaggle_dir / 'train.csv'} (id {sid})")
+        elif source != "train":
+            pseudo_fns[sid] = store_region_fn(Path(source), info[sid]["height"], info[sid]["width"],
+                                              foreign_probabilities=foreign_probabilities)
     meta: dict = {"source": str(kaggle_dir.resolve()), "downscale": downscale, "tile": tile,
                   "classes": list(classes),
                   "note": "'kidneys' are slides; 'physical_kidney' is the patient: leave-one-patient-out folds",
@@ -189,7 +211,7 @@ def convert_hubmap_kidney(kaggle_dir: Path, dataset_id: int, name: str = "HuBMAP
                     polys = read_polygons(path.with_suffix(".json"), True)
                     full = None
                 else:
-                    full = store_region_fn(Path(source), slide.height, slide.width)
+                    full = pseudo_fns[sid]
 
                 def labels(y0: int, y1: int, x0: int, x1: int, Y: int, X: int, full: MaskFn | None = full,
                            polys: list = polys if full is None else []) -> np.ndarray:
@@ -246,9 +268,12 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--pseudo", nargs="+", metavar="ID=STORE",
                    help="test slides to add with pseudo-labels from `predict hubmap-kidney` probability stores "
                         "(>= 0.5)")
+    p.add_argument("--foreign_probabilities", action="store_true",
+                   help="read a --pseudo store (<id>.zarr) that predict hubmap-kidney did not write (no record of "
+                        "probabilities) as probabilities 0..255 = 0..1; refused without it")
     p.add_argument("--overwrite", action="store_true")
 
     def run(a: argparse.Namespace) -> None:
         convert_hubmap_kidney(a.kaggle_dir, a.dataset_id, a.name, a.raw_root, a.downscale, tuple(a.classes),
-                              a.tile, a.overwrite, _parse_pseudo(a.pseudo))
+                              a.tile, a.overwrite, _parse_pseudo(a.pseudo), a.foreign_probabilities)
     p.set_defaults(func=run)

@@ -20,8 +20,9 @@ from nnunet_vasculature.io.volumes import SliceStack, open_probabilities
 
 
 def pseudo_label(prob_path: Path | str, labels_dir: Path, threshold: float, out_dir: Path,
-                 uncertain: float | None = None, overwrite: bool = False) -> dict:
-    prob, _ = open_probabilities(prob_path)
+                 uncertain: float | None = None, overwrite: bool = False,
+                 foreign_probabilities: bool = False) -> dict:
+    prob, _ = open_probabilities(prob_path, foreign_probabilities)
     stack = SliceStack(list_slices(Path(labels_dir)))
     if tuple(prob.shape) != tuple(stack.shape):
         raise UserError(f"{prob_path}: probabilities of shape {tuple(prob.shape)}, labels {labels_dir} "
@@ -61,4 +62,7 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--uncertain", type=float, help="mark [uncertain, threshold) as ignore (128)")
     p.add_argument("-o", dest="output", type=Path, required=True, help="output label folder")
     p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=lambda a: pseudo_label(a.input, a.labels, a.threshold, a.output, a.uncertain, a.overwrite))
+    p.add_argument("--foreign_probabilities", action="store_true",
+                   help="read a uint8 zarr array without predict's record as probabilities 0..255")
+    p.set_defaults(func=lambda a: pseudo_label(a.input, a.labels, a.threshold, a.output, a.uncertain, a.overwrite,
+                                               a.foreign_probabilities))

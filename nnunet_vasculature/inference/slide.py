@@ -30,6 +30,7 @@ import numpy as np
 
 from nnunet_vasculature.errors import UserError, atomic_dir
 from nnunet_vasculature.inference.options import DEFAULT_CHECKPOINT, PredictionOptions
+from nnunet_vasculature.io.store import SLIDE_ENCODING
 
 LEVEL_HALF = 128        # uint8 >= 128 <=> foreground probability >= 0.5 (argmax of two classes)
 THUMB = 8               # tissue thumbnail: one pixel per THUMB downscaled pixels
@@ -264,7 +265,7 @@ def predict_slides(inputs: list[Path], out: Path, options: PredictionOptions, de
             with Slide(p, r.get("height"), r.get("width")) as slide:
                 sink = StripSink(tmp / f"{p.stem}.zarr", slide.height, slide.width)
                 stats = predictor.predict(slide, sink, skip_empty)
-                sink.arr.attrs.update({"slide": p.stem, "encoding": "uint8 = round(255 * P(glomerulus))",
+                sink.arr.attrs.update({"slide": p.stem, "encoding": SLIDE_ENCODING,
                                        "downscale": predictor.downscale, "source": source, **stats})
                 rows.append((p.stem, sink.enc.finish()))
         with open(tmp / "predictions.csv", "w", newline="") as f:

@@ -422,12 +422,15 @@ def is_probability_image(path: Path | str) -> bool:
     return isinstance(meta, dict) and meta.get("encoding", ENCODING) == ENCODING
 
 
-def refuse_foreign_image(path: Path | str) -> None:
+def refuse_foreign_image(path: Path | str, accept_foreign: bool = False) -> None:
     """Refuse (one line) an NGFF image, or a level of one, that is not a probability image of ``predict``:
     its values (an OME-Zarr scan, a label image) are not probabilities and would be thresholded as if they were.
+    A level of predict's image is refused either way (the image itself is the input).
 
     Args:
         path: a path given as probabilities.
+        accept_foreign: accept an image without the record (``--foreign_probabilities``: the user knows it holds
+            probabilities).
     """
     path = Path(path)
     for image in (path, path.parent):
@@ -437,8 +440,11 @@ def refuse_foreign_image(path: Path | str) -> None:
             if image != path:
                 raise UserError(f"{path}: a level of the probability image {image}; give the image itself")
             return
+        if accept_foreign:
+            return
         raise UserError(f"{image}: an OME-Zarr image without predict's record of probabilities (a scan or a label "
-                        f"image?): its values are not probabilities; give predict's output")
+                        f"image?): its values are not probabilities; give predict's output, or pass "
+                        f"--foreign_probabilities if they are (uint8 0..255 read as 0..1)")
 
 
 def existing_run(group: Any) -> ExistingRun | None:

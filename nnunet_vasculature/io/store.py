@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:      # zarr is imported by the code that opens stores
     import zarr
 
 ENCODING = "uint8 = round(255 * foreground probability)"
+SLIDE_ENCODING = "uint8 = round(255 * P(glomerulus))"     # a slide store of predict hubmap-kidney
 TOLERANCE = 1e-3      # float probabilities may overshoot [0, 1] by rounding this much, no more
 
 
@@ -331,6 +333,33 @@ class KidneyWriter:
             self.arr.attrs["complete"] = True
 
 
+def has_probability_record(attrs: dict, encoding: str = ENCODING) -> bool:
+    """Whether a store array's attributes hold the record of ``predict`` (or ``stitch``): ``source``, and the
+    ``encoding`` where one is recorded (the rule of :func:`~nnunet_vasculature.io.ngff.is_probability_image` for
+    an image).
+
+    Args:
+        attrs: the array's attributes.
+        encoding: the encoding its writer records (a kidney store's :data:`ENCODING`; a slide store's is its own).
+
+    Returns:
+        True or False.
+    """
+    return isinstance(attrs.get("source"), dict) and attrs.get("encoding", encoding) == encoding
+
+
+def accept_foreign(path: Path | str, what: str) -> None:
+    """The one stderr line saying that an input without predict's record is read as probabilities (the user
+    passed ``--foreign_probabilities``).
+
+    Args:
+        path: the input.
+        what: what it is, e.g. ``"uint8 zarr array"``.
+    """
+    print(f"warning: {path}: {what} accepted without predict's record of probabilities (--foreign_probabilities): "
+          f"uint8 0..255 read as 0..1", file=sys.stderr)
+
+
 def create_slide_array(path: Path, height: int, width: int) -> zarr.Array:
     """A new slide probability store (``predict hubmap-kidney``): (H, W) uint8, every chunk stored.
 
@@ -349,15 +378,19 @@ def create_slide_array(path: Path, height: int, width: int) -> zarr.Array:
     return arr
 
 
-def open_slide_probabilities(path: Path) -> Any:
-    """A slide probability store for reading, checked: (H, W) uint8 with no chunk missing.
+def open_slide_probabilities(path: Path, foreign_probabilities: bool = False) -> Any:
+    """A slide probability store for reading, checked: (H, W) uint8, with the record of ``predict hubmap-kidney``
+    (a ``source``), no chunk missing.
 
     Args:
         path: the ``<id>.zarr`` path.
+        foreign_probabilities: read a store without predict's record as probabilities 0..255
+            (``--foreign_probabilities``), saying so in one stderr line.
 
     Returns:
         The zarr array, its reads of a chunk that cannot be decoded a one-line UserError naming the store
-        (:class:`~nnunet_vasculature.io.decoded.DecodedArray`); a one-line UserError for anything else.
+        (:class:`~nnunet_vasculature.io.decoded.DecodedArray`); a one-line UserError for anything else, a store
+        without predict's record included (unless ``foreign_probabilities``).
     """
     import zarr
     try:
@@ -366,6 +399,13 @@ def open_slide_probabilities(path: Path) -> Any:
         raise unreadable_store(path, e, "a slide probability store") from None
     if arr.ndim != 2 or arr.dtype != np.uint8:
         raise UserError(f"{path}: expected a (H, W) uint8 array, got {arr.shape} {arr.dtype}")
+    if not has_probability_record(dict(arr.attrs), SLIDE_ENCODING):
+        if not foreign_probabilities:
+            raise UserError(f"{path}: a slide probability store without the record of predict hubmap-kidney "
+                            f"(written by other software?): its values are not known to be probabilities; give "
+                            f"predict hubmap-kidney's output, or pass --foreign_probabilities if they are (uint8 "
+                            f"0..255 read as 0..1)")
+        accept_foreign(path, "slide probability store")
     check_chunks(arr, str(path))
     from nnunet_vasculature.io.decoded import DecodedArray
     return DecodedArray(arr, Path(path))
@@ -375,4 +415,5 @@ __all__ = ["ENCODING", "EVERY_CHUNK", "METADATA_FILES", "DAMAGED", "metadata_doc
            "unreadable_store",
            "store_path", "create_kidney_array", "existing_run", "open_output",
            "missing_chunk", "check_chunks", "KidneyWriter",
-           "create_slide_array", "open_slide_probabilities"]
+           "create_slide_array", "open_slide_probabilities", "has_probability_record", "accept_foreign",
+           "SLIDE_ENCODING"]

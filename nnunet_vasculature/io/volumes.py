@@ -13,9 +13,15 @@ import tifffile
 
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.io.decoded import DecodedArray, settle_zarr_reads  # noqa: F401
-from nnunet_vasculature.io.ngff import is_probability_image, open_image, refuse_foreign_image
+from nnunet_vasculature.io.ngff import image_attributes, is_probability_image, open_image, refuse_foreign_image
 from nnunet_vasculature.io.slices import list_slices, read_label_slice, read_slice, slice_shape
-from nnunet_vasculature.io.store import check_chunks, quantize, unreadable_store
+from nnunet_vasculature.io.store import (
+    accept_foreign,
+    check_chunks,
+    has_probability_record,
+    quantize,
+    unreadable_store,
+)
 
 if TYPE_CHECKING:      # zarr is imported by the functions that open stores
     import zarr
@@ -90,13 +96,14 @@ def zarr_kidneys(path: Path) -> list[str]:
         raise unreadable_store(path, e) from None
 
 
-def expand_probabilities(paths: list) -> list[str]:
+def expand_probabilities(paths: list, foreign_probabilities: bool = False) -> list[str]:
     """Probability paths with every zarr group (one array per kidney, from ``predict``) expanded; an NGFF
-    probability image (``*.ome.zarr``) is one kidney, an NGFF image that ``predict`` did not write is refused."""
+    probability image (``*.ome.zarr``) is one kidney, an NGFF image that ``predict`` did not write is refused
+    (with ``foreign_probabilities``: one kidney too)."""
     out = []
     for p in paths:
-        refuse_foreign_image(p)
-        if is_probability_image(p):
+        refuse_foreign_image(p, foreign_probabilities)
+        if is_probability_image(p) or (foreign_probabilities and image_attributes(p) is not None):
             out.append(str(p))
         else:
             out.extend(zarr_kidneys(Path(p)) if _is_zarr_node(Path(p)) else [str(p)])
@@ -116,6 +123,35 @@ def open_probability_image(path: Path) -> tuple[ZSliceable, dict]:
     """
     arr, meta = open_image(path)
     return CheckedU8(DecodedArray(arr, Path(path) / "0"), str(path)), meta
+
+
+def open_foreign_image(path: Path) -> tuple[ZSliceable, dict]:
+    """Level 0 of an NGFF image that ``predict`` did not write, read as uint8 probabilities
+    (``--foreign_probabilities``): the first dataset of its first multiscale, stored with axes (z, y, x).
+
+    Args:
+        path: the image group.
+
+    Returns:
+        (volume, attributes: ``kidney``, the multiscale's name or the folder's); metadata this reader does not
+        take (no dataset, a path leaving the image, other axes) is a one-line UserError.
+    """
+    attrs = image_attributes(path) or {}
+    multiscales = (attrs["ome"] if isinstance(attrs.get("ome"), dict) else attrs).get("multiscales")
+    multiscale = multiscales[0] if isinstance(multiscales, list) and multiscales else {}
+    datasets = multiscale.get("datasets") if isinstance(multiscale, dict) else None
+    key = datasets[0].get("path") if isinstance(datasets, list) and datasets and isinstance(datasets[0], dict) \
+        else None
+    if not isinstance(key, str) or not key or key.startswith("/") or ".." in key.split("/"):
+        raise UserError(f"{path}: the NGFF metadata names no level inside the image (dataset path {key!r})")
+    axes = [a.get("name") if isinstance(a, dict) else a for a in multiscale.get("axes") or ["z", "y", "x"]]
+    if [str(a).lower() for a in axes] != ["z", "y", "x"]:
+        raise UserError(f"{path}: axes {axes}; an image read as probabilities must be stored (z, y, x)")
+    level = open_zarr_array(Path(path) / key)
+    if level.ndim != 3:
+        raise UserError(f"{path}: level {key} has shape {level.shape}; expected (z, y, x)")
+    name = multiscale.get("name") or Path(path).name.removesuffix(".zarr").removesuffix(".ome")
+    return level, {"kidney": str(name)}
 
 
 class CheckedU8:
@@ -150,16 +186,19 @@ def read_npz_probabilities(path: Path) -> np.ndarray:
     return p
 
 
-def open_probabilities(path: Path | str) -> tuple[ZSliceable, dict]:
+def open_probabilities(path: Path | str, foreign_probabilities: bool = False) -> tuple[ZSliceable, dict]:
     """Foreground probabilities as a uint8 volume plus metadata (slice ids, kidney name).
 
     Args:
         path: a kidney array of a probability store (or a store holding one), an NGFF probability image
             (``*.ome.zarr`` from ``predict``), a folder of probability slices, or an nnU-Net ``.npz``.
+        foreign_probabilities: read a uint8 zarr array or an NGFF image without predict's record as
+            probabilities 0..255 (``--foreign_probabilities``), saying so in one stderr line.
 
     Returns:
-        (volume, attributes). An incomplete store, one with chunks missing, or an NGFF image (or a level of
-        one) that ``predict`` did not write is a one-line UserError.
+        (volume, attributes). An incomplete store, one with chunks missing, a uint8 store array without
+        predict's record (:func:`has_probability_record`), or an NGFF image (or a level of one) that
+        ``predict`` did not write is a one-line UserError (the last two unless ``foreign_probabilities``).
     """
     path = Path(path)
     if not path.exists():
@@ -167,9 +206,13 @@ def open_probabilities(path: Path | str) -> tuple[ZSliceable, dict]:
     if path.suffix == ".npz":
         p = read_npz_probabilities(path)
         return quantize(p[1], str(path), first_plane=0), {"kidney": path.stem}
-    refuse_foreign_image(path)
+    refuse_foreign_image(path, foreign_probabilities)
     if is_probability_image(path):
         return open_probability_image(path)
+    if foreign_probabilities and image_attributes(path) is not None:
+        level, attrs = open_foreign_image(path)
+        accept_foreign(path, "OME-Zarr image")
+        return CheckedU8(level, str(path)), attrs
     if _is_zarr(path):
         arr = open_zarr_array(path)
         attrs = dict(arr.attrs)
@@ -178,6 +221,12 @@ def open_probabilities(path: Path | str) -> tuple[ZSliceable, dict]:
                             f"{arr.shape[0]} planes); run predict again to resume it")
         if arr.ndim != 3:
             raise UserError(f"{path}: expected a 3D array, got shape {arr.shape}")
+        if arr.dtype == np.uint8 and not has_probability_record(attrs):
+            if not foreign_probabilities:
+                raise UserError(f"{path}: a uint8 zarr array without predict's record of probabilities (written by "
+                                f"other software?): its values are not known to be probabilities; give predict's "
+                                f"output, or pass --foreign_probabilities if they are (uint8 0..255 read as 0..1)")
+            accept_foreign(path, "uint8 zarr array")
         check_chunks(arr, str(path))
         return CheckedU8(arr, str(path)), attrs
     if path.is_dir():

@@ -145,9 +145,9 @@ def stores(paths: list) -> list[Path]:
     return out
 
 
-def _open(store: Path) -> object:
+def _open(store: Path, foreign_probabilities: bool = False) -> object:
     from nnunet_vasculature.io.store import open_slide_probabilities
-    return open_slide_probabilities(store)
+    return open_slide_probabilities(store, foreign_probabilities)
 
 
 def read_truth(labels_csv: Path) -> dict[str, str]:
@@ -157,7 +157,8 @@ def read_truth(labels_csv: Path) -> dict[str, str]:
     return {r["id"]: r[column] or "" for r in rows}
 
 
-def determine(slide_stores: list[Path], labels_csv: Path, cc_sizes: list[int]) -> dict:
+def determine(slide_stores: list[Path], labels_csv: Path, cc_sizes: list[int], foreign_probabilities: bool = False
+              ) -> dict:
     """Best uint8 threshold by mean Dice over held-out slides (all 256 at once from histograms), then
     whether removing components smaller than some size helps (kept only if it raises the mean).
 
@@ -165,14 +166,17 @@ def determine(slide_stores: list[Path], labels_csv: Path, cc_sizes: list[int]) -
         slide_stores: ``predict hubmap-kidney`` stores of held-out slides.
         labels_csv: ``train.csv`` with their masks.
         cc_sizes: minimum component sizes (full-resolution pixels) to try.
+        foreign_probabilities: read stores without predict's record (``--foreign_probabilities``, as
+            :func:`~nnunet_vasculature.io.store.open_slide_probabilities`).
 
     Returns:
         The decision and its evidence (postprocessing.json without its competition record).
     """
     truth = read_truth(labels_csv)
+    arrays = [_open(store, foreign_probabilities) for store in slide_stores]     # every store checked first
     curves, names, gts = [], [], []
-    for store in slide_stores:
-        arr, sid = _open(store), store.stem
+    for store, arr in zip(slide_stores, arrays):
+        sid = store.stem
         if sid not in truth:
             raise UserError(f"{labels_csv}: no mask for slide {sid} ({store})")
         h, w = arr.shape
@@ -238,17 +242,29 @@ def load_postprocessing(path: Path | str) -> MaskRule:
     return read_mask_rule(path, COMPETITION)
 
 
-def slide_rle(store: Path, pp: MaskRule) -> str:
-    """Column-major RLE of a store's post-processed mask, strip by strip (``tune.masks`` on the column view)."""
-    arr = _open(store)
+def slide_rle(store: Path | object, pp: MaskRule) -> str:
+    """Column-major RLE of a store's post-processed mask, strip by strip (``tune.masks`` on the column view).
+
+    Args:
+        store: the ``<id>.zarr`` path, or the array :func:`_open` gave for it.
+        pp: the post-processing rule.
+
+    Returns:
+        The RLE (empty for an empty mask).
+    """
+    arr = _open(Path(store)) if isinstance(store, (str, Path)) else store
     enc = ColumnStripEncoder(arr.shape[0], empty="")
     for _, m in masks(ColumnView(arr), pp):
         enc.add(m[..., 0].T)
     return enc.finish()
 
 
-def submit(slide_stores: list[Path], pp_path: Path, out_csv: Path, sample: Path | None) -> Path:
+def submit(slide_stores: list[Path], pp_path: Path, out_csv: Path, sample: Path | None,
+           foreign_probabilities: bool = False) -> Path:
     """``id,predicted`` per slide, in the sample's order when given.
+
+    ``foreign_probabilities``: read stores without predict's record (as
+    :func:`~nnunet_vasculature.io.store.open_slide_probabilities`).
 
     Returns:
         ``out_csv``.
@@ -258,7 +274,8 @@ def submit(slide_stores: list[Path], pp_path: Path, out_csv: Path, sample: Path 
     if len({s.stem for s in slide_stores}) != len(slide_stores):
         raise UserError(f"{slide_stores[0].parent}: two stores of one slide among the inputs")
     order = sample_order([s.stem for s in slide_stores], order, sample)
-    rows = {s.stem: slide_rle(s, pp) for s in tqdm(slide_stores, desc="submit", unit="slide")}
+    arrays = {s.stem: _open(s, foreign_probabilities) for s in slide_stores}     # every store checked first
+    rows = {sid: slide_rle(arr, pp) for sid, arr in tqdm(arrays.items(), desc="submit", unit="slide")}
     with atomic_file(Path(out_csv)) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(("id", "predicted"))
@@ -326,6 +343,10 @@ def draw_overlay(slide: Path, truth_csv: Path, submission: Path, png: Path, slid
 
 
 # ---------------------------------------------------------------------------------------------- command line
+FOREIGN_HELP = ("read a slide store (<id>.zarr) that predict hubmap-kidney did not write (no record of "
+                "probabilities) as probabilities 0..255 = 0..1; refused without it")
+
+
 def _run_score(a: argparse.Namespace) -> None:
     refuse_other_competition([a.solution, a.submission], COMPETITION, "score")
     scores = score_csv(a.solution, a.submission)
@@ -339,7 +360,7 @@ def _run_tune(a: argparse.Namespace) -> None:
     refuse_other_competition([*a.input, a.labels], COMPETITION, "tune")
     check_outputs([("-i", p) for p in a.input] + [("--labels", a.labels)], [("-o", a.output), ("--plot", a.plot)])
     sizes = [] if a.no_cc else a.cc_sizes
-    res = determine(stores(a.input), a.labels, sizes)
+    res = determine(stores(a.input), a.labels, sizes, a.foreign_probabilities)
     rule = MaskRule.from_json(write_postprocessing(res, a.output, COMPETITION), str(a.output))
     for k in res["slides"]:
         print(f"{k:<20s} @0.5 {res['per_slide_at_0.5'][k]:.4f}  @best {res['per_slide_at_threshold'][k]:.4f}")
@@ -360,7 +381,7 @@ def _run_submit(a: argparse.Namespace) -> None:
     import_mask_packages()
     refuse_other_competition([*a.input, a.sample], COMPETITION, "submit")
     check_outputs([("-i", p) for p in a.input] + [("-pp", a.pp), ("--sample", a.sample)], [("-o", a.output)])
-    submit(stores(a.input), a.pp, a.output, a.sample)
+    submit(stores(a.input), a.pp, a.output, a.sample, a.foreign_probabilities)
 
 
 def _run_validate(a: argparse.Namespace) -> None:
@@ -392,6 +413,7 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
         t.add_argument("--cc_sizes", nargs="+", type=non_negative_int, default=list(CC_PIXELS),
                        help=f"component sizes to try (full-resolution pixels; default {CC_PIXELS})")
         t.add_argument("--no_cc", action="store_true", help="do not try removing small components")
+        t.add_argument("--foreign_probabilities", action="store_true", help=FOREIGN_HELP)
         t.set_defaults(func=_run_tune)
     if "submit" in groups:
         sm = groups["submit"].add_parser(COMPETITION, help="write the submission CSV (id,predicted)")
@@ -400,6 +422,7 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
         sm.add_argument("-pp", type=Path, required=True, help="postprocessing.json from tune hubmap-kidney")
         sm.add_argument("-o", dest="output", type=Path, required=True, help="submission CSV to write")
         sm.add_argument("--sample", type=Path, help="sample_submission.csv: row order and the ids that must be present")
+        sm.add_argument("--foreign_probabilities", action="store_true", help=FOREIGN_HELP)
         sm.set_defaults(func=_run_submit)
     if "validate" in groups:
         v = groups["validate"].add_parser(COMPETITION, help="check a submission against the sample submission")

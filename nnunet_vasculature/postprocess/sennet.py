@@ -70,13 +70,17 @@ def slice_ids(path: Path | str, prob: ZSliceable, attrs: dict) -> list[str]:
     return ids
 
 
-def apply_to_folder(prob_path: Path | str, pp_path: Path | str, out_dir: Path, overwrite: bool = False) -> Path:
+def apply_to_folder(prob_path: Path | str, pp_path: Path | str, out_dir: Path, overwrite: bool = False,
+                    foreign_probabilities: bool = False) -> Path:
     """Write the post-processed mask as per-slice TIFFs (0/255, the Kaggle label convention).
+
+    ``foreign_probabilities``: read an input without predict's record (as
+    :func:`~nnunet_vasculature.io.volumes.open_probabilities`).
 
     Returns:
         ``out_dir``.
     """
-    prob, attrs = open_probabilities(prob_path)
+    prob, attrs = open_probabilities(prob_path, foreign_probabilities)
     pp = load_mask_rule(pp_path)
     names = [split_slice_id(i)[1] for i in slice_ids(prob_path, prob, attrs)]
     with atomic_dir(Path(out_dir), overwrite) as tmp, tqdm(total=prob.shape[0], desc="apply", unit="slice") as bar:
@@ -87,24 +91,28 @@ def apply_to_folder(prob_path: Path | str, pp_path: Path | str, out_dir: Path, o
     return Path(out_dir)
 
 
-def submit(prob_paths: list, pp_path: Path | str, out_csv: Path, sample: Path | None = None) -> Path:
+def submit(prob_paths: list, pp_path: Path | str, out_csv: Path, sample: Path | None = None,
+           foreign_probabilities: bool = False) -> Path:
     """One row per slice, ``id,rle``; in the sample's order when a sample submission is given.
+
+    ``foreign_probabilities``: read an input without predict's record (as
+    :func:`~nnunet_vasculature.io.volumes.open_probabilities`).
 
     Returns:
         ``out_csv``.
     """
     pp = load_mask_rule(pp_path)
     order = [r["id"] for r in read_table(sample, ("id",), competition=COMPETITION)] if sample is not None else None
-    paths, predicted = expand_probabilities(prob_paths), {}
-    for path in paths:                  # every id and the sample checked before any post-processing
-        for i in slice_ids(path, *open_probabilities(path)):
+    paths, predicted = expand_probabilities(prob_paths, foreign_probabilities), {}
+    opened = [open_probabilities(path, foreign_probabilities) for path in paths]
+    for path, (prob, attrs) in zip(paths, opened):       # every id and the sample checked before any post-processing
+        for i in slice_ids(path, prob, attrs):
             if i in predicted:
                 raise UserError(f"{path}: slice id {i} is predicted twice (two inputs of one kidney?)")
             predicted[i] = path
     order = sample_order(predicted, order, sample)
     rows: dict[str, str] = {}
-    for path in paths:
-        prob, attrs = open_probabilities(path)
+    for path, (prob, attrs) in zip(paths, opened):
         ids = slice_ids(path, prob, attrs)
         with tqdm(total=prob.shape[0], desc=f"submit {Path(path).name}", unit="slice") as bar:
             for z0, m in masks(prob, pp):
@@ -142,7 +150,7 @@ def validate(sub_csv: Path, sample: Path, shapes: dict[str, tuple[int, int]] | N
 
 # ---------------------------------------------------------------------------------------------- overlay
 def draw_overlay(labels: Path, pred: Path | str, png: Path, pp_path: Path | None = None, images: Path | None = None,
-                 n_slices: int = 3) -> None:
+                 n_slices: int = 3, foreign_probabilities: bool = False) -> None:
     """Slices at 25-75 % depth: image | truth | prediction against truth, each row titled with the slice's Dice.
 
     Args:
@@ -152,6 +160,8 @@ def draw_overlay(labels: Path, pred: Path | str, png: Path, pp_path: Path | None
         pp_path: postprocessing.json (when ``pred`` holds probabilities).
         images: the image slices (default: ``images/`` beside ``labels``).
         n_slices: rows.
+        foreign_probabilities: read probabilities without predict's record (as
+            :func:`~nnunet_vasculature.io.volumes.open_probabilities`).
     """
     from nnunet_vasculature.io.slices import list_slices
     from nnunet_vasculature.postprocess.overlay import draw_slices
@@ -161,7 +171,7 @@ def draw_overlay(labels: Path, pred: Path | str, png: Path, pp_path: Path | None
     gt = open_labels(labels)
     shown = [int(z) for z in np.linspace(0.25, 0.75, n_slices) * (gt.shape[0] - 1)]
     if pp_path is not None:
-        prob, _ = open_probabilities(pred)
+        prob, _ = open_probabilities(pred, foreign_probabilities)
         pp = load_mask_rule(pp_path)
         rule = f"threshold {pp.threshold:.3f}" + (f", components >= {pp.min_component_size} voxels"
                                                   if pp.min_component_size else "")
@@ -179,6 +189,10 @@ def draw_overlay(labels: Path, pred: Path | str, png: Path, pp_path: Path | None
 
 
 # ---------------------------------------------------------------------------------------------- command line
+FOREIGN_HELP = ("read a uint8 zarr array or OME-Zarr image that predict did not write (no record of "
+                "probabilities) as probabilities 0..255 = 0..1; refused without it")
+
+
 def _run_score(a: argparse.Namespace) -> None:
     from nnunet_vasculature.metrics.hosts import check_metrics, mean_scores, write_scores_json
     refuse_other_competition([a.solution, a.submission, a.labels, a.pred, a.pp], COMPETITION, "score")
@@ -192,12 +206,13 @@ def _run_score(a: argparse.Namespace) -> None:
     if not ((a.solution and a.submission) or (a.labels and a.pred)):
         raise UserError("give --solution and --submission, or --labels and --pred")
     if metrics == ["nsd0"]:            # the competition's metric alone: the one-pass scorer
-        scores = score_csv(a.solution, a.submission) if a.solution else score_volumes(a.labels, a.pred, a.pp)
+        scores = score_csv(a.solution, a.submission) if a.solution else \
+            score_volumes(a.labels, a.pred, a.pp, foreign_probabilities=a.foreign_probabilities)
         per_kidney = {k: {"nsd0": v} for k, v in scores.items()}
     elif a.solution:
         per_kidney = score_csv_metrics(a.solution, a.submission, metrics, a.workers, a.scheduler)
     else:
-        per_kidney = score_volumes(a.labels, a.pred, a.pp, metrics, a.workers, a.scheduler)
+        per_kidney = score_volumes(a.labels, a.pred, a.pp, metrics, a.workers, a.scheduler, a.foreign_probabilities)
     mean = mean_scores(per_kidney)
     if len(metrics) > 1:
         print(f"{'kidney':<20s} " + " ".join(f"{m:>10s}" for m in metrics))
@@ -213,7 +228,8 @@ def _run_tune(a: argparse.Namespace) -> None:
     check_outputs([("-i", p) for p in a.input] + [("--labels", p) for p in a.labels],
                   [("-o", a.output), ("--plot", a.plot)])
     candidates = [] if a.no_cc else a.cc_sizes
-    res = determine(expand_probabilities(a.input), a.labels, candidates, a.closing, a.by_fraction, a.objective)
+    res = determine(expand_probabilities(a.input, a.foreign_probabilities), a.labels, candidates, a.closing,
+                    a.by_fraction, a.objective, a.foreign_probabilities)
     rule = MaskRule.from_json(write_postprocessing(res, a.output, COMPETITION), str(a.output))
     print(f"{'kidney':<20s} {'@0.5':>8s} {'@best':>8s}")
     for k in res["kidneys"]:
@@ -269,17 +285,17 @@ def _run_apply(a: argparse.Namespace) -> None:
             return
     elif a.output is None:
         raise UserError("give -o (a folder of slice TIFFs); only an .ome.zarr image of predict takes the mask inside")
-    paths = expand_probabilities([a.input])                    # a store of several kidneys: a folder per kidney
+    paths = expand_probabilities([a.input], a.foreign_probabilities)     # several kidneys: a folder per kidney
     for p in paths:
         out = a.output if len(paths) == 1 else a.output / Path(p).name
-        print(f"wrote {apply_to_folder(p, a.pp, out, a.overwrite)}")
+        print(f"wrote {apply_to_folder(p, a.pp, out, a.overwrite, a.foreign_probabilities)}")
 
 
 def _run_submit(a: argparse.Namespace) -> None:
     import_mask_packages()
     refuse_other_competition([*a.input, a.sample], COMPETITION, "submit")
     check_outputs([("-i", p) for p in a.input] + [("-pp", a.pp), ("--sample", a.sample)], [("-o", a.output)])
-    submit(a.input, a.pp, a.output, a.sample)
+    submit(a.input, a.pp, a.output, a.sample, a.foreign_probabilities)
 
 
 def _run_validate(a: argparse.Namespace) -> None:
@@ -295,7 +311,7 @@ def _run_overlay(a: argparse.Namespace) -> None:
     refuse_other_competition([a.labels, a.pred, a.pp], COMPETITION, "overlay")
     check_outputs([("--labels", a.labels), ("--pred", a.pred), ("-pp", a.pp), ("--images", a.images)],
                   [("-o", a.output)])
-    draw_overlay(a.labels, a.pred, a.output, a.pp, a.images, a.slices)
+    draw_overlay(a.labels, a.pred, a.output, a.pp, a.images, a.slices, a.foreign_probabilities)
     print(f"wrote {a.output}")
 
 
@@ -309,6 +325,7 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
         s.add_argument("--labels", type=Path, help="label slice folder (or Kaggle kidney folder / 3D file)")
         s.add_argument("--pred", type=Path, help="mask slice folder, or probabilities with -pp")
         s.add_argument("-pp", type=Path, help="postprocessing.json to turn --pred probabilities into a mask")
+        s.add_argument("--foreign_probabilities", action="store_true", help=FOREIGN_HELP)
         s.add_argument("--metrics", nargs="+", metavar="METRIC",
                        help=f"the hosts' metrics to report per kidney: {' '.join(METRICS)} (default nsd0, the "
                             "competition's surface Dice); see docs/metrics.md")
@@ -335,6 +352,7 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
         t.add_argument("--by_fraction", action="store_true",
                        help="threshold each kidney at the tuned fraction of foreground voxels instead of one "
                             "probability")
+        t.add_argument("--foreign_probabilities", action="store_true", help=FOREIGN_HELP)
         t.set_defaults(func=_run_tune)
     if "apply" in groups:
         ap = groups["apply"].add_parser(COMPETITION, help="write the post-processed mask as per-slice TIFFs")
@@ -345,6 +363,7 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
                         help="output folder of slice TIFFs (optional for an .ome.zarr image of predict: its mask "
                              "is written inside it as the NGFF label image labels/vessels)")
         ap.add_argument("--overwrite", action="store_true")
+        ap.add_argument("--foreign_probabilities", action="store_true", help=FOREIGN_HELP)
         ap.set_defaults(func=_run_apply)
     if "submit" in groups:
         sm = groups["submit"].add_parser(COMPETITION, help="write a Kaggle submission CSV (id,rle)")
@@ -354,6 +373,7 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
         sm.add_argument("-o", dest="output", type=Path, required=True, help="submission CSV to write")
         sm.add_argument("--sample", type=Path,
                         help="sample_submission.csv: row order and the ids that must be present")
+        sm.add_argument("--foreign_probabilities", action="store_true", help=FOREIGN_HELP)
         sm.set_defaults(func=_run_submit)
     if "validate" in groups:
         v = groups["validate"].add_parser(COMPETITION, help="check a submission against the sample submission")
@@ -366,6 +386,7 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
         o.add_argument("--labels", type=Path, required=True, help="the kidney's label slices (or its folder)")
         o.add_argument("--pred", type=Path, required=True, help="mask slice folder, or probabilities with -pp")
         o.add_argument("-pp", type=Path, help="postprocessing.json to turn --pred probabilities into a mask")
+        o.add_argument("--foreign_probabilities", action="store_true", help=FOREIGN_HELP)
         o.add_argument("--images", type=Path, help="image slices (default: images/ beside the labels)")
         o.add_argument("--slices", type=int, default=3, choices=range(1, 9), metavar="N", help="rows (1-8)")
         o.add_argument("-o", dest="output", type=Path, required=True, help="PNG to write")

@@ -145,7 +145,7 @@ def kidney_name(labels: Path) -> str:
 
 
 def score_volumes(labels: Path, pred: Path, pp_path: Path | None = None, metrics: Sequence[str] | None = None,
-                  workers: int = 1, scheduler: str | None = None) -> dict:
+                  workers: int = 1, scheduler: str | None = None, foreign_probabilities: bool = False) -> dict:
     """Score of a predicted mask (slice folder, 3D file) or of probabilities turned into a mask with ``pp_path``.
 
     Args:
@@ -154,6 +154,8 @@ def score_volumes(labels: Path, pred: Path, pp_path: Path | None = None, metrics
         pp_path: postprocessing.json.
         metrics: the hosts' metrics to compute (None: the competition's surface Dice alone).
         workers, scheduler: with ``metrics``, as for :func:`nnunet_vasculature.metrics.hosts.kidney_scores`.
+        foreign_probabilities: read probabilities without predict's record (as
+            :func:`~nnunet_vasculature.io.volumes.open_probabilities`).
 
     Returns:
         ``{kidney: score}``, or ``{kidney: {metric: value}}`` with ``metrics``.
@@ -162,7 +164,7 @@ def score_volumes(labels: Path, pred: Path, pp_path: Path | None = None, metrics
     from nnunet_vasculature.postprocess.sennet_metrics import BlockStream
     gt = open_labels(labels)
     if pp_path:
-        prob, _ = open_probabilities(pred)
+        prob, _ = open_probabilities(pred, foreign_probabilities)
         blocks = masks(prob, load_mask_rule(pp_path))
         shape = tuple(prob.shape)
     else:

@@ -38,7 +38,8 @@ def kidney_of(path: Path | str, attrs: dict) -> str:
 
 
 def determine(prob_paths: list, label_paths: list, cc_candidates: Sequence[int] = CC_CANDIDATES,
-              closing_radii: Sequence[int] = (), by_fraction: bool = False, objective: str = "nsd0") -> dict:
+              closing_radii: Sequence[int] = (), by_fraction: bool = False, objective: str = "nsd0",
+              foreign_probabilities: bool = False) -> dict:
     """Best threshold by mean score over kidneys, then whether a 3D closing and small-component removal help.
 
     Args:
@@ -49,6 +50,8 @@ def determine(prob_paths: list, label_paths: list, cc_candidates: Sequence[int] 
         by_fraction: threshold each kidney where its foreground is the tuned fraction of its voxels.
         objective: the metric maximised (``nsd0``, the competition's, or ``nsd1 cldice dice``: the hosts'
             others); ``nsd1``/``cldice`` are scored at every 16th level and 0.5 only.
+        foreign_probabilities: read inputs without predict's record (as
+            :func:`~nnunet_vasculature.io.volumes.open_probabilities`).
 
     Returns:
         The decision and its evidence (postprocessing.json without its competition record); the ``mean_score*``
@@ -67,7 +70,7 @@ def determine(prob_paths: list, label_paths: list, cc_candidates: Sequence[int] 
         raise UserError(f"{len(prob_paths)} probability volumes but {len(label_paths)} label volumes")
     curves, kidneys, pairs, hists = [], [], [], []
     for p_path, l_path in zip(prob_paths, label_paths):
-        prob, attrs = open_probabilities(p_path)
+        prob, attrs = open_probabilities(p_path, foreign_probabilities)
         labels = open_labels(l_path)
         _check_shapes(prob, labels, p_path, l_path)
         if not any(np.asarray(labels[z:z + BLOCK]).any() for z in range(0, labels.shape[0], BLOCK)):

@@ -24,5 +24,6 @@ def _write_kidney(root: Path, name: str, gt, prob):
     g = zarr.open_group(str(root / "probs.zarr"), mode="a")
     a = g.create_array(name, shape=prob.shape, chunks=(1, *prob.shape[1:]), dtype="uint8")
     a[:] = np.rint(prob * 255).astype(np.uint8)
-    a.attrs.update({"kidney": name, "slice_ids": [f"{name}_{z:04d}" for z in range(gt.shape[0])], "complete": True})
+    a.attrs.update({"kidney": name, "slice_ids": [f"{name}_{z:04d}" for z in range(gt.shape[0])], "complete": True,
+                    "source": {"tool": "predict"}})                     # predict's record
     return lab
