@@ -28,7 +28,7 @@ def _planes(pred, img, spacing, start=0, end=None, scan=None):
 def test_end_gives_the_planes_of_a_full_run(tmp_path, model_spacing):
     """[start, end) slabs, put together, are bitwise the whole-volume run (same grid and resampled)."""
     folder = make_model_folder(tmp_path / "m", spacing=model_spacing)
-    pred = StreamingPredictor.from_options(_options(folder), torch.device("cpu"))
+    pred = StreamingPredictor(_options(folder), torch.device("cpu"))
     img = _image((40, 36, 34), seed=7)
     img[:5] = 0          # zero planes outside the crop box on both ends
     img[-3:] = 0

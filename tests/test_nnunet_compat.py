@@ -48,7 +48,7 @@ def test_transpose_forward_matches_stock_and_moving_z_is_refused(tmp_path):
     _compare(_ours(folder, img, sp, (0,), False), _stock(folder, img, sp, (0,), False))
     _set_plans(folder, transpose_forward=[1, 0, 2], transpose_backward=[1, 0, 2])
     with pytest.raises(UserError, match=r"transpose_forward \[1, 0, 2\] \(z must stay first\)"):
-        StreamingPredictor.from_options(PredictionOptions.of(folder, [0]), torch.device("cpu"))
+        StreamingPredictor(PredictionOptions.of(folder, [0]), torch.device("cpu"))
 
 
 def test_separate_z_resampling_matches_stock(tmp_path):

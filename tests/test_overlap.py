@@ -46,7 +46,7 @@ def _folder(tmp_path, folds=(0,), transpose=None, **kw):
 
 
 def _pred(folder, folds=(0,), tta=False, overlap=True, queue_depth=1):
-    return StreamingPredictor.from_options(PredictionOptions.of(folder, folds, tta=tta), torch.device("cpu"),
+    return StreamingPredictor(PredictionOptions.of(folder, folds, tta=tta), torch.device("cpu"),
                                            overlap=overlap, queue_depth=queue_depth)
 
 

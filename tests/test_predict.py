@@ -174,7 +174,7 @@ def test_checkpoint_running_code_is_refused(tmp_path, capsys):
     assert "weights_only" not in err[0]
     assert not marker.exists()
     with pytest.raises(UserError, match="refused"):
-        StreamingPredictor.from_options(PredictionOptions.of(folder), torch.device("cpu"))
+        StreamingPredictor(PredictionOptions.of(folder), torch.device("cpu"))
 
 
 def test_stock_format_checkpoint_loads_weights_only(tmp_path):
@@ -246,7 +246,7 @@ def test_compiled_network_gives_the_same_probabilities(tmp_path, monkeypatch):
     img = _image((16, 40, 40))
     plain = _ours(folder, img, (50.0, 50.0, 50.0), (0,), False)
     monkeypatch.setenv("nnUNet_compile", "1")
-    pred = StreamingPredictor.from_options(PredictionOptions.of(folder, tta=False), torch.device("cpu"))
+    pred = StreamingPredictor(PredictionOptions.of(folder, tta=False), torch.device("cpu"))
     assert all(isinstance(n, OptimizedModule) for n in pred.nets)
     compiled = _ours(folder, img, (50.0, 50.0, 50.0), (0,), False, predictor=pred)
     assert np.abs(compiled - plain).max() <= 1e-4

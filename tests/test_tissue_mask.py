@@ -51,7 +51,7 @@ def runs(tmp_path_factory):
     torch.set_num_threads(1)
     folder = make_model_folder(tmp_path_factory.mktemp("tissue") / "m", spacing=MODEL_SPACING)
     img = _volume()
-    predictors = {on: StreamingPredictor.from_options(PredictionOptions.of(folder, [0], tta=False, tissue_mask=on),
+    predictors = {on: StreamingPredictor(PredictionOptions.of(folder, [0], tta=False, tissue_mask=on),
                                                       torch.device("cpu")) for on in (False, True)}
     results = {on: _run(p, img) for on, p in predictors.items()}
     return img, predictors, results

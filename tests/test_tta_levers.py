@@ -27,7 +27,7 @@ def _logit_mean(probs):
 
 
 def _predictor(folder, tta, **options):
-    return StreamingPredictor.from_options(PredictionOptions.of(folder, [0], tta=tta, **options), torch.device("cpu"))
+    return StreamingPredictor(PredictionOptions.of(folder, [0], tta=tta, **options), torch.device("cpu"))
 
 
 def test_rotation_steps_are_torch_rot90():

@@ -466,7 +466,7 @@ def _predictor(setup: WorkerSetup) -> Any:
     if setup.torch_threads:
         torch.set_num_threads(setup.torch_threads)
     key = json.dumps([setup.options.to_json(), device, setup.torch_threads], sort_keys=True)
-    return _cached("predictor", key, lambda: StreamingPredictor.from_options(setup.options, resolve_device(device)))
+    return _cached("predictor", key, lambda: StreamingPredictor(setup.options, resolve_device(device)))
 
 
 def _tissue(setup: WorkerSetup, kidney: str, src: VolumeSource, predictor: Any) -> Any:

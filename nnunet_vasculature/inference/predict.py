@@ -78,7 +78,7 @@ def predict(inputs: InputSpec | Path | str, out: Path | None, options: Predictio
     if not todo:
         return out
     check_memory([src for src, _ in todo], options, str(dev), is_ngff_output(out))
-    predictor = StreamingPredictor.from_options(options, dev, overlap=overlap)
+    predictor = StreamingPredictor(options, dev, overlap=overlap)
     group = None if is_ngff_output(out) else zarr.open_group(str(out), mode="a")
     for src, run in todo:
         if group is None:

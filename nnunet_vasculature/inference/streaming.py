@@ -97,23 +97,6 @@ class StreamingPredictor:
                            options.tta_rotations, options.tta_permutations, str(model_folder))
         self.gaussian = self._gaussian()
 
-    @classmethod
-    def from_options(cls, options: PredictionOptions, device: torch.device | str = torch.device("cpu"),
-                     overlap: bool = True, queue_depth: int = 1) -> StreamingPredictor:
-        """A predictor for ``options``: the constructor under another name (the constructor takes the same
-        arguments; this name goes once its callers call the constructor).
-
-        Args:
-            options: the prediction options.
-            device: where the networks run.
-            overlap: background input and writer threads.
-            queue_depth: rows of input prepared ahead.
-
-        Returns:
-            The predictor.
-        """
-        return cls(options, device, overlap=overlap, queue_depth=queue_depth)
-
     def _check_supported(self, folder: Path) -> None:
         problems = []
         if len(self.patch) != 3:

@@ -40,7 +40,7 @@ def _ours(folder, img, spacing, folds, tta, start=0, predictor=None, end=None, s
         for i, plane in enumerate(p):
             assert z + i not in out
             out[z + i] = plane
-    predictor = predictor or StreamingPredictor.from_options(PredictionOptions.of(folder, folds, tta=tta),
+    predictor = predictor or StreamingPredictor(PredictionOptions.of(folder, folds, tta=tta),
                                                              torch.device("cpu"))
     predictor.predict(src, sink, start, end=end, scan=scan)
     stop = img.shape[0] if end is None else min(end, img.shape[0])
