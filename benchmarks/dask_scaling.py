@@ -10,7 +10,6 @@ start-up and model loading are left out of the times (each cluster is warmed up 
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +28,9 @@ def _warm():
 
 
 def _peak_rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's VmHWM (ru_maxrss would carry the parent's high-water mark into a spawned worker)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
 def _volume(root, shape, seed=0):

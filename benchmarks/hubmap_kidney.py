@@ -9,7 +9,8 @@ Each measurement prints its reference measured in the same run:
            time, megapixels/s and peak RSS of the converting process;
   predict  ``predict hubmap-kidney`` (no TTA) of the big slide vs the small one with the 2D model of --model (e.g. the
            demo's), peak RSS of each process, and of a process that only loads the model.
-Peak RSS is ``ru_maxrss`` of a fresh child process per measurement. The figures of the parts run are appended to
+Peak RSS is the VmHWM of a fresh child process per measurement (its ``ru_maxrss`` would carry this process's
+high-water mark, e.g. the RLE step's, into the child). The figures of the parts run are appended to
 the run records (`python -m benchmarks --table hubmap_kidney`).
 """
 from __future__ import annotations
@@ -33,7 +34,8 @@ def _child(code: str) -> dict:
     """Run ``code`` in a fresh interpreter; it must set ``result`` (a dict); adds peak RSS and wall time."""
     wrapper = (f"import json, resource, time\nt0 = time.time()\n{code}\n"
                "result['seconds'] = time.time() - t0\n"
-               "result['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+               "result['peak_rss_mb'] = next(int(x.split()[1]) for x in open('/proc/self/status')\n"
+               "                             if x.startswith('VmHWM:')) / 1024\n"
                "print('RESULT ' + json.dumps(result))")
     r = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True)
     if r.returncode != 0:

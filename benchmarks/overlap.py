@@ -2,7 +2,7 @@
 
 A Kaggle-layout folder of uint16 TIFF slices at 63.08 µm (kidney_6-like) is predicted by a small network
 trained at 50 µm (so the input is resampled up and the probabilities back down) into a zarr store, by
-``StreamingPredictor.from_options(overlap=True)`` and ``overlap=False`` (everything in the calling thread, in order),
+``StreamingPredictor(overlap=True)`` and ``overlap=False`` (everything in the calling thread, in order),
 and by stock ``nnUNetPredictor.predict_single_npy_array`` on the volume loaded from the same slices
 (loading included). Stage times are those of the same run: read+prepare (input thread busy), network
 (sum of the forward passes), main (calling thread busy: network, accumulation, division), write
@@ -48,7 +48,7 @@ def run_ours(folder: Path, kidney: Path, out: Path, overlap: bool, step: float) 
     from nnunet_vasculature.io.sennet_inputs import kaggle_kidney
     from nnunet_vasculature.io.store import KidneyWriter
     src = kaggle_kidney(kidney, 63.08)
-    pred = StreamingPredictor.from_options(PredictionOptions.of(folder, [0], tta=False, step_size=step),
+    pred = StreamingPredictor(PredictionOptions.of(folder, [0], tta=False, step_size=step),
                                            torch.device("cpu"), overlap=overlap)
     group = zarr.open_group(str(out), mode="w")
     sink = KidneyWriter(group, src.name, src.shape, src.spacing, src.slice_ids, {"tool": "benchmark"})

@@ -42,7 +42,7 @@ src = VolumeSource("v", (depth, plane, plane), (50.0, 50.0, 50.0), [], [(0, dept
 total = [0.0]
 def sink(z, p):
     total[0] += float(p.sum())
-sp = StreamingPredictor.from_options(PredictionOptions.of(folder, [0], tta=False), torch.device("cpu"))
+sp = StreamingPredictor(PredictionOptions.of(folder, [0], tta=False), torch.device("cpu"))
 t = time.time()
 sp.predict(src, sink)
 report(seconds=time.time() - t, mean=total[0] / (depth * plane * plane))

@@ -59,7 +59,7 @@ from nnunet_vasculature.inference.options import PredictionOptions
 from nnunet_vasculature.inference.streaming import StreamingPredictor
 from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
 folder, H, W, step = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-sp = StreamingPredictor.from_options(PredictionOptions.of(folder, ["all"], tta=False), torch.device("cpu"))
+sp = StreamingPredictor(PredictionOptions.of(folder, ["all"], tta=False), torch.device("cpu"))
 net, patch = sp.nets[0], sp.patch
 class Live(TorchDispatchMode):   # bytes of tensors made by non-aliasing ops and still referenced
     live = peak = 0

@@ -71,7 +71,7 @@ def predict(folder: Path, img: np.ndarray, tissue_mask: bool) -> tuple:
     from nnunet_vasculature.inference.options import PredictionOptions
     from nnunet_vasculature.inference.streaming import StreamingPredictor
     from nnunet_vasculature.io.volume_source import VolumeSource
-    predictor = StreamingPredictor.from_options(PredictionOptions.of(folder, [0], tta=False, tissue_mask=tissue_mask),
+    predictor = StreamingPredictor(PredictionOptions.of(folder, [0], tta=False, tissue_mask=tissue_mask),
                                                 torch.device("cpu"))
     src = VolumeSource("v", img.shape, (VOXEL_UM,) * 3, [], [(0, img.shape[0], lambda a, b: img[a:b])])
     out = np.zeros(img.shape, np.float32)
