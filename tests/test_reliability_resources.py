@@ -142,9 +142,10 @@ def test_export_model_into_an_existing_folder_names_it_and_leaves_nothing(tmp_pa
 
 
 # --------------------------------------------------------------------------------------------- item 14
-def _many_instances_csvs(tmp_path, n=4000, size=512):
-    """A submission, sample and solution of one 512^2 tile whose prediction has ``n`` one-pixel instances, encoded
-    with pycocotools, zlib and base64 directly (the competition's format)."""
+def _many_instances_csvs(tmp_path, n=4000, size=512, hit=False):
+    """A submission, sample and solution of one 512^2 tile whose prediction has ``n`` one-pixel instances (and with
+    ``hit`` first the truth's own mask, scored 0.9), encoded with pycocotools, zlib and base64 directly (the
+    competition's format)."""
     import base64
     import csv
     import zlib
@@ -155,13 +156,13 @@ def _many_instances_csvs(tmp_path, n=4000, size=512):
         counts = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"]
         return base64.b64encode(zlib.compress(counts)).decode("ascii")
 
-    tokens = []
+    truth = np.zeros((size, size), bool)
+    truth[:4, :4] = True
+    tokens = ["0", "0.9", encode(truth)] if hit else []
     for k in range(n):
         mask = np.zeros((size, size), bool)
         mask[k // size, k % size] = True
         tokens += ["0", "0.5", encode(mask)]
-    truth = np.zeros((size, size), bool)
-    truth[:4, :4] = True
     files = {"submission.csv": ("id,height,width,prediction_string", f"t1,{size},{size},{' '.join(tokens)}"),
              "sample.csv": ("id,height,width,prediction_string", f"t1,{size},{size},"),
              "solution.csv": ("id,height,width,annotations", f"t1,{size},{size},{encode(truth)}")}
@@ -190,14 +191,73 @@ def test_validate_streams_a_row_of_many_instances(tmp_path):
     assert n == 4000 and peak < 64 * 2 ** 20, peak
 
 
-def test_score_refuses_more_instances_per_tile_than_the_cap_in_one_line(tmp_path, capsys):
-    """score hubmap-vasculature refuses a tile of 4000 instances in one line naming the file, the tile and the cap,
-    before decoding them (before: all were expanded to full-tile masks)."""
-    sub, _, solution = _many_instances_csvs(tmp_path)
-    err = _one_line(capsys, main(["score", "hubmap-vasculature", "--solution", str(solution), "--submission",
-                                  str(sub)]))
-    assert err == f"error: {sub} t1: 4000 instances in one 512x512 tile; at most 1024 are scored (each is decoded " \
-                  f"to a full-tile mask)", err
+def test_score_streams_a_row_of_many_instances(tmp_path):
+    """score hubmap-vasculature reads a 4001-instance row of a 512^2 tile as run-length masks (pycocotools' IoU on
+    the runs): its peak allocation (tracemalloc, in a fresh interpreter) stays under 64 MiB, and the AP is the one
+    of the decoded masks (the truth's own mask, scored first, is the one hit: 1.0). Before: more than 1024
+    instances were refused, and up to 1024 were decoded to a full-tile stack each."""
+    sub, _, solution = _many_instances_csvs(tmp_path, hit=True)
+    code = textwrap.dedent(f"""
+        import tracemalloc
+        from nnunet_vasculature.postprocess.hubmap_vasculature import score_csv
+        tracemalloc.start()
+        ap = score_csv({str(solution)!r}, {str(sub)!r})
+        print(ap, tracemalloc.get_traced_memory()[1])
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    ap, peak = r.stdout.split()
+    assert float(ap) == 1.0 and int(peak) < 64 * 2 ** 20, (ap, peak)
+
+
+def test_score_of_run_length_masks_equals_the_decoded_masks(tmp_path):
+    """The AP of a row scored from its runs equals the AP of the same masks decoded (by pycocotools, here) and
+    scored as a dense stack, on a tile where some detections hit and some miss."""
+    import csv
+
+    from pycocotools import mask as coco_mask
+
+    from nnunet_vasculature.metrics.average_precision import average_precision
+    from nnunet_vasculature.postprocess.hubmap_vasculature import score_csv
+
+    rng = np.random.default_rng(3)
+    truths, dets, scores = [], [], []
+    for k in range(12):
+        y, x = rng.integers(0, 50, 2)
+        truth = np.zeros((64, 64), bool)
+        truth[y:y + 10, x:x + 10] = True
+        truths.append(truth)
+        det = np.zeros((64, 64), bool)
+        shift = k % 4                   # 0..3 pixels off: IoU 1.0, 0.82, 0.67, 0.54
+        det[y + shift:y + shift + 10, x:x + 10] = True
+        dets.append(det)
+        scores.append(float(rng.random()))
+
+    def encode(mask):
+        import base64
+        import zlib
+        counts = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"]
+        return base64.b64encode(zlib.compress(counts)).decode("ascii")
+
+    for name, header, row in (("solution.csv", "id,height,width,annotations", " ".join(map(encode, truths))),
+                              ("submission.csv", "id,prediction_string",
+                               " ".join(f"0 {s} {encode(d)}" for s, d in zip(scores, dets)))):
+        with open(tmp_path / name, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header.split(","))
+            writer.writerow(["t1", 64, 64, row] if name == "solution.csv" else ["t1", row])
+    dense = average_precision([(np.stack(truths), np.stack(dets), scores)])
+    assert 0 < dense < 1                                # some hit, some miss
+    assert score_csv(tmp_path / "solution.csv", tmp_path / "submission.csv") == dense
+
+
+def test_score_refuses_a_tile_whose_iou_table_exceeds_the_cap():
+    from nnunet_vasculature.errors import UserError
+    from nnunet_vasculature.postprocess.hubmap_vasculature import check_pair_count
+    check_pair_count(4000, 8000, "s.csv t1")            # 244 MiB: scored
+    with pytest.raises(UserError, match=r"s.csv t1: 4000 instances against 9000 truths in one tile; their IoU "
+                                        r"table would take 275 MiB, at most 256 MiB are scored"):
+        check_pair_count(4000, 9000, "s.csv t1")
 
 
 def test_bundle_on_a_full_disk_says_so(monkeypatch, tmp_path):

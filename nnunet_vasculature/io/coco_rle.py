@@ -33,9 +33,19 @@ def encode_mask(mask: np.ndarray) -> str:
     return encode_masks(np.asarray(mask)[None])[0]
 
 
-def decode_mask(text: str, height: int, width: int, where: str = "mask") -> np.ndarray:
-    """Decode one encoded mask into a ``bool`` ``(height, width)`` array; a UserError naming ``where`` if
-    it is not valid base64 / zlib / RLE of that size."""
+def read_rle(text: str, height: int, width: int, where: str = "mask") -> dict:
+    """One encoded mask as pycocotools' RLE (``{"size": [H, W], "counts": bytes}``), checked and not decoded: a
+    UserError naming ``where`` if it is not valid base64 / zlib / RLE of that size.
+
+    Args:
+        text: base64 of the zlib-compressed COCO counts (the competition's format).
+        height: tile height.
+        width: tile width.
+        where: the file and instance, for messages.
+
+    Returns:
+        the RLE.
+    """
     from pycocotools import mask as coco_mask
     try:
         counts = zlib.decompress(base64.b64decode(text, validate=True))
@@ -53,7 +63,14 @@ def decode_mask(text: str, height: int, width: int, where: str = "mask") -> np.n
     total = _rle_length(counts)
     if total != int(height) * int(width):
         raise UserError(f"{where}: RLE runs add up to {total} pixels, not {height}x{width}={height * width}")
-    return coco_mask.decode(rle).astype(bool)
+    return rle
+
+
+def decode_mask(text: str, height: int, width: int, where: str = "mask") -> np.ndarray:
+    """Decode one encoded mask into a ``bool`` ``(height, width)`` array; a UserError naming ``where`` if
+    it is not valid base64 / zlib / RLE of that size (:func:`read_rle`)."""
+    from pycocotools import mask as coco_mask
+    return coco_mask.decode(read_rle(text, height, width, where)).astype(bool)
 
 
 def _rle_length(counts: bytes) -> int:
@@ -76,4 +93,4 @@ def _rle_length(counts: bytes) -> int:
     return total
 
 
-__all__ = ["encode_masks", "encode_mask", "decode_mask"]
+__all__ = ["encode_masks", "encode_mask", "read_rle", "decode_mask"]

@@ -45,19 +45,77 @@ Differences from pycocotools' ``COCOeval`` at ``iouThrs=[0.6]`` (segm, area "all
 * COCO counts detections on a tile without truths, and detections with an empty mask, as false positives and
   an empty truth mask as a miss; the Open Images challenge evaluation (and this module) does not.
 
-Shapes and units: a tile's instances are either an integer label image ``(H, W)`` (0 = background,
-instance k = label k; overlapping instances cannot be expressed) or a stack of binary masks
-``(N, H, W)`` (instances may overlap). IoU is counted in pixels. Overlaps are computed for all pairs of a
-tile at once from one ``np.bincount`` of the joint labels (label images) or a sparse product (stacks),
-never with a per-pair loop over dense masks.
+Shapes and units: a tile's instances are an integer label image ``(H, W)`` (0 = background,
+instance k = label k; overlapping instances cannot be expressed), a stack of binary masks
+``(N, H, W)`` (instances may overlap), or :class:`RLEMasks`, the masks as COCO run-length encodings (instances may
+overlap; a tile of thousands of instances is never decoded). IoU is counted in pixels. Overlaps are computed for
+all pairs of a tile at once from one ``np.bincount`` of the joint labels (label images), a sparse product
+(stacks) or pycocotools' ``mask.iou`` on the runs (RLEs), never with a per-pair loop over dense masks.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 IOU_THRESHOLD = 0.6
+
+
+@dataclass(frozen=True)
+class RLEMasks:
+    """One tile's instance masks as COCO RLEs (pycocotools' ``{"size": [H, W], "counts": ...}``), in order.
+
+    Memory follows the runs, not ``N x H x W``: IoUs come from pycocotools' ``mask.iou`` on the runs."""
+    rles: tuple
+    shape: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.rles)
+
+    def areas(self) -> np.ndarray:
+        """Pixels of each mask.
+
+        Returns:
+            ``(N,)`` int64.
+        """
+        from pycocotools import mask as coco_mask
+        # one call per mask: pycocotools' list form counts the masks in a uint8 (overflows past 255)
+        return np.asarray([int(coco_mask.area(rle)) for rle in self.rles], np.int64)
+
+    def subset(self, keep: np.ndarray) -> RLEMasks:
+        """The masks where ``keep`` is True.
+
+        Args:
+            keep: ``(N,)`` bool.
+
+        Returns:
+            the selected masks, in order.
+        """
+        return RLEMasks(tuple(r for r, k in zip(self.rles, keep) if k), self.shape)
+
+    def masks(self) -> Iterator[np.ndarray]:
+        """Each mask decoded, one at a time.
+
+        Returns:
+            an iterator of ``(H, W)`` bool arrays.
+        """
+        from pycocotools import mask as coco_mask
+        for rle in self.rles:
+            yield coco_mask.decode(rle).astype(bool)
+
+
+def _rle_ious(det: RLEMasks, gt: RLEMasks) -> np.ndarray:
+    """``(n_det, n_gt)`` IoUs of two tiles' RLEs (pycocotools' plain mask IoU: no crowd truths)."""
+    if not isinstance(det, RLEMasks) or not isinstance(gt, RLEMasks):
+        raise TypeError("detections and truths are RLEMasks both, or neither")
+    if tuple(det.shape) != tuple(gt.shape):
+        raise ValueError(f"tile sizes differ: detections {det.shape}, truths {gt.shape}")
+    if not len(det) or not len(gt):
+        return np.zeros((len(det), len(gt)))
+    from pycocotools import mask as coco_mask
+    ious = coco_mask.iou(list(det.rles), list(gt.rles), [0] * len(gt))
+    return np.asarray(ious, np.float64).reshape(len(det), len(gt))
 
 
 def _as_sparse(inst: np.ndarray):  # noqa: ANN202 - scipy.sparse matrix
@@ -82,7 +140,10 @@ def mask_ious(det: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
     ``det`` and ``gt`` are label images ``(H, W)`` (instances 1..max label; a label that does not occur is
     an empty instance of IoU 0) or mask stacks ``(N, H, W)``; both of the same ``H, W``. Two label images
-    use one ``np.bincount`` of ``gt * (n_det + 1) + det``; otherwise a sparse matrix product."""
+    use one ``np.bincount`` of ``gt * (n_det + 1) + det``; otherwise a sparse matrix product; two
+    :class:`RLEMasks` pycocotools' ``mask.iou`` on their runs."""
+    if isinstance(det, RLEMasks) or isinstance(gt, RLEMasks):
+        return _rle_ious(det, gt)
     det, gt = np.asarray(det), np.asarray(gt)
     if det.shape[-2:] != gt.shape[-2:]:
         raise ValueError(f"tile sizes differ: detections {det.shape[-2:]}, truths {gt.shape[-2:]}")
@@ -145,7 +206,9 @@ def ap_from_matches(scores: np.ndarray, tp: np.ndarray, n_gt: int) -> float:
 def _non_empty(det: np.ndarray, n_scores: int) -> np.ndarray:
     """Which of the ``n_scores`` detections (label k = detection k - 1, or mask k) have a non-empty mask."""
     out = np.zeros(n_scores, bool)
-    if det.ndim == 2:
+    if isinstance(det, RLEMasks):
+        out[:len(det)] = det.areas() > 0
+    elif det.ndim == 2:
         counts = np.bincount(det.ravel(), minlength=n_scores + 1)[1:n_scores + 1] if det.size else np.zeros(0)
         out[:len(counts)] = counts > 0
     elif len(det):
@@ -163,13 +226,21 @@ class APAccumulator:
         self.n_gt = 0
 
     def add(self, gt: np.ndarray, det: np.ndarray, scores: Sequence[float]) -> None:
-        """One tile: truths and detections as label images or mask stacks, one score per detection.
+        """One tile: truths and detections as label images, mask stacks or :class:`RLEMasks` (both, or neither),
+        one score per detection.
 
         As the Open Images challenge evaluator: a detection whose mask is empty (a label that does not occur, an
         all-zero mask, or a score without a mask) is dropped; a truth whose mask is empty is not counted; a tile
         without any truth is not evaluated (its detections are dropped)."""
-        gt, det = np.asarray(gt), np.asarray(det)
-        if gt.ndim == 2:
+        if isinstance(gt, RLEMasks) != isinstance(det, RLEMasks):
+            raise TypeError("truths and detections are RLEMasks both, or neither")
+        if not isinstance(gt, RLEMasks):
+            gt, det = np.asarray(gt), np.asarray(det)
+        if isinstance(gt, RLEMasks):
+            n_rows = len(gt)
+            gt = gt.subset(gt.areas() > 0)      # empty truth masks: ignored, not missed
+            n_gt = len(gt)
+        elif gt.ndim == 2:
             top = int(gt.max(initial=0))
             if gt.min(initial=0) >= 0 and top <= 1 << 20:     # labels present: a bincount, ~10x faster than unique
                 present = np.flatnonzero(np.bincount(gt.ravel(), minlength=top + 1)[1:]) + 1
@@ -187,7 +258,7 @@ class APAccumulator:
                 gt = gt[gt.reshape(n_rows, -1).any(axis=1)]     # empty truth masks: ignored, not missed
             n_gt = len(gt)
         scores = np.asarray(scores, dtype=np.float64).ravel()
-        n_det = (int(det.max(initial=0)) if det.ndim == 2 else len(det))
+        n_det = len(det) if isinstance(det, RLEMasks) else (int(det.max(initial=0)) if det.ndim == 2 else len(det))
         if n_det > len(scores):
             raise ValueError(f"{n_det} detections but {len(scores)} scores")
         keep = _non_empty(det, len(scores)) if n_rows else np.zeros(len(scores), bool)
@@ -210,8 +281,8 @@ def average_precision(tiles: Iterable[tuple[np.ndarray, np.ndarray, Sequence[flo
     """AP@``iou_threshold`` over tiles given as ``(truths, detections, scores)``.
 
     Args:
-        tiles: per tile the truths and detections (label images ``(H, W)`` or mask stacks ``(N, H, W)``) and
-            one score per detection.
+        tiles: per tile the truths and detections (label images ``(H, W)``, mask stacks ``(N, H, W)`` or
+            :class:`RLEMasks`) and one score per detection.
         iou_threshold: mask IoU a match needs (inclusive).
 
     Returns:
@@ -224,4 +295,5 @@ def average_precision(tiles: Iterable[tuple[np.ndarray, np.ndarray, Sequence[flo
     return acc.score()
 
 
-__all__ = ["IOU_THRESHOLD", "mask_ious", "match_tile", "ap_from_matches", "APAccumulator", "average_precision"]
+__all__ = ["IOU_THRESHOLD", "RLEMasks", "mask_ious", "match_tile", "ap_from_matches", "APAccumulator",
+           "average_precision"]

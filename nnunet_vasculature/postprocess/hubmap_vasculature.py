@@ -20,6 +20,7 @@ import json
 import math
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from nnunet_vasculature.postprocess.tune import (
     warn,
     write_postprocessing,
 )
+
+if TYPE_CHECKING:     # the metric module is imported where a tile is scored
+    from nnunet_vasculature.metrics.average_precision import RLEMasks
 
 COMPETITION = "hubmap-vasculature"
 DEFAULT_GRID = {"thresholds": [0.3, 0.4, 0.5, 0.6, 0.7], "min_sizes": [0, 16, 64, 128], "dilations": [0, 1, 2]}
@@ -59,48 +63,46 @@ def polygon_masks(anns: list[dict], shape: tuple[int, int]) -> np.ndarray:
     return np.stack(out) if out else np.zeros((0, *shape), bool)
 
 
-MASK_STACK_BYTES = 256 * 2 ** 20      # the most one tile's decoded masks (N x H x W bool) may take when scored
+IOU_MATRIX_BYTES = 256 * 2 ** 20      # the most one tile's IoU matrix (detections x truths, float64) may take
 
 
-def check_instance_count(n: int, h: int, w: int, where: str) -> None:
-    """Refuse more instances in one tile than :data:`MASK_STACK_BYTES` of full-tile masks, before decoding.
+def check_pair_count(n_det: int, n_gt: int, where: str) -> None:
+    """Refuse a tile whose IoU matrix (``n_det x n_gt`` float64) would exceed :data:`IOU_MATRIX_BYTES`.
 
     Args:
-        n: instances in the tile.
-        h: tile height.
-        w: tile width.
+        n_det: detections in the tile.
+        n_gt: truths in the tile.
         where: the file and tile id, for the message.
 
     Raises:
-        UserError: one line naming ``where``, the count and the cap.
+        UserError: one line naming ``where``, the counts and the cap.
     """
-    cap = max(1, MASK_STACK_BYTES // max(1, h * w))
-    if n > cap:
-        raise UserError(f"{where}: {n} instances in one {h}x{w} tile; at most {cap} are scored (each is decoded "
-                        f"to a full-tile mask)")
+    if n_det * n_gt * 8 > IOU_MATRIX_BYTES:
+        raise UserError(f"{where}: {n_det} instances against {n_gt} truths in one tile; their IoU table would take "
+                        f"{n_det * n_gt * 8 / 2 ** 20:.0f} MiB, at most {IOU_MATRIX_BYTES // 2 ** 20} MiB are scored")
 
 
 def parse_prediction(text: str, h: int, w: int, where: str, keep_masks: bool = True
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """``0 <score> <mask> …`` -> (N, H, W) bool masks and N scores; UserError naming ``where``.
+                     ) -> tuple[RLEMasks | None, np.ndarray]:
+    """``0 <score> <mask> …`` -> the N masks (checked RLEs, never decoded) and N scores; UserError naming
+    ``where``.
 
     Args:
         text: the row's ``prediction_string``.
         h: tile height.
         w: tile width.
         where: the file and tile id, for messages.
-        keep_masks: False: decode and check each mask one at a time and keep none (bounded memory; the masks
-            returned are ``(0, H, W)``); True: more instances than :func:`check_instance_count` allows are refused.
+        keep_masks: False: check each mask and keep none (masks returned: None).
 
     Returns:
-        (masks, scores).
+        (masks, scores): :class:`~nnunet_vasculature.metrics.average_precision.RLEMasks` (memory follows the
+        runs, not N x H x W) or None, and the scores.
     """
-    from nnunet_vasculature.io.coco_rle import decode_mask
+    from nnunet_vasculature.io.coco_rle import read_rle
+    from nnunet_vasculature.metrics.average_precision import RLEMasks
     tok = text.split()
     if len(tok) % 3:
         raise UserError(f"{where}: prediction_string must be triples '0 <score> <mask>', got {len(tok)} tokens")
-    if keep_masks:
-        check_instance_count(len(tok) // 3, h, w, where)
     masks, scores = [], []
     for k in range(0, len(tok), 3):
         if tok[k] != "0":
@@ -111,23 +113,22 @@ def parse_prediction(text: str, h: int, w: int, where: str, keep_masks: bool = T
             raise UserError(f"{where}: score {tok[k + 1]!r} is not a number") from None
         if not math.isfinite(s):
             raise UserError(f"{where}: score {tok[k + 1]!r} is not finite")
-        mask = decode_mask(tok[k + 2], h, w, f"{where} instance {k // 3}")
+        rle = read_rle(tok[k + 2], h, w, f"{where} instance {k // 3}")
         if keep_masks:
-            masks.append(mask)
+            masks.append(rle)
         scores.append(s)
-    return (np.stack(masks) if masks else np.zeros((0, h, w), bool)), np.asarray(scores)
+    return (RLEMasks(tuple(masks), (h, w)) if keep_masks else None), np.asarray(scores)
 
 
-def _tile_truth(r: dict, solution: Path) -> tuple[int, int, np.ndarray]:
-    from nnunet_vasculature.io.coco_rle import decode_mask
+def _tile_truth(r: dict, solution: Path) -> tuple[int, int, RLEMasks]:
+    from nnunet_vasculature.io.coco_rle import read_rle
+    from nnunet_vasculature.metrics.average_precision import RLEMasks
     try:
         h, w = int(r["height"]), int(r["width"])
     except ValueError:
         raise UserError(f"{solution} {r['id']}: height/width are not integers") from None
-    annotations = r["annotations"].split()
-    check_instance_count(len(annotations), h, w, f"{solution} {r['id']}")
-    gt = [decode_mask(t, h, w, f"{solution} {r['id']}") for t in annotations]
-    return h, w, (np.stack(gt) if gt else np.zeros((0, h, w), bool))
+    gt = [read_rle(t, h, w, f"{solution} {r['id']}") for t in r["annotations"].split()]
+    return h, w, RLEMasks(tuple(gt), (h, w))
 
 
 def score_csv(solution: Path, submission: Path) -> float:
@@ -142,8 +143,9 @@ def score_csv(solution: Path, submission: Path) -> float:
     acc = APAccumulator()
     for r in read_table(solution, ["id", "height", "width", "annotations"], competition=COMPETITION):
         h, w, gt = _tile_truth(r, solution)
-        det, scores = parse_prediction(sub[r["id"]]["prediction_string"] if r["id"] in sub else "", h, w,
-                                       f"{submission} {r['id']}")
+        where = f"{submission} {r['id']}"
+        det, scores = parse_prediction(sub[r["id"]]["prediction_string"] if r["id"] in sub else "", h, w, where)
+        check_pair_count(len(det), len(gt), where)
         acc.add(gt, det, scores)
     return acc.score()
 
@@ -360,7 +362,7 @@ def _instances_of(pred: Path, tile_id: str, shape: tuple[int, int]) -> tuple[np.
             raise UserError(f"{pred}: no row for tile {tile_id}")
         det, scores = parse_prediction(row["prediction_string"], *shape, f"{pred} {tile_id}")
         lab = np.zeros(shape, np.int32)
-        for k, m in enumerate(det, 1):
+        for k, m in enumerate(det.masks(), 1):
             lab[m & (lab == 0)] = k
         return lab, scores
     path = pred / f"{tile_id}.npz" if pred.is_dir() else pred
