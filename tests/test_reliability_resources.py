@@ -174,21 +174,28 @@ def _many_instances_csvs(tmp_path, n=4000, size=512, hit=False):
     return tmp_path / "submission.csv", tmp_path / "sample.csv", tmp_path / "solution.csv"
 
 
+def _traced(call: str) -> tuple[str, int]:
+    """``call`` (an expression of hubmap_vasculature's functions) in a fresh interpreter under tracemalloc: its
+    value as printed, and the peak allocation in bytes."""
+    code = textwrap.dedent(f"""
+        import tracemalloc
+        from nnunet_vasculature.postprocess import hubmap_vasculature
+        tracemalloc.start()
+        value = hubmap_vasculature.{call}
+        print(value, tracemalloc.get_traced_memory()[1])
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    value, peak = r.stdout.split()
+    return value, int(peak)
+
+
 def test_validate_streams_a_row_of_many_instances(tmp_path):
     """validate decodes a 4000-instance row of a 512^2 tile one mask at a time: its peak allocation (tracemalloc,
     in a fresh interpreter) stays under 64 MiB (before: every mask was stacked, 4000 x 512^2 bytes = 1 GiB)."""
     sub, sample, _ = _many_instances_csvs(tmp_path)
-    code = textwrap.dedent(f"""
-        import tracemalloc
-        from nnunet_vasculature.postprocess.hubmap_vasculature import validate
-        tracemalloc.start()
-        n = validate({str(sub)!r}, {str(sample)!r})
-        print(n, tracemalloc.get_traced_memory()[1])
-    """)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    n, peak = map(int, r.stdout.split())
-    assert n == 4000 and peak < 64 * 2 ** 20, peak
+    n, peak = _traced(f"validate({str(sub)!r}, {str(sample)!r})")
+    assert int(n) == 4000 and peak < 64 * 2 ** 20, peak
 
 
 def test_score_streams_a_row_of_many_instances(tmp_path):
@@ -197,17 +204,8 @@ def test_score_streams_a_row_of_many_instances(tmp_path):
     of the decoded masks (the truth's own mask, scored first, is the one hit: 1.0). Before: more than 1024
     instances were refused, and up to 1024 were decoded to a full-tile stack each."""
     sub, _, solution = _many_instances_csvs(tmp_path, hit=True)
-    code = textwrap.dedent(f"""
-        import tracemalloc
-        from nnunet_vasculature.postprocess.hubmap_vasculature import score_csv
-        tracemalloc.start()
-        ap = score_csv({str(solution)!r}, {str(sub)!r})
-        print(ap, tracemalloc.get_traced_memory()[1])
-    """)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    ap, peak = r.stdout.split()
-    assert float(ap) == 1.0 and int(peak) < 64 * 2 ** 20, (ap, peak)
+    ap, peak = _traced(f"score_csv({str(solution)!r}, {str(sub)!r})")
+    assert float(ap) == 1.0 and peak < 64 * 2 ** 20, (ap, peak)
 
 
 def test_score_of_run_length_masks_equals_the_decoded_masks(tmp_path):
