@@ -96,6 +96,19 @@ def test_bundle_refuses_an_output_that_is_an_input(tmp_path, capsys, where):
     assert sorted(p.name for p in wheels.iterdir()) == ["some-1.0-py3-none-any.whl"]
 
 
+def test_bundle_refuses_an_output_that_holds_a_constraint_file(tmp_path, capsys):
+    """`bundle -o X -c X/constraints.txt --overwrite`: X would be replaced while pip reads the constraint file from
+    it; refused in one line, the file untouched."""
+    folder = tmp_path / "here"
+    folder.mkdir()
+    pins = folder / "constraints.txt"
+    pins.write_text("numpy==2.4.6\n")
+    err = _one_line(capsys, bundle_cli(["-o", str(folder), "-c", str(pins), "--overwrite",
+                                        "--torch-version", "2.5.0", "--torchvision-version", "0.20.0"]))
+    assert f"{folder.resolve()}: the output -o would replace the input -c" in err, err
+    assert pins.read_text() == "numpy==2.4.6\n"
+
+
 # --------------------------------------------------------------------------------------------- item 16
 def _sennet_store(tmp_path):
     """A complete probability store of one kidney and its postprocessing.json, written by zarr directly."""
