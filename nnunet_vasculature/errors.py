@@ -152,7 +152,8 @@ PIP_NAMES = {"torch": "torch", "nnunetv2": "nnunetv2", "batchgeneratorsv2": "bat
              "matplotlib": "matplotlib", "dask": "dask[distributed]", "distributed": "dask[distributed]",
              "pycocotools": "pycocotools", "PIL": "pillow", "tensorstore": "tensorstore",
              "imagecodecs": "imagecodecs", "packaging": "packaging",
-             "hoa_tools": "nnunet-vasculature[hoa]", "neuroglancer": "nnunet-vasculature[view]"}
+             "hoa_tools": "nnunet-vasculature[hoa]", "fsspec": "nnunet-vasculature[hoa]",
+             "aiohttp": "nnunet-vasculature[hoa]", "neuroglancer": "nnunet-vasculature[view]"}
 
 
 def describe_missing_dependency(e: ModuleNotFoundError) -> str | None:
@@ -171,5 +172,5 @@ def describe_missing_dependency(e: ModuleNotFoundError) -> str | None:
         return (f"this command needs the module '{top}', which is not installed (set {VERBOSE_ENV}=1 for the "
                 "traceback)")
     spec = f"'{PIP_NAMES[top]}'" if "[" in PIP_NAMES[top] else PIP_NAMES[top]      # quoted for the shell
-    needs = ", Python >= 3.11" if top == "hoa_tools" else ""
+    needs = ", Python >= 3.11" if PIP_NAMES[top].endswith("[hoa]") else ""
     return f"this command needs the package '{top}' (pip install {spec}{needs})"
