@@ -10,6 +10,7 @@ start-up and model loading are left out of the times (each cluster is warmed up 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 import tifffile
 import zarr
 
-from benchmarks.common import record
+from benchmarks.common import peak_rss_kib, record
 from nnunet_vasculature.demo.tiny_model import make_model_folder
 
 
@@ -29,8 +30,7 @@ def _warm():
 
 def _peak_rss_mib():
     """This process's VmHWM (ru_maxrss would carry the parent's high-water mark into a spawned worker)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    return peak_rss_kib(os.getpid()) / 1024
 
 
 def _volume(root, shape, seed=0):

@@ -16,32 +16,27 @@ the run records (`python -m benchmarks --table hubmap_kidney`).
 from __future__ import annotations
 
 import argparse
-import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import kaggle_rle, record
+from benchmarks.common import kaggle_rle, record, run_child
 
 HERE = Path(__file__).resolve().parent
 
 
 def _child(code: str) -> dict:
-    """Run ``code`` in a fresh interpreter; it must set ``result`` (a dict); adds peak RSS and wall time."""
-    wrapper = (f"import json, resource, time\nt0 = time.time()\n{code}\n"
-               "result['seconds'] = time.time() - t0\n"
-               "result['peak_rss_mb'] = next(int(x.split()[1]) for x in open('/proc/self/status')\n"
-               "                             if x.startswith('VmHWM:')) / 1024\n"
-               "print('RESULT ' + json.dumps(result))")
-    r = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"child failed:\n{r.stderr[-2000:]}")
-    line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    return json.loads(line[7:])
+    """Run ``code`` in a fresh interpreter (:func:`benchmarks.common.run_child`); it must set ``result`` (a dict);
+    adds its wall time and peak RSS (VmHWM, ``peak_rss_mb``)."""
+    try:
+        r = run_child(f"import time\nt0 = time.time()\n{code}\nreport(**result, seconds=time.time() - t0)")
+    except RuntimeError as e:
+        raise SystemExit(f"child failed:\n{e}") from None
+    r["peak_rss_mb"] = r.pop("peak_rss_mib")
+    return r
 
 
 
