@@ -210,7 +210,7 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
 
 
 def _run(a: argparse.Namespace) -> None:
-    from nnunet_vasculature.inference.model import check_model_folder, model_folder_from_args, resolve_device
+    from nnunet_vasculature.inference.model import model_folder_from_args, resolve_device
     if a.model_folder is None and a.dataset_id is None:
         raise UserError("give -d ID (with -c/-tr/-p) or -m MODEL_FOLDER")
     folder = a.model_folder or model_folder_from_args(a.dataset_id, a.configuration, a.trainer, a.plans)
@@ -219,21 +219,21 @@ def _run(a: argparse.Namespace) -> None:
                                    tta_permutations=a.tta_permutations, tta_scale=a.tta_scale,
                                    tissue_mask=a.tissue_mask)
     level = a.level if str(a.level).strip().lower() == "auto" else _level_number(a.level)
-    if not a.dry_run and a.scheduler is None and a.scheduler_file is None:
-        resolve_device(a.device)      # before any work (a remote cluster's workers check their own)
-    check_model_folder(options.model_folder, options.folds, options.checkpoint)     # then the input
-    spec = parse_input(a.input, level, a.remote, tuple(a.spacing) if a.spacing else None)   # -i, once
+    spacing = tuple(a.spacing) if a.spacing else None   # the flag's words: -i is parsed once, by the entry point
     if a.dry_run:
         from nnunet_vasculature.inference.budget import dry_run
-        dry_run(spec, options, device=a.device, out=a.output)
+        dry_run(a.input, options, spacing, level, a.remote, a.device, a.output)
         return
+    if a.scheduler is None and a.scheduler_file is None:
+        resolve_device(a.device)      # before any work (a remote cluster's workers check their own)
     if a.workers is not None or a.scheduler is not None or a.scheduler_file is not None:
         from nnunet_vasculature.inference.distributed import predict_distributed
-        predict_distributed(spec, a.output, options, a.device, overwrite=a.overwrite, workers=a.workers,
+        predict_distributed(a.input, a.output, options, a.device, spacing, a.overwrite, workers=a.workers,
                             scheduler_address=a.scheduler, scheduler_file=a.scheduler_file,
-                            slab_planes=a.slab_planes)
+                            slab_planes=a.slab_planes, level=level, remote=a.remote)
         return
-    predict(spec, a.output, options, a.device, overwrite=a.overwrite, overlap=not a.no_overlap)
+    predict(a.input, a.output, options, a.device, spacing, a.overwrite, overlap=not a.no_overlap, level=level,
+            remote=a.remote)
 
 
 def _level_number(text: str) -> int:

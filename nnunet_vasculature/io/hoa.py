@@ -144,7 +144,7 @@ def configure_remote_reads(timeout: float = READ_TIMEOUT_S) -> None:
 
     from nnunet_vasculature.errors import VERBOSE_ENV
     if os.environ.get(VERBOSE_ENV) != "1":
-        logging.getLogger("gcsfs").addHandler(logging.NullHandler())
+        logging.getLogger("gcsfs").propagate = False    # its records reach no handler (once, however often called)
     wanted = {"requests_timeout": aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
               "session_kwargs": {"trust_env": True}}
     configured = {key for protocol in ("gs", "gcs") for key in conf.get(protocol, {})}

@@ -242,17 +242,16 @@ def load_postprocessing(path: Path | str) -> MaskRule:
     return read_mask_rule(path, COMPETITION)
 
 
-def slide_rle(store: Path | object, pp: MaskRule) -> str:
+def slide_rle(arr: object, pp: MaskRule) -> str:
     """Column-major RLE of a store's post-processed mask, strip by strip (``tune.masks`` on the column view).
 
     Args:
-        store: the ``<id>.zarr`` path, or the array :func:`_open` gave for it.
+        arr: the store's array, as :func:`_open` gave it.
         pp: the post-processing rule.
 
     Returns:
         The RLE (empty for an empty mask).
     """
-    arr = _open(Path(store)) if isinstance(store, (str, Path)) else store
     enc = ColumnStripEncoder(arr.shape[0], empty="")
     for _, m in masks(ColumnView(arr), pp):
         enc.add(m[..., 0].T)
