@@ -206,3 +206,15 @@ def test_pseudo_label_refuses_a_bare_store_and_takes_the_flag(tmp_path, capsys):
     assert len(made) == SHAPE[0] and all(np.array_equal(a, b) for a, b in zip(made, expected))
     assert sum(int((m == 255).sum()) for m in made) > sum(int((tifffile.imread(f) > 0).sum())
                                                           for f in sorted(labels.glob("*.tif")))   # labels added
+
+
+def test_a_record_with_another_encoding_is_not_predicts(tmp_path, capsys):
+    """A store array with a `source` record but another `encoding` (not round(255 x p)) is not taken as predict's
+    probabilities: refused like a bare array; the same store with predict's encoding is read."""
+    store = _own_store(tmp_path / "own.zarr")
+    args = ["-pp", _pp(tmp_path), "-o", tmp_path / "s.csv"]
+    assert _run(capsys, ["submit", "-i", store, *args])[0] == 0
+    zarr.open_group(str(store), mode="r+")["kidney_5"].attrs["encoding"] = "uint8 = round(255 * P(glomerulus))"
+    rc, lines = _run(capsys, ["submit", "-i", store, *args[:2], "-o", tmp_path / "t.csv"])
+    assert rc == 2 and lines == [_store_message(store / "kidney_5")], lines
+    assert not (tmp_path / "t.csv").exists()

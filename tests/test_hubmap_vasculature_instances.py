@@ -201,7 +201,8 @@ def test_overlay_marks_hits_at_iou_06(tmp_path, capsys):
 
 def test_overlay_reads_a_submission_csv_row(tmp_path, capsys):
     """overlay --pred submission.csv: the row's masks (encoded here with pycocotools, zlib and base64) are drawn
-    from their runs one at a time: the disc on the truth square is the hit, the other a false positive."""
+    from their runs one at a time: the disc on the truth square is the hit, the other a false positive. Off the
+    diagonal, so that masks decoded transposed would miss."""
     import base64
     import zlib
 
@@ -213,9 +214,9 @@ def test_overlay_reads_a_submission_csv_row(tmp_path, capsys):
         counts = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"]
         return base64.b64encode(zlib.compress(counts)).decode("ascii")
 
-    row = f"0 0.9 {encode(_disc(shape, 20, 20, 8))} 0 0.7 {encode(_disc(shape, 48, 48, 5))}"
+    row = f"0 0.9 {encode(_disc(shape, 44, 20, 8))} 0 0.7 {encode(_disc(shape, 15, 48, 5))}"
     (tmp_path / "submission.csv").write_text(f"id,height,width,prediction_string\nt1,64,64,{row}\n")
-    ann = {"type": "blood_vessel", "coordinates": [[[12, 12], [28, 12], [28, 28], [12, 28]]]}
+    ann = {"type": "blood_vessel", "coordinates": [[[12, 36], [28, 36], [28, 52], [12, 52]]]}   # (x, y)
     (tmp_path / "polygons.jsonl").write_text(json.dumps({"id": "t1", "annotations": [ann]}) + "\n")
     tifffile.imwrite(tmp_path / "t1.tif", np.full((*shape, 3), 90, np.uint8))
     rc, out, _ = _run(capsys, ["overlay", "hubmap-vasculature", "--tile", str(tmp_path / "t1.tif"), "--labels",

@@ -262,7 +262,18 @@ def test_score_of_run_length_masks_equals_the_decoded_masks(tmp_path):
     assert score_csv(tmp_path / "solution.csv", tmp_path / "submission.csv") == dense
 
 
-def test_score_refuses_a_tile_whose_iou_table_exceeds_the_cap():
+def test_score_refuses_a_tile_whose_iou_table_exceeds_the_cap_in_one_line(tmp_path, capsys, monkeypatch):
+    """The cap is applied where a tile is scored: with the cap lowered to 4000 x 1 x 8 bytes, the 4001-instance row
+    against its one truth is refused in one line naming the file and the tile."""
+    from nnunet_vasculature.postprocess import hubmap_vasculature
+    sub, _, solution = _many_instances_csvs(tmp_path, hit=True)
+    monkeypatch.setattr(hubmap_vasculature, "IOU_MATRIX_BYTES", 4000 * 8)
+    err = _one_line(capsys, main(["score", "hubmap-vasculature", "--solution", str(solution), "--submission",
+                                  str(sub)]))
+    assert err.startswith(f"error: {sub} t1: 4001 instances against 1 truths in one tile; their IoU table"), err
+
+
+def test_the_iou_table_cap_in_bytes():
     from nnunet_vasculature.errors import UserError
     from nnunet_vasculature.postprocess.hubmap_vasculature import check_pair_count
     check_pair_count(4000, 8000, "s.csv t1")            # 244 MiB: scored
