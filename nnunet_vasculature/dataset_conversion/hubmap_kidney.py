@@ -29,6 +29,7 @@ from nnunet_vasculature.errors import UserError, atomic_dir
 from nnunet_vasculature.io.paths import nnunet_folder
 from nnunet_vasculature.io.rle import column_major_regions
 from nnunet_vasculature.io.slide import INFO_CSV, Slide, area_downscale, read_info, tissue_mask
+from nnunet_vasculature.io.store import SLIDE_OUTPUT, add_foreign_flag
 
 CASES_FILE = "hubmap_kidney_cases.json"
 CHANNEL_NAME = "rgb_to_0_1"
@@ -268,9 +269,7 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--pseudo", nargs="+", metavar="ID=STORE",
                    help="test slides to add with pseudo-labels from `predict hubmap-kidney` probability stores "
                         "(>= 0.5)")
-    p.add_argument("--foreign_probabilities", action="store_true",
-                   help="read a --pseudo store (<id>.zarr) that predict hubmap-kidney did not write (no record of "
-                        "probabilities) as probabilities 0..255 = 0..1; refused without it")
+    add_foreign_flag(p, "a --pseudo " + SLIDE_OUTPUT.removeprefix("a "))
     p.add_argument("--overwrite", action="store_true")
 
     def run(a: argparse.Namespace) -> None:

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from nnunet_vasculature.errors import UserError, atomic_dir
 from nnunet_vasculature.io.slices import IGNORE_VALUE, list_slices, read_label_slice
+from nnunet_vasculature.io.store import add_foreign_flag
 from nnunet_vasculature.io.volumes import SliceStack, open_probabilities
 
 
@@ -62,7 +63,6 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--uncertain", type=float, help="mark [uncertain, threshold) as ignore (128)")
     p.add_argument("-o", dest="output", type=Path, required=True, help="output label folder")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--foreign_probabilities", action="store_true",
-                   help="read a uint8 zarr array without predict's record as probabilities 0..255")
+    add_foreign_flag(p)
     p.set_defaults(func=lambda a: pseudo_label(a.input, a.labels, a.threshold, a.output, a.uncertain, a.overwrite,
                                                a.foreign_probabilities))

@@ -360,6 +360,23 @@ def accept_foreign(path: Path | str, what: str) -> None:
           f"uint8 0..255 read as 0..1", file=sys.stderr)
 
 
+PREDICT_OUTPUT = "a uint8 zarr array or OME-Zarr image that predict did not write"
+SLIDE_OUTPUT = "a slide store (<id>.zarr) that predict hubmap-kidney did not write"
+
+
+def add_foreign_flag(parser: Any, what: str = PREDICT_OUTPUT) -> None:
+    """``--foreign_probabilities`` on a command's parser: the one spelling and help of the flag that lets
+    :func:`has_probability_record`'s refusal be overridden knowingly (:func:`accept_foreign` then says so).
+
+    Args:
+        parser: the argparse parser.
+        what: what the command would otherwise refuse (e.g. :data:`SLIDE_OUTPUT`).
+    """
+    parser.add_argument("--foreign_probabilities", action="store_true",
+                        help=f"read {what} (no record of probabilities) as probabilities 0..255 = 0..1; refused "
+                             f"without it")
+
+
 def create_slide_array(path: Path, height: int, width: int) -> zarr.Array:
     """A new slide probability store (``predict hubmap-kidney``): (H, W) uint8, every chunk stored.
 
@@ -416,4 +433,5 @@ __all__ = ["ENCODING", "EVERY_CHUNK", "METADATA_FILES", "DAMAGED", "metadata_doc
            "store_path", "create_kidney_array", "existing_run", "open_output",
            "missing_chunk", "check_chunks", "KidneyWriter",
            "create_slide_array", "open_slide_probabilities", "has_probability_record", "accept_foreign",
+           "add_foreign_flag", "PREDICT_OUTPUT", "SLIDE_OUTPUT",
            "SLIDE_ENCODING"]

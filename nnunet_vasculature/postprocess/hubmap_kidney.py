@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from nnunet_vasculature.errors import UserError, atomic_file
 from nnunet_vasculature.io.rle import ColumnStripEncoder, column_major_regions, rle_runs
+from nnunet_vasculature.io.store import SLIDE_OUTPUT, add_foreign_flag
 from nnunet_vasculature.io.tables import read_table
 from nnunet_vasculature.postprocess.files import check_outputs, check_sample_ids, refuse_other_competition, sample_order
 from nnunet_vasculature.postprocess.mask_rule import MaskRule
@@ -342,10 +343,6 @@ def draw_overlay(slide: Path, truth_csv: Path, submission: Path, png: Path, slid
 
 
 # ---------------------------------------------------------------------------------------------- command line
-FOREIGN_HELP = ("read a slide store (<id>.zarr) that predict hubmap-kidney did not write (no record of "
-                "probabilities) as probabilities 0..255 = 0..1; refused without it")
-
-
 def _run_score(a: argparse.Namespace) -> None:
     refuse_other_competition([a.solution, a.submission], COMPETITION, "score")
     scores = score_csv(a.solution, a.submission)
@@ -412,7 +409,7 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
         t.add_argument("--cc_sizes", nargs="+", type=non_negative_int, default=list(CC_PIXELS),
                        help=f"component sizes to try (full-resolution pixels; default {CC_PIXELS})")
         t.add_argument("--no_cc", action="store_true", help="do not try removing small components")
-        t.add_argument("--foreign_probabilities", action="store_true", help=FOREIGN_HELP)
+        add_foreign_flag(t, SLIDE_OUTPUT)
         t.set_defaults(func=_run_tune)
     if "submit" in groups:
         sm = groups["submit"].add_parser(COMPETITION, help="write the submission CSV (id,predicted)")
@@ -421,7 +418,7 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
         sm.add_argument("-pp", type=Path, required=True, help="postprocessing.json from tune hubmap-kidney")
         sm.add_argument("-o", dest="output", type=Path, required=True, help="submission CSV to write")
         sm.add_argument("--sample", type=Path, help="sample_submission.csv: row order and the ids that must be present")
-        sm.add_argument("--foreign_probabilities", action="store_true", help=FOREIGN_HELP)
+        add_foreign_flag(sm, SLIDE_OUTPUT)
         sm.set_defaults(func=_run_submit)
     if "validate" in groups:
         v = groups["validate"].add_parser(COMPETITION, help="check a submission against the sample submission")

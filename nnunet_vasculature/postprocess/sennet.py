@@ -20,6 +20,7 @@ from tqdm import tqdm
 from nnunet_vasculature.errors import UserError, atomic_dir, atomic_file
 from nnunet_vasculature.io.rle import rle_decode, rle_encode, rle_runs
 from nnunet_vasculature.io.sennet import slice_id, split_slice_id
+from nnunet_vasculature.io.store import add_foreign_flag
 from nnunet_vasculature.io.tables import read_table
 from nnunet_vasculature.io.volumes import (
     ZSliceable,
@@ -189,10 +190,6 @@ def draw_overlay(labels: Path, pred: Path | str, png: Path, pp_path: Path | None
 
 
 # ---------------------------------------------------------------------------------------------- command line
-FOREIGN_HELP = ("read a uint8 zarr array or OME-Zarr image that predict did not write (no record of "
-                "probabilities) as probabilities 0..255 = 0..1; refused without it")
-
-
 def _run_score(a: argparse.Namespace) -> None:
     from nnunet_vasculature.metrics.hosts import check_metrics, mean_scores, write_scores_json
     refuse_other_competition([a.solution, a.submission, a.labels, a.pred, a.pp], COMPETITION, "score")
@@ -325,7 +322,7 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
         s.add_argument("--labels", type=Path, help="label slice folder (or Kaggle kidney folder / 3D file)")
         s.add_argument("--pred", type=Path, help="mask slice folder, or probabilities with -pp")
         s.add_argument("-pp", type=Path, help="postprocessing.json to turn --pred probabilities into a mask")
-        s.add_argument("--foreign_probabilities", action="store_true", help=FOREIGN_HELP)
+        add_foreign_flag(s)
         s.add_argument("--metrics", nargs="+", metavar="METRIC",
                        help=f"the hosts' metrics to report per kidney: {' '.join(METRICS)} (default nsd0, the "
                             "competition's surface Dice); see docs/metrics.md")
@@ -352,7 +349,7 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
         t.add_argument("--by_fraction", action="store_true",
                        help="threshold each kidney at the tuned fraction of foreground voxels instead of one "
                             "probability")
-        t.add_argument("--foreign_probabilities", action="store_true", help=FOREIGN_HELP)
+        add_foreign_flag(t)
         t.set_defaults(func=_run_tune)
     if "apply" in groups:
         ap = groups["apply"].add_parser(COMPETITION, help="write the post-processed mask as per-slice TIFFs")
@@ -363,7 +360,7 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
                         help="output folder of slice TIFFs (optional for an .ome.zarr image of predict: its mask "
                              "is written inside it as the NGFF label image labels/vessels)")
         ap.add_argument("--overwrite", action="store_true")
-        ap.add_argument("--foreign_probabilities", action="store_true", help=FOREIGN_HELP)
+        add_foreign_flag(ap)
         ap.set_defaults(func=_run_apply)
     if "submit" in groups:
         sm = groups["submit"].add_parser(COMPETITION, help="write a Kaggle submission CSV (id,rle)")
@@ -373,7 +370,7 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
         sm.add_argument("-o", dest="output", type=Path, required=True, help="submission CSV to write")
         sm.add_argument("--sample", type=Path,
                         help="sample_submission.csv: row order and the ids that must be present")
-        sm.add_argument("--foreign_probabilities", action="store_true", help=FOREIGN_HELP)
+        add_foreign_flag(sm)
         sm.set_defaults(func=_run_submit)
     if "validate" in groups:
         v = groups["validate"].add_parser(COMPETITION, help="check a submission against the sample submission")
@@ -386,7 +383,7 @@ def add_parsers(groups: dict[str, argparse._SubParsersAction]) -> None:
         o.add_argument("--labels", type=Path, required=True, help="the kidney's label slices (or its folder)")
         o.add_argument("--pred", type=Path, required=True, help="mask slice folder, or probabilities with -pp")
         o.add_argument("-pp", type=Path, help="postprocessing.json to turn --pred probabilities into a mask")
-        o.add_argument("--foreign_probabilities", action="store_true", help=FOREIGN_HELP)
+        add_foreign_flag(o)
         o.add_argument("--images", type=Path, help="image slices (default: images/ beside the labels)")
         o.add_argument("--slices", type=int, default=3, choices=range(1, 9), metavar="N", help="rows (1-8)")
         o.add_argument("-o", dest="output", type=Path, required=True, help="PNG to write")
