@@ -16,12 +16,13 @@ chunk that cannot be decoded, is one line naming it.
 from __future__ import annotations
 
 import itertools
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from nnunet_vasculature.errors import UserError
+from nnunet_vasculature.io.ngff_metadata import level_key, multiscales_metadata
 from nnunet_vasculature.io.pyramid import (
     BlockReader,
     Level,
@@ -46,28 +47,6 @@ def is_omezarr(path: Path) -> bool:
         True for a folder with ``zarr.json``, ``.zgroup`` or ``.zattrs``.
     """
     return any((Path(path) / f).is_file() for f in ("zarr.json", ".zgroup", ".zattrs"))
-
-
-def multiscales_metadata(attrs: dict, where: str) -> tuple[dict, str]:
-    """The first multiscale of a group's attributes and its NGFF version.
-
-    Args:
-        attrs: the group's attributes.
-        where: the store (for the message).
-
-    Returns:
-        (multiscale dict, version string).
-    """
-    if isinstance(attrs.get("ome"), dict):
-        ome = attrs["ome"]
-        multiscales, version = ome.get("multiscales"), str(ome.get("version", "0.5"))
-    else:
-        multiscales = attrs.get("multiscales")
-        version = str(multiscales[0].get("version", "0.4")) if isinstance(multiscales, list) and multiscales \
-            and isinstance(multiscales[0], dict) else "?"
-    if not isinstance(multiscales, list) or not multiscales or not isinstance(multiscales[0], dict):
-        raise UserError(f"{where}: no NGFF 'multiscales' metadata (not an OME-Zarr image)")
-    return multiscales[0], version
 
 
 def compose_transforms(transforms: Sequence[dict], ndim: int, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -107,23 +86,6 @@ def has_scale(transforms: object) -> bool:
         True or False.
     """
     return isinstance(transforms, list) and any(isinstance(t, dict) and t.get("type") == "scale" for t in transforms)
-
-
-def level_key(dataset: object, where: str) -> str:
-    """The path of a level inside the image; one that leaves it (``..``, absolute) or is empty is a UserError.
-
-    Args:
-        dataset: one entry of the multiscale's ``datasets``.
-        where: the image (for the message).
-
-    Returns:
-        the path.
-    """
-    key = dataset.get("path") if isinstance(dataset, dict) else None
-    parts = PurePosixPath(key).parts if isinstance(key, str) else ()
-    if not parts or key.startswith("/") or any(p in ("..", ".") for p in parts) or "\\" in key:
-        raise UserError(f"{where}: dataset path {key!r} is not a level inside the image")
-    return key
 
 
 def read_omezarr(path: Path, name: str | None = None, spacing_um: float | None = None) -> Pyramid:
@@ -269,4 +231,4 @@ def _read_fault(arr: Any, index: list, where: str, level_dir: Path, error: Excep
     return f"{where}: reading failed ({type(error).__name__}: {_first_line(error)})"
 
 
-__all__ = ["is_omezarr", "multiscales_metadata", "compose_transforms", "has_scale", "level_key", "read_omezarr"]
+__all__ = ["is_omezarr", "compose_transforms", "has_scale", "read_omezarr"]

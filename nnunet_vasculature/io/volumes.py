@@ -13,7 +13,13 @@ import tifffile
 
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.io.decoded import DecodedArray, settle_zarr_reads  # noqa: F401
-from nnunet_vasculature.io.ngff import image_attributes, is_probability_image, open_image, refuse_foreign_image
+from nnunet_vasculature.io.ngff import (
+    image_attributes,
+    is_probability_image,
+    open_image,
+    refuse_foreign_image,
+)
+from nnunet_vasculature.io.ngff_metadata import level_key, multiscales_metadata
 from nnunet_vasculature.io.slices import list_slices, read_label_slice, read_slice, slice_shape
 from nnunet_vasculature.io.store import (
     accept_foreign,
@@ -136,14 +142,9 @@ def open_foreign_image(path: Path) -> tuple[ZSliceable, dict]:
         (volume, attributes: ``kidney``, the multiscale's name or the folder's); metadata this reader does not
         take (no dataset, a path leaving the image, other axes) is a one-line UserError.
     """
-    attrs = image_attributes(path) or {}
-    multiscales = (attrs["ome"] if isinstance(attrs.get("ome"), dict) else attrs).get("multiscales")
-    multiscale = multiscales[0] if isinstance(multiscales, list) and multiscales else {}
-    datasets = multiscale.get("datasets") if isinstance(multiscale, dict) else None
-    key = datasets[0].get("path") if isinstance(datasets, list) and datasets and isinstance(datasets[0], dict) \
-        else None
-    if not isinstance(key, str) or not key or key.startswith("/") or ".." in key.split("/"):
-        raise UserError(f"{path}: the NGFF metadata names no level inside the image (dataset path {key!r})")
+    multiscale, _ = multiscales_metadata(image_attributes(path) or {}, str(path))
+    datasets = multiscale.get("datasets")
+    key = level_key(datasets[0] if isinstance(datasets, list) and datasets else None, str(path))
     axes = [a.get("name") if isinstance(a, dict) else a for a in multiscale.get("axes") or ["z", "y", "x"]]
     if [str(a).lower() for a in axes] != ["z", "y", "x"]:
         raise UserError(f"{path}: axes {axes}; an image read as probabilities must be stored (z, y, x)")
