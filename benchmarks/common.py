@@ -240,7 +240,7 @@ def render(entry: dict) -> str:
 
 
 # ---- the nnU-Net v1 pretrained download as it was written on 2020-03-31, rebuilt from documented facts ----
-# Shared by benchmarks/real_size.py and the tests (tests/helpers/v1_download.py re-exports it). It is an
+# Shared by benchmarks/real_size.py and the tests (they import it from here). It is an
 # independent reference for the v1 import: nothing here uses the project's own v1 writer (demo/v1_export.py).
 # The networks are the real v1 ``Generic_UNet`` (PyPI ``nnunet==1.7.1``, installed --no-deps by the Makefile;
 # torch and nnunet are imported on use) and the optimiser a real ``torch.optim.SGD`` that took steps; only the

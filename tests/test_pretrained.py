@@ -1,5 +1,5 @@
-"""v1 -> v2 weight import, on the 2020 download layout and serialisation (tests/helpers/v1_download.py), checked
-against the real v1 Generic_UNet (nnunet==1.7.1)."""
+"""v1 -> v2 weight import, on the 2020 download layout and serialisation (benchmarks/common.py:
+write_task008_zip), checked against the real v1 Generic_UNet (nnunet==1.7.1)."""
 import io
 import pickle
 import zipfile
@@ -7,8 +7,8 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from helpers.v1_download import legacy_checkpoint_bytes, real_generic_unet, write_task008_zip
 
+from benchmarks.common import legacy_checkpoint_bytes, real_generic_unet, write_task008_zip
 from nnunet_vasculature.errors import UserError
 from nnunet_vasculature.pretrained import load_v1_as_v2
 from nnunet_vasculature.pretrained.v1_checkpoint import _load_state_dict, read_v1_model, restricted_loads

@@ -1,5 +1,5 @@
 """The shipped stand-in source model (nnunet_vasculature/demo/data): a v1 download by the documented 2020
-layout facts (tests/helpers/v1_download.py), weights that the real v1 Generic_UNet loads, and a recorded
+layout facts (benchmarks/common.py: write_task008_zip), weights that the real v1 Generic_UNet loads, and a recorded
 source-task score that the shipped weights reproduce on a regenerated held-out case."""
 import io
 import json
@@ -9,8 +9,11 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from helpers.v1_download import PLANS_ID, TASK, TRAINER, real_generic_unet
 
+from benchmarks.common import V1_PLANS_ID as PLANS_ID
+from benchmarks.common import V1_TASK as TASK
+from benchmarks.common import V1_TRAINER as TRAINER
+from benchmarks.common import real_generic_unet
 from nnunet_vasculature.cli import main as cli_main
 from nnunet_vasculature.demo.source_task import SPACING_MM, source_case, vessel_distance
 from nnunet_vasculature.demo.standin import record_path, sha256, shipped_standin

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.v1_download import write_task008_zip
 
+from benchmarks.common import write_task008_zip
 from nnunet_vasculature.inference.model import read_checkpoint
 from nnunet_vasculature.trainers import ext_trainer_value
 
