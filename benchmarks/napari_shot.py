@@ -30,7 +30,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 WINDOW = (1200, 800)        # the window's size in screen pixels (the docs show it at about this width)
-OUTLINE = [1.0, 0.0, 0.0, 1.0]
 
 
 def _cli(cli: Path, *argv: str) -> None:

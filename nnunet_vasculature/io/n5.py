@@ -74,12 +74,9 @@ def _triple(value: Any, what: str, where: str) -> list:
 
 
 def _axes(value: Any, file: str) -> list[str]:
-    """The ``axes`` of an attributes file as lower-case names: x, y and z once each, in any order."""
-    if isinstance(value, list) and all(isinstance(a, str) for a in value) and \
-            sorted(a.lower() for a in value) == ["x", "y", "z"]:
-        return [a.lower() for a in value]
-    raise UserError(f"{file}: axes {json.dumps(value)}; expected x, y and z once each, in the order the data are "
-                    f"stored, fastest first (the atlas writes {HOA_AXES})")
+    """The ``axes`` of an attributes file as lower-case names (checked by :func:`axis_permutation`)."""
+    axis_permutation(value, file, f", fastest first (the atlas writes {HOA_AXES})")
+    return [a.lower() for a in value]
 
 
 def read_n5(path: Path, name: str | None = None) -> Pyramid:

@@ -22,6 +22,7 @@ permission) is a UserError naming it.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import stat
@@ -103,19 +104,23 @@ def finite_numbers(values: object, what: str, where: str, count: int | None = No
     return out
 
 
-def axis_permutation(axes: Sequence[str], where: str) -> list[int]:
+def axis_permutation(axes: object, where: str, hint: str = "") -> list[int]:
     """Positions of z, y, x in a store's axis order (names from its metadata, never assumed).
 
     Args:
-        axes: the store's space axis names in storage order, e.g. ``["x", "y", "z"]``.
-        where: the store (for the message).
+        axes: the store's space axis names in storage order, e.g. ``["x", "y", "z"]`` (a list of x, y and z
+            once each, any case; anything else, a string ``"xyz"`` included, is refused).
+        where: the store or metadata file (for the message).
+        hint: appended to the message (e.g. what the format's writer writes).
 
     Returns:
         ``perm`` with ``stored.transpose(perm)`` in (z, y, x).
     """
-    names = [str(a).lower() for a in axes]
+    names = [a.lower() for a in axes] if isinstance(axes, (list, tuple)) and all(isinstance(a, str) for a in axes) \
+        else []
     if sorted(names) != ["x", "y", "z"]:
-        raise UserError(f"{where}: space axes {list(axes)}; expected the three axes x, y, z")
+        raise UserError(f"{where}: axes {json.dumps(axes)}; expected x, y and z once each, in the order the data are "
+                        f"stored{hint}")
     return [names.index(a) for a in "zyx"]
 
 
