@@ -190,9 +190,9 @@ def predict_distributed(inputs: InputSpec | Path | str, out: Path | None, option
                                                         store.existing_run(existing_group, src.name))
         states[src.name] = check_resumable(existing, runs[src.name], str(out), src.name, overwrite)
     pending = [src for src in sources if states[src.name] != COMPLETE]
-    connection = None               # a remote cluster's client: connected before anything exists, to ask its memory
-    if workers is None and pending:
-        connection = _connect(None, scheduler_address, scheduler_file, device)
+    # the one (client, cluster) of the run, closed below: a remote cluster is asked for its memory before anything
+    # exists; a local one is started only once there are slabs to compute
+    connection = _connect(None, scheduler_address, scheduler_file, device) if workers is None and pending else None
     try:
         if connection is not None:
             limit = _worker_memory(connection[0])
@@ -200,44 +200,48 @@ def predict_distributed(inputs: InputSpec | Path | str, out: Path | None, option
                 check_memory(pending, options, device, image, slab_planes=slab_planes, worker_memory=limit)
         elif workers is not None:   # N processes of this machine, one slab each: before any is started
             check_memory(pending, options, device, image, workers, slab_planes)
-        return _predict_slabs(out, sources, runs, states, spec, options, overwrite, image, device, workers,
-                              (scheduler_address, scheduler_file), torch_threads, on_slab, retries, connection)
+        targets = _prepare_targets(out, sources, runs, states, spec, options, overwrite, image)
+        jobs = {src.name: src for src in sources if targets[src.name].todo}
+        if not jobs:
+            print(f"{out}: every kidney is already complete")
+            return {}
+        if workers is not None and torch_threads is None and not device.startswith("cuda"):
+            torch_threads = max(1, (os.cpu_count() or 1) // workers)
+        chosen = sources[0].level                   # every worker reads the level chosen here
+        pinned = spec.absolute() if chosen is None else dataclasses.replace(spec.absolute(), level=chosen)
+        setup = WorkerSetup(pinned, options, device, torch_threads, on_slab)
+        connection = connection or _connect(workers, None, None, device)
+        return _run_slabs(connection[0], jobs, targets, setup, retries)
     finally:
         if connection is not None:
             connection[0].close()
+            if connection[1] is not None:
+                connection[1].close()
 
 
-def _predict_slabs(out: Path, sources: list[VolumeSource], runs: dict[str, RunRecord], states: dict[str, str],
-                   spec: InputSpec, options: PredictionOptions, overwrite: bool, image: bool, device: str,
-                   workers: int | None, scheduler: tuple, torch_threads: int | None, on_slab: SlabHook | None,
-                   retries: int, connection: tuple | None) -> dict[str, list[int]]:
-    """Create (or take up) the outputs, run the slabs on the cluster (``connection``'s, or one started here), finish."""
+def _prepare_targets(out: Path, sources: list[VolumeSource], runs: dict[str, RunRecord], states: dict[str, str],
+                     spec: InputSpec, options: PredictionOptions, overwrite: bool, image: bool) -> dict[str, _Target]:
+    """Create (or take up) every kidney's output as its checked state says; finish an NGFF image whose slabs are
+    all done (an interruption of its last step)."""
     import zarr
     group = None if image else zarr.open_group(str(out), mode="a")
     targets = {src.name: (_prepare_ngff(out, src, runs[src.name], states[src.name], spec, options, overwrite)
                           if image else _prepare(out, group, src, runs[src.name], states[src.name]))
                for src in sources}
-    jobs = {src.name: src for src in sources if targets[src.name].todo}
     for name in [n for n, t in targets.items() if not t.todo and t.writer is not None]:
-        _finalize_ngff(targets[name])               # every slab done before an interruption of the last step
-    if not jobs:
-        print(f"{out}: every kidney is already complete")
-        return {}
-    if workers is not None and torch_threads is None and not device.startswith("cuda"):
-        torch_threads = max(1, (os.cpu_count() or 1) // workers)
-    chosen = sources[0].level                   # every worker reads the level chosen here
-    pinned = spec.absolute() if chosen is None else dataclasses.replace(spec.absolute(), level=chosen)
-    setup = WorkerSetup(pinned, options, device, torch_threads, on_slab)
-    client, cluster = connection or _connect(workers, *scheduler, device)
+        _finalize_ngff(targets[name])
+    return targets
+
+
+def _run_slabs(client: Any, jobs: dict[str, VolumeSource], targets: dict[str, _Target], setup: WorkerSetup,
+               retries: int) -> dict[str, list[int]]:
+    """Run the slabs of ``jobs`` on the cluster of ``client`` (its workers checked first), then finish the
+    outputs; the slabs computed, per kidney."""
     done: dict[str, list[int]] = {name: [] for name in jobs}
     try:
         _check_workers(client, setup)
         errors = _run(client, jobs, targets, setup, retries, done)
     finally:
-        if connection is None:                      # a remote client is closed by the caller
-            client.close()
-            if cluster is not None:
-                cluster.close()
         for name in jobs:
             _finalize(targets[name])
     if errors:
