@@ -197,30 +197,11 @@ def test_spacing_out_of_range(tmp_path, volume, value):
 
 
 # 34.4: the N5 attribute `axes` names the storage order; any order of x, y, z is read as declared
-def _n5_stored_as(folder, levels, axes, resolution_xyz):
-    """An N5 multiscale folder whose blocks are laid out in the order ``axes`` names (fastest first), with
-    ``resolution`` listed in that order, written by tensorstore (the HOA writer's layout otherwise)."""
-    import tensorstore as ts
-    from helpers.hoa import BLOSC_N5
-    order = ["zyx".index(a) for a in reversed(axes)]        # numpy (z, y, x) -> slowest-first storage order
-    for index, level in enumerate(levels):
-        stored = level.transpose(order).transpose(2, 1, 0)   # N5 lists the fastest axis first
-        store = ts.open({"driver": "n5", "kvstore": {"driver": "file", "path": str(folder / f"s{index}")},
-                         "metadata": {"dimensions": list(stored.shape), "blockSize": [16, 16, 16],
-                                      "dataType": "uint16", "compression": BLOSC_N5}, "create": True}).result()
-        store.write(stored).result()
-        _edit(folder / f"s{index}" / "attributes.json", lambda a: a.update(axes=list(axes)))
-    (folder / "attributes.json").write_text(json.dumps({
-        "axes": list(axes), "downsamplingFactors": [[2 ** i] * 3 for i in range(len(levels))], "n5": "2.0.0",
-        "resolution": [resolution_xyz["xyz".index(a)] for a in axes], "units": ["um"] * 3}))
-    return folder
-
-
 @pytest.mark.parametrize("axes", [("z", "y", "x"), ("y", "z", "x"), ("x", "z", "y")])
 def test_n5_axes_in_any_order_read_alike(tmp_path, volume, axes):
     levels = [volume, mean2(volume)]
-    hoa = _n5_stored_as(tmp_path / "xyz_n5", levels, ("x", "y", "z"), (10.0, 20.0, 30.0))
-    other = _n5_stored_as(tmp_path / "other_n5", levels, axes, (10.0, 20.0, 30.0))
+    hoa = write_hoa_n5(tmp_path / "xyz_n5", levels, (10.0, 20.0, 30.0), block=(16, 16, 16))
+    other = write_hoa_n5(tmp_path / "other_n5", levels, (10.0, 20.0, 30.0), block=(16, 16, 16), axes=axes)
     assert json.loads((other / "s0" / "attributes.json").read_text())["dimensions"] == \
         [{"x": 20, "y": 36, "z": 40}[a] for a in axes]            # the blocks really are stored otherwise
     for level in (0, 1):

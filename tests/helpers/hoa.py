@@ -19,20 +19,26 @@ def mean2(volume):
     return volume.reshape(z // 2, 2, y // 2, 2, x // 2, 2).mean(axis=(1, 3, 5)).astype(volume.dtype)
 
 
-def write_hoa_n5(folder: Path, levels, resolution_um: float, block=(128, 128, 128), dtype="uint16"):
+def write_hoa_n5(folder: Path, levels, resolution_um, block=(128, 128, 128), dtype="uint16", axes=("x", "y", "z")):
     """The HOA N5 layout: root attributes (axes x,y,z, downsamplingFactors, resolution, units um),
-    levels s0.. with dimensions listed x, y, z, blosc zstd clevel 9 shuffle 2, written by tensorstore."""
+    levels s0.. with dimensions listed x, y, z, blosc zstd clevel 9 shuffle 2, written by tensorstore.
+
+    ``resolution_um``: one voxel size, or (x, y, z) sizes; ``axes``: another storage order (fastest first) for
+    the blocks, ``dimensions``, ``axes`` and ``resolution`` alike (the atlas writes x, y, z)."""
+    resolution_xyz = list(resolution_um) if isinstance(resolution_um, (list, tuple)) else [resolution_um] * 3
+    order = ["zyx".index(a) for a in reversed(axes)]        # numpy (z, y, x) -> slowest-first storage order
     for index, level in enumerate(levels):
-        xyz = np.asarray(level, dtype=dtype).transpose(2, 1, 0)
+        stored = np.asarray(level, dtype=dtype).transpose(order).transpose(2, 1, 0)   # N5 lists the fastest first
         store = ts.open({"driver": "n5", "kvstore": {"driver": "file", "path": str(folder / f"s{index}")},
-                         "metadata": {"dimensions": list(xyz.shape), "blockSize": list(block), "dataType": dtype,
+                         "metadata": {"dimensions": list(stored.shape), "blockSize": list(block), "dataType": dtype,
                                       "compression": BLOSC_N5}, "create": True}).result()
-        store.write(xyz).result()
+        store.write(stored).result()
         attrs_file = folder / f"s{index}" / "attributes.json"
-        attrs_file.write_text(json.dumps({**json.loads(attrs_file.read_text()), "axes": ["x", "y", "z"]}))
+        attrs_file.write_text(json.dumps({**json.loads(attrs_file.read_text()), "axes": list(axes)}))
     (folder / "attributes.json").write_text(json.dumps({
-        "axes": ["x", "y", "z"], "downsamplingFactors": [[2 ** i] * 3 for i in range(len(levels))],
-        "multiScale": True, "n5": "2.0.0", "resolution": [resolution_um] * 3, "units": ["um", "um", "um"]}))
+        "axes": list(axes), "downsamplingFactors": [[2 ** i] * 3 for i in range(len(levels))],
+        "multiScale": True, "n5": "2.0.0", "resolution": [resolution_xyz["xyz".index(a)] for a in axes],
+        "units": ["um", "um", "um"]}))
     return folder
 
 
